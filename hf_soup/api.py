@@ -1,0 +1,94 @@
+"""The Python API: :func:`soup` writes a soup directory, :func:`merge_state_dicts` merges in memory."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .errors import RecipeError
+from .pipeline import SoupResult, run_recipe
+from .recipe import parse_recipe
+
+
+def soup(
+    ingredients: Sequence[Any],
+    method: str = "uniform",
+    output_dir: str | Path | None = None,
+    *,
+    evaluation: Any = None,
+    dtype: str | None = None,
+    max_shard_size: int | str = "5GB",
+    overwrite: bool = False,
+    on_missing: str = "error",
+    config_from: int = 0,
+    push_to_hub: str | Mapping[str, Any] | None = None,
+    token: str | None = None,
+    seed: int = 0,
+    compare: bool = False,
+    progress: bool = False,
+    **params: Any,
+) -> SoupResult:
+    """Merge ``ingredients`` (repo IDs, paths or state dicts) and write the soup.
+
+    >>> result = soup(["./run-1", "./run-2"], method="uniform", output_dir="./soup")  # doctest: +SKIP
+    >>> result.report["method"]  # doctest: +SKIP
+    'uniform'
+
+    Method parameters are keyword arguments (``weights=[...]`` for ``weighted``).
+    """
+    data: dict[str, Any] = {
+        "ingredients": list(ingredients),
+        "method": {"name": method, "params": params},
+        "output": {"dir": str(output_dir) if output_dir is not None else None, "dtype": dtype,
+                   "max_shard_size": max_shard_size, "overwrite": overwrite, "config_from": config_from},
+        "on_missing": on_missing,
+        "seed": seed,
+        "compare": compare,
+    }
+    if evaluation is not None:
+        data["evaluation"] = evaluation
+    if push_to_hub is not None:
+        data["push_to_hub"] = {"repo_id": push_to_hub} if isinstance(push_to_hub, str) else dict(push_to_hub)
+    return run_recipe(parse_recipe(data, "soup()"), token=token, progress=progress)
+
+
+def merge_state_dicts(
+    state_dicts: Sequence[Mapping[str, Any]],
+    method: str = "uniform",
+    *,
+    dtype: str | None = None,
+    on_missing: str = "error",
+    **params: Any,
+) -> dict[str, Any]:
+    """Merge in-memory state dicts with a data-free method; return the merged state dict.
+
+    >>> merged = merge_state_dicts([model_a.state_dict(), model_b.state_dict()])  # doctest: +SKIP
+    >>> model_a.load_state_dict(merged)  # doctest: +SKIP
+
+    The inputs are never modified.
+    """
+    from .align import align
+    from .engine import execute
+    from .engine.sinks import StateDictSink
+    from .ingredients import resolve_ingredients
+    from .methods.base import MergeContext, TensorMethod
+    from .methods.registry import build_method
+
+    if not state_dicts:
+        raise RecipeError("state_dicts: give at least one state dict")
+    recipe = parse_recipe({"ingredients": [dict(sd) if not isinstance(sd, dict) else sd for sd in state_dicts],
+                           "method": {"name": method, "params": params}, "on_missing": on_missing,
+                           "output": {"dtype": dtype}}, "merge_state_dicts()")
+    merger = build_method(recipe.method.name, recipe.method.params)
+    if not isinstance(merger, TensorMethod):
+        raise RecipeError(f"method: {method!r} needs an evaluation; use hf_soup.soup(..., evaluation=...) instead")
+    ingredients = resolve_ingredients(recipe.ingredients)
+    with ExitStack() as stack:
+        sources = {i: stack.enter_context(ing.open()) for i, ing in enumerate(ingredients)}
+        alignment = align(list(sources.values()), [i.name for i in ingredients], on_missing=on_missing,
+                          dtype=recipe.output.dtype)
+        merger.setup(MergeContext(len(ingredients), [i.name for i in ingredients]))
+        sink = StateDictSink()
+        execute(merger, alignment.tensors, sources, list(range(len(ingredients))), lambda _: sink)
+    return sink.state_dict

@@ -1,0 +1,192 @@
+"""The ``hf-soup`` command (also ``python -m hf_soup``).
+
+    hf-soup merge -m ./run1 -m ./run2 --method uniform -o ./soup
+    hf-soup merge recipe.yaml --dtype bfloat16
+    hf-soup inspect ./run1 ./run2 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Sequence
+
+from .errors import AlignmentError, HfSoupError, RecipeError
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), yaml.safe_load(value)
+
+
+def _add_merge(sub) -> None:
+    p = sub.add_parser("merge", help="merge ingredients into a soup", description="Merge checkpoints into a soup.")
+    p.add_argument("recipe", nargs="?", help="YAML recipe; the flags below override it")
+    p.add_argument("-m", "--model", action="append", default=[], metavar="REF",
+                   help="ingredient: Hub repo ID (org/name[@revision]) or local path; repeat for each")
+    p.add_argument("--method", help="soup method (see `hf-soup methods`); default uniform")
+    p.add_argument("-p", "--param", action="append", default=[], type=_key_value, metavar="KEY=VALUE",
+                   help="method parameter, value parsed as YAML (e.g. weights=[1,2,1]); repeatable")
+    p.add_argument("-o", "--output", help="output directory")
+    p.add_argument("--dtype", help="output dtype: float32, float16, bfloat16 (default: the ingredients')")
+    p.add_argument("--max-shard-size", help="largest safetensors shard, e.g. 2GB (default 5GB)")
+    p.add_argument("--on-missing", choices=["error", "skip", "first"], help="what to do with keys some ingredients lack")
+    p.add_argument("--config-from", type=int, help="index of the ingredient whose config/tokenizer files are copied")
+    p.add_argument("--seed", type=int, help="random seed for methods that draw or shuffle")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", help="push the soup to this Hub repo")
+    p.add_argument("--private", action="store_true", default=None, help="create the pushed repo as private")
+    p.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=merge_command)
+
+
+def _recipe_data(args) -> dict[str, Any]:
+    if args.recipe:
+        import yaml
+
+        from .recipe import load_recipe
+
+        load_recipe(args.recipe)  # validates and gives file-level errors first
+        with open(args.recipe) as handle:
+            data = yaml.safe_load(handle)
+    else:
+        data = {}
+    if args.model:
+        data["ingredients"] = list(args.model)
+    if not data.get("ingredients"):
+        raise RecipeError("ingredients: none given; pass a recipe file or -m REF for each ingredient")
+    method = data.get("method", "uniform")
+    method = {"name": method} if isinstance(method, str) else dict(method)
+    if args.method and args.method != method.get("name"):
+        method = {"name": args.method}
+    method.update(dict(args.param))
+    data["method"] = method
+    output = dict(data.get("output") or {})
+    for key, value in (("dir", args.output), ("dtype", args.dtype), ("max_shard_size", args.max_shard_size),
+                       ("config_from", args.config_from)):
+        if value is not None:
+            output[key] = value
+    if args.overwrite:
+        output["overwrite"] = True
+    data["output"] = output
+    if args.on_missing:
+        data["on_missing"] = args.on_missing
+    if args.seed is not None:
+        data["seed"] = args.seed
+    if args.push_to_hub:
+        push = dict(data.get("push_to_hub") or {})
+        push["repo_id"] = args.push_to_hub
+        if args.private is not None:
+            push["private"] = args.private
+        data["push_to_hub"] = push
+    return data
+
+
+def merge_command(args) -> int:
+    from .pipeline import run_recipe
+    from .recipe import parse_recipe
+
+    recipe = parse_recipe(_recipe_data(args), args.recipe or "command line")
+    result = run_recipe(recipe, token=args.token, progress=not args.quiet and sys.stderr.isatty())
+    report = result.report
+    print(f"Soup written to {result.output_dir} ({report['method']}, {report['output']['num_parameters']:,} parameters, "
+          f"{len(report['ingredients'])} ingredients, {report['timings']['total']:.2f}s)")
+    if report.get("pushed_to"):
+        print(f"Pushed to {report['pushed_to']}")
+    return 0
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="check that ingredients can be souped", description="Print the alignment of ingredients.")
+    p.add_argument("refs", nargs="+", metavar="REF")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--on-missing", choices=["error", "skip", "first"], default="error")
+    p.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
+    p.set_defaults(handler=inspect_command)
+
+
+def inspect_command(args) -> int:
+    from contextlib import ExitStack
+
+    from .align import align
+    from .ingredients import resolve_ingredients
+
+    ingredients = resolve_ingredients(args.refs, token=args.token)
+    names = [i.name for i in ingredients]
+    with ExitStack() as stack:
+        sources = [stack.enter_context(i.open()) for i in ingredients]
+        try:
+            summary = align(sources, names, [i.config for i in ingredients], on_missing=args.on_missing).summary()
+            summary["ok"] = True
+        except AlignmentError as error:
+            summary = {"ok": False, "ingredients": names, "error": str(error), "differences": error.differences}
+    summary["revisions"] = {i.name: i.sha for i in ingredients}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+    return 0 if summary["ok"] else 1
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    for name in summary["ingredients"]:
+        sha = summary["revisions"].get(name)
+        print(f"  ingredient  {name}" + (f" @ {sha[:12]}" if sha else ""))
+    if not summary["ok"]:
+        print(f"cannot be souped: {summary['error']}")
+        return
+    print(f"model type    {', '.join(sorted({t for t in summary['model_types'] if t})) or 'unknown (no config)'}")
+    print(f"parameters    {summary['num_parameters']:,} in {summary['num_tensors']} tensors "
+          f"({summary['shared_keys']} shared by all)")
+    for name, keys in summary["missing_keys"].items():
+        print(f"missing in {name}: {len(keys)} key(s), e.g. {', '.join(keys[:3])}")
+    for tie in summary["tied_weights"]:
+        print(f"tied          {tie['ingredient']}: {tie['key']} -> {tie['tied_to']}")
+    for diff in summary["dtype_differences"][:5]:
+        print(f"dtype differs {diff['key']}: {diff['dtypes']}")
+    if summary["copied_keys"]:
+        print(f"copied        {len(summary['copied_keys'])} non-float tensor(s) taken from the first ingredient")
+    print("ok: these ingredients can be souped")
+
+
+def _add_methods(sub) -> None:
+    p = sub.add_parser("methods", help="list the soup methods")
+    p.set_defaults(handler=lambda args: print("\n".join(__import__("hf_soup.methods.registry", fromlist=["x"]).available_methods())) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-soup", description="Model soups from Hugging Face checkpoints.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what hf_soup does")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_merge(sub)
+    _add_inspect(sub)
+    _add_methods(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (2 for bad input, 1 for other failures)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except RecipeError as error:
+        print(f"hf-soup: error: {error}", file=sys.stderr)
+        return 2
+    except HfSoupError as error:
+        print(f"hf-soup: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("hf-soup: interrupted; nothing was written to the output directory", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

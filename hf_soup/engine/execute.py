@@ -1,0 +1,64 @@
+"""Execute a merge: stream every aligned tensor through a tensor method into sinks."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..align import AlignedTensor
+from ..io import dtypes
+from ..io.source import TensorSource
+from ..methods.base import ChunkInfo, TensorMethod
+from .chunks import DEFAULT_BUFFER_BYTES, chunk_elements, iter_chunks
+from .sinks import Sink
+
+
+def _copy_tensor(tensor: AlignedTensor, source: TensorSource, sink: Sink, step: int) -> None:
+    own_key = tensor.sources[tensor.copy_from]
+    stored = source.meta(own_key).dtype
+    numel = tensor.meta.numel
+    for start in range(0, max(numel, 1), step):
+        stop = min(numel, start + step)
+        if stored == tensor.dtype:
+            sink.append(tensor, source.read(own_key, start, stop))
+        else:
+            values = source.read_float32(own_key, start, stop, np.empty(stop - start, dtype=np.float32))
+            sink.append(tensor, dtypes.from_float32(values, tensor.dtype))
+
+
+def execute(
+    method: TensorMethod,
+    tensors: Sequence[AlignedTensor],
+    sources: dict[int, TensorSource],
+    indices: Sequence[int],
+    sink_for: Callable[[AlignedTensor], Sink],
+    buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Merge ``tensors`` from ingredients ``indices`` (``sources`` maps index -> open source).
+
+    Tensors are processed in the given order; ``sink_for(tensor)`` returns the sink that
+    receives it, so the caller decides sharding. ``progress(n)`` is told elements done.
+    """
+    step = chunk_elements(len(indices), buffer_bytes)
+    merged = [t for t in tensors if t.action == "merge"]
+    merged_chunks = iter_chunks(merged, [sources[i] for i in indices], indices, step)
+    for tensor in tensors:
+        sink = sink_for(tensor)
+        if tensor.action == "copy":
+            _copy_tensor(tensor, sources[tensor.copy_from], sink, step)
+            if progress:
+                progress(tensor.meta.numel)
+            continue
+        while True:
+            chunk = next(merged_chunks)
+            assert chunk.tensor is tensor, "chunk stream out of order"
+            info = ChunkInfo(tensor.key, tensor.shape, chunk.start, chunk.stop)
+            values = method.merge(info, chunk.arrays)
+            sink.append(tensor, dtypes.from_float32(np.asarray(values, dtype=np.float32), tensor.dtype))
+            if progress:
+                progress(chunk.stop - chunk.start)
+            if chunk.last:
+                break
+    merged_chunks.close()

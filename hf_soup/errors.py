@@ -1,0 +1,66 @@
+"""Exceptions raised by hf_soup.
+
+Every error says what went wrong *and* what to do next. All derive from
+:class:`HfSoupError`, so ``except HfSoupError`` catches anything the library raises
+on purpose.
+"""
+
+from __future__ import annotations
+
+
+class HfSoupError(Exception):
+    """Base class of every error hf_soup raises on purpose."""
+
+
+class RecipeError(HfSoupError, ValueError):
+    """A recipe, CLI flag or API argument is invalid.
+
+    The message names the field, e.g. ``method.lr: must be > 0``.
+    """
+
+
+class MethodParameterError(RecipeError):
+    """A soup method was given parameters it cannot use."""
+
+
+class UnknownMethodError(RecipeError):
+    """No soup method is registered under the requested name."""
+
+
+class IngredientError(HfSoupError):
+    """An ingredient reference cannot be resolved or read."""
+
+
+class IngredientNotFoundError(IngredientError, FileNotFoundError):
+    """A local path or Hub repository named as an ingredient does not exist."""
+
+
+class NoWeightsError(IngredientError):
+    """An ingredient holds no weight files hf_soup can read."""
+
+
+class CorruptWeightsError(IngredientError):
+    """A weight file is truncated, malformed or otherwise unreadable."""
+
+
+class AlignmentError(HfSoupError):
+    """The ingredients' state dicts cannot be aligned key by key.
+
+    ``differences`` lists the first differing entries as dictionaries.
+    """
+
+    def __init__(self, message: str, differences: list[dict] | None = None):
+        super().__init__(message)
+        self.differences = differences or []
+
+
+class OutputExistsError(HfSoupError, FileExistsError):
+    """The destination exists and ``overwrite`` was not given."""
+
+
+class EvaluationError(HfSoupError):
+    """An evaluation dataset or metric cannot be used with these ingredients."""
+
+
+class HubError(HfSoupError):
+    """A Hub operation (pull or push) failed; the message says how to retry."""

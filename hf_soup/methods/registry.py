@@ -1,0 +1,79 @@
+"""Soup methods registered by name.
+
+Built-in methods are listed by import path so that ``hf-soup`` starts without importing
+torch; third-party methods register with the :func:`register_method` decorator::
+
+    @register_method
+    class MySoup(TensorMethod):
+        name = "my_soup"
+        ...
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Mapping
+
+from pydantic import ValidationError
+
+from ..errors import MethodParameterError, UnknownMethodError
+from .base import SoupMethod
+
+_BUILTIN: dict[str, str] = {
+    "uniform": "hf_soup.methods.uniform:UniformSoup",
+    "weighted": "hf_soup.methods.weighted:WeightedSoup",
+}
+_REGISTERED: dict[str, type[SoupMethod]] = {}
+
+
+def register_method(cls: type[SoupMethod]) -> type[SoupMethod]:
+    """Class decorator: make ``cls`` available as ``method: <cls.name>``."""
+    _REGISTERED[cls.name] = cls
+    return cls
+
+
+def available_methods() -> list[str]:
+    """Names of every built-in and registered method, sorted."""
+    return sorted(set(_BUILTIN) | set(_REGISTERED))
+
+
+def get_method_class(name: str) -> type[SoupMethod]:
+    """Return the class registered as ``name``; raise ``UnknownMethodError`` if none."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    if name not in _BUILTIN:
+        raise UnknownMethodError(
+            f"method: unknown soup method {name!r}; choose one of {', '.join(available_methods())}"
+        )
+    module_name, _, class_name = _BUILTIN[name].partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    _REGISTERED[name] = cls
+    return cls
+
+
+def format_validation_error(error: ValidationError, prefix: str) -> str:
+    """Turn a pydantic error into ``prefix.field: message`` lines."""
+    lines = []
+    for item in error.errors():
+        loc = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "") or "recipe"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see the documentation for the accepted keys)"
+        elif message.startswith("Value error, "):
+            message = message[len("Value error, "):]
+        lines.append(f"{loc}: {message}")
+    return "; ".join(lines)
+
+
+def build_method(name: str, params: Mapping[str, Any] | None = None) -> SoupMethod:
+    """Instantiate method ``name`` with validated ``params``.
+
+    >>> build_method("weighted", {"weights": [1, 3]}).params.weights
+    [1.0, 3.0]
+    """
+    cls = get_method_class(name)
+    try:
+        validated = cls.Params.model_validate(dict(params or {}))
+    except ValidationError as error:
+        raise MethodParameterError(format_validation_error(error, "method")) from None
+    return cls(validated)

@@ -1,0 +1,28 @@
+"""Uniform soup (Wortsman et al., 2022): the plain mean of the ingredients."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .base import ChunkInfo, TensorMethod
+
+
+class UniformSoup(TensorMethod):
+    """Average every tensor over the N ingredients, in float32.
+
+    >>> import numpy as np
+    >>> UniformSoup(UniformSoup.Params()).merge(None, [np.ones(2, "f4"), np.zeros(2, "f4")])
+    array([0.5, 0.5], dtype=float32)
+    """
+
+    name = "uniform"
+    paper = "https://arxiv.org/abs/2203.05482"
+
+    def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
+        out = np.array(chunks[0], dtype=np.float32, copy=True)
+        for chunk in chunks[1:]:
+            out += chunk
+        out /= np.float32(len(chunks))
+        return out

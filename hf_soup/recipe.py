@@ -1,0 +1,156 @@
+"""The YAML recipe as validated models.
+
+```yaml
+ingredients: [org/run-1, {model: org/run-2, revision: v1.0}, ./local-run]
+method: {name: weighted, weights: [1, 2, 1]}
+output: {dir: ./soup, dtype: bfloat16, max_shard_size: 2GB}
+push_to_hub: {repo_id: me/my-soup, private: true}
+```
+
+Unknown keys are errors; messages name the field (``method.lr: must be > 0``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import RecipeError
+from .io import dtypes
+from .io.shards import parse_size
+from .methods.registry import build_method, format_validation_error
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
+class IngredientSpec(_Strict):
+    """A Hub repo ID or path, with an optional revision (branch, tag or sha)."""
+
+    model: str
+    revision: str | None = None
+
+
+class MethodSpec(_Strict):
+    """A method name and its parameters (validated by the method itself)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = "uniform"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class OutputSpec(_Strict):
+    """Where and how the soup is written."""
+
+    dir: str | None = None
+    dtype: str | None = None
+    max_shard_size: Union[int, str] = "5GB"
+    config_from: int = 0
+    overwrite: bool = False
+    format: Literal["model", "adapter"] = "model"
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, value: str | None) -> str | None:
+        return None if value in (None, "auto") else dtypes.parse_dtype(value)
+
+    @field_validator("max_shard_size")
+    @classmethod
+    def _size(cls, value: int | str) -> int | str:
+        parse_size(value)
+        return value
+
+    @field_validator("config_from")
+    @classmethod
+    def _index(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be an ingredient index (0 = the first)")
+        return value
+
+
+class PushSpec(_Strict):
+    """``push_to_hub``: the repo to create or update with the soup."""
+
+    repo_id: str
+    private: bool | None = None
+    revision: str | None = None
+    commit_message: str | None = None
+    create_pr: bool = False
+
+
+class Recipe(_Strict):
+    """A complete soup recipe."""
+
+    ingredients: list[Any] = Field(min_length=1)
+    method: MethodSpec = Field(default_factory=MethodSpec)
+    evaluation: Any = None
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    push_to_hub: PushSpec | None = None
+    on_missing: Literal["error", "skip", "first"] = "error"
+    compare: bool = False
+    seed: int = 0
+
+    @field_validator("ingredients", mode="before")
+    @classmethod
+    def _ingredients(cls, values: Any) -> Any:
+        if not isinstance(values, list):
+            raise ValueError("must be a list of repo IDs, paths or {model, revision} mappings")
+        parsed = []
+        for value in values:
+            if isinstance(value, dict) and set(value) <= {"model", "revision"} and "model" in value:
+                parsed.append(IngredientSpec(**value).model_dump())
+            elif isinstance(value, dict) and "model" in value:
+                unknown = sorted(set(value) - {"model", "revision"})
+                raise ValueError(f"unknown key(s) {unknown} in an ingredient; use model and revision")
+            else:
+                parsed.append(value)
+        return parsed
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"name": value}
+        if isinstance(value, dict) and "params" not in value:
+            value = dict(value)
+            name = value.pop("name", "uniform")
+            return {"name": name, "params": value}
+        return value
+
+    @model_validator(mode="after")
+    def _indices(self) -> "Recipe":
+        if self.output.config_from >= len(self.ingredients):
+            raise ValueError(f"output.config_from: {self.output.config_from} is not an ingredient index (there are {len(self.ingredients)})")
+        return self
+
+
+def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
+    """Validate a recipe mapping; raise :class:`RecipeError` naming each bad field."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: expected a mapping with an 'ingredients' key, got {type(data).__name__}")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as error:
+        raise RecipeError(f"{source}: " + format_validation_error(error, "")) from None
+    try:
+        build_method(recipe.method.name, recipe.method.params)
+    except RecipeError as error:
+        raise type(error)(f"{source}: {error}") from None
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a YAML recipe file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"recipe {path} does not exist") from None
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{path}: not valid YAML ({error})") from None
+    return parse_recipe(data, str(path))
