@@ -26,6 +26,7 @@ def soup(
     token: str | None = None,
     seed: int = 0,
     compare: bool = False,
+    device: str = "auto",
     progress: bool = False,
     **params: Any,
 ) -> SoupResult:
@@ -45,6 +46,7 @@ def soup(
         "on_missing": on_missing,
         "seed": seed,
         "compare": compare,
+        "device": device,
     }
     if evaluation is not None:
         data["evaluation"] = evaluation

@@ -39,6 +39,8 @@ def _add_merge(sub) -> None:
     p.add_argument("--on-missing", choices=["error", "skip", "first"], help="what to do with keys some ingredients lack")
     p.add_argument("--config-from", type=int, help="index of the ingredient whose config/tokenizer files are copied")
     p.add_argument("--seed", type=int, help="random seed for methods that draw or shuffle")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"],
+                   help="where the math runs (default auto: a CUDA GPU when one is visible, else the CPU)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="push the soup to this Hub repo")
     p.add_argument("--private", action="store_true", default=None, help="create the pushed repo as private")
@@ -80,6 +82,8 @@ def _recipe_data(args) -> dict[str, Any]:
         data["on_missing"] = args.on_missing
     if args.seed is not None:
         data["seed"] = args.seed
+    if args.device:
+        data["device"] = args.device
     if args.push_to_hub:
         push = dict(data.get("push_to_hub") or {})
         push["repo_id"] = args.push_to_hub
@@ -96,6 +100,8 @@ def merge_command(args) -> int:
     recipe = parse_recipe(_recipe_data(args), args.recipe or "command line")
     result = run_recipe(recipe, token=args.token, progress=not args.quiet and sys.stderr.isatty())
     report = result.report
+    if not result.is_main_process:  # torchrun / accelerate launch: process 0 speaks for all
+        return 0
     print(f"Soup written to {result.output_dir} ({report['method']}, {report['output']['num_parameters']:,} parameters, "
           f"{len(report['ingredients'])} ingredients, {report['timings']['total']:.2f}s)")
     if report.get("pushed_to"):

@@ -64,3 +64,19 @@ class EvaluationError(HfSoupError):
 
 class HubError(HfSoupError):
     """A Hub operation (pull or push) failed; the message says how to retry."""
+
+
+class DistributedError(HfSoupError):
+    """A multi-process run (``torchrun`` / ``accelerate launch``) cannot go on."""
+
+
+class RankFailedError(DistributedError):
+    """Another process of a multi-process run failed; every process stops with its error.
+
+    ``rank`` is the failed process, ``error_type`` the name of its exception.
+    """
+
+    def __init__(self, message: str, rank: int = -1, error_type: str = ""):
+        super().__init__(message)
+        self.rank = rank
+        self.error_type = error_type

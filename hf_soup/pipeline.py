@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .align import Alignment, align
+from .align import align
 from .errors import RecipeError
 from .ingredients import Ingredient, resolve_ingredients
 from .io.shards import parse_size
@@ -28,6 +28,7 @@ class SoupResult:
     output_dir: Path | None
     report: dict[str, Any]
     state_dict: dict[str, Any] | None = field(default=None, repr=False)
+    is_main_process: bool = True
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
         """Push the soup directory to ``repo_id``; return the commit URL."""
@@ -67,50 +68,66 @@ def _weights_of(plan: MergePlan) -> list[float] | None:
 
 
 def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = False) -> SoupResult:
-    """Execute ``recipe``; write the soup atomically into ``recipe.output.dir``."""
-    from .io.staging import check_destination, staged_directory
-    from .output import copy_sidecars, shard_plan, write_index, write_shards
+    """Execute ``recipe``; write the soup atomically into ``recipe.output.dir``.
+
+    Launched as several processes (``torchrun`` / ``accelerate launch``), the processes
+    share the work; see :mod:`hf_soup.distributed`.
+    """
+    from .distributed import get_dist
+    from .engine.device import on_device
+    from .io.staging import check_destination
+    from .output import copy_sidecars, shard_plan, write_index
 
     if not recipe.output.dir:
         raise RecipeError("output.dir: required; say where to write the soup (-o DIR)")
-    destination = check_destination(recipe.output.dir, recipe.output.overwrite)
-    timer = _Timer()
-    method = build_method(recipe.method.name, recipe.method.params)
-    ingredients = resolve_ingredients(recipe.ingredients, token=token)
+    dist = get_dist(recipe.device)
+    with dist.stage("checking the recipe"):
+        destination = check_destination(recipe.output.dir, recipe.output.overwrite)
+        timer = _Timer()
+        method = build_method(recipe.method.name, recipe.method.params)
+    ingredients = dist.local_main_first(lambda: resolve_ingredients(recipe.ingredients, token=token))
     timer.lap("resolve")
     with ExitStack() as stack:
-        sources = {i: stack.enter_context(ing.open()) for i, ing in enumerate(ingredients)}
-        alignment = align(list(sources.values()), [i.name for i in ingredients], [i.config for i in ingredients],
-                          on_missing=recipe.on_missing, dtype=recipe.output.dtype, reference=recipe.output.config_from)
+        with dist.stage("aligning the ingredients"):
+            sources = {i: stack.enter_context(ing.open()) for i, ing in enumerate(ingredients)}
+            alignment = align(list(sources.values()), [i.name for i in ingredients], [i.config for i in ingredients],
+                              on_missing=recipe.on_missing, dtype=recipe.output.dtype, reference=recipe.output.config_from)
         timer.lap("align")
-        context = MergeContext(len(ingredients), [i.name for i in ingredients], extra={"seed": recipe.seed})
-        plan = _plan(method, context, ingredients)
+        context = MergeContext(len(ingredients), [i.name for i in ingredients], device=dist.device,
+                               extra={"seed": recipe.seed})
+        with dist.stage("planning the merge"):
+            plan = _plan(method, context, ingredients)
         timer.lap("plan")
         shards = shard_plan(alignment.tensors, parse_size(recipe.output.max_shard_size))
-        with staged_directory(destination, recipe.output.overwrite) as staging:
-            bar = _progress_bar(alignment, progress)
-            write_shards(staging, shards, alignment.tensors, plan.method, sources, plan.ingredients,
-                         progress=bar.update if bar else None)
+        report = None
+        with dist.staged_directory(destination, recipe.output.overwrite) as staging:
+            mine = dist.my_shards(shards)
+            bar = _progress_bar(sum(meta.numel for s in mine for _, meta in s.entries), progress and dist.is_main)
+            dist.write_shards(staging, shards, alignment.tensors, on_device(plan.method, dist.device), sources,
+                              plan.ingredients, progress=bar.update if bar else None)
             if bar:
                 bar.close()
-            write_index(staging, shards)
-            copy_sidecars(staging, ingredients[recipe.output.config_from], recipe.output.dtype)
             timer.lap("merge")
-            report = _report(recipe, method, plan, ingredients, alignment, shards, timer)
-            write_report(staging, report)
-            _write_card(staging)
-    result = SoupResult(destination, report)
-    if recipe.push_to_hub is not None:
-        result.report["pushed_to"] = result.push_to_hub(token=token, **recipe.push_to_hub.model_dump())
-    return result
+            if dist.is_main:
+                write_index(staging, shards)
+                copy_sidecars(staging, ingredients[recipe.output.config_from], recipe.output.dtype)
+                report = _report(recipe, method, plan, ingredients, alignment, shards, timer)
+                if dist.report():
+                    report["distributed"] = dist.report()
+                write_report(staging, report)
+                _write_card(staging)
+    with dist.stage("pushing the soup"):
+        if recipe.push_to_hub is not None and dist.is_main:
+            report["pushed_to"] = SoupResult(destination, report).push_to_hub(token=token, **recipe.push_to_hub.model_dump())
+    return SoupResult(destination, dist.broadcast(report), is_main_process=dist.is_main)
 
 
-def _progress_bar(alignment: Alignment, enabled: bool):
+def _progress_bar(total: int, enabled: bool):
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=alignment.num_parameters, unit="param", unit_scale=True, desc="souping")
+    return tqdm(total=total, unit="param", unit_scale=True, desc="souping")
 
 
 def _write_card(directory: Path) -> None:

@@ -92,6 +92,7 @@ class Recipe(_Strict):
     on_missing: Literal["error", "skip", "first"] = "error"
     compare: bool = False
     seed: int = 0
+    device: Literal["cpu", "cuda", "auto"] = "auto"
 
     @field_validator("ingredients", mode="before")
     @classmethod

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from .base import ChunkInfo, TensorMethod
+
+if TYPE_CHECKING:
+    import torch
 
 
 class UniformSoup(TensorMethod):
@@ -25,4 +28,18 @@ class UniformSoup(TensorMethod):
         for chunk in chunks[1:]:
             out += chunk
         out /= np.float32(len(chunks))
+        return out
+
+    def merge_torch(self, info: ChunkInfo, chunks: Sequence["torch.Tensor"]) -> "torch.Tensor":
+        """The same sums and division as :meth:`merge`, on the chunks' device (GPU path).
+
+        The divisor is a device tensor, not a Python number: CUDA divides by a host
+        scalar as a multiplication by its reciprocal, which can differ in the last bit.
+        """
+        import torch
+
+        out = chunks[0].clone()
+        for chunk in chunks[1:]:
+            out += chunk
+        out /= torch.tensor(len(chunks), dtype=torch.float32, device=out.device)
         return out

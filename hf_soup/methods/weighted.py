@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from pydantic import Field, field_validator
 
 from ..errors import MethodParameterError
 from .base import ChunkInfo, MergeContext, MethodParams, TensorMethod
+
+if TYPE_CHECKING:
+    import torch
 
 
 class WeightedParams(MethodParams):
@@ -71,6 +74,23 @@ class WeightedSoup(TensorMethod):
         for weight, chunk in zip(weights, chunks):
             if weight:
                 np.multiply(chunk, np.float32(weight), out=scratch)
+                out += scratch
+        return out
+
+    def merge_torch(self, info: ChunkInfo, chunks: Sequence["torch.Tensor"]) -> "torch.Tensor":
+        """:meth:`merge` on the chunks' device (GPU path): same products and sums, same order.
+
+        Products and sums are separate operations (no fused multiply-add), so the bytes
+        match the numpy path.
+        """
+        import torch
+
+        weights = self._weights_for(info.key if info else None)
+        out = torch.zeros_like(chunks[0])
+        scratch = torch.empty_like(out)
+        for weight, chunk in zip(weights, chunks):
+            if weight:
+                torch.mul(chunk, torch.tensor(weight, dtype=torch.float32, device=out.device), out=scratch)
                 out += scratch
         return out
 

@@ -1,0 +1,372 @@
+"""One merge across processes, GPUs and nodes (``torchrun`` / ``accelerate launch``).
+
+    torchrun --nproc_per_node 4 -m hf_soup merge recipe.yaml --max-shard-size 1GB
+    accelerate launch --num_processes 4 -m hf_soup merge recipe.yaml
+
+The output shards are fixed by ``max_shard_size`` alone, so the files are the same
+whatever the number of processes. Each process takes a share of the shards balanced
+by bytes (:func:`assign_shards`), reads only the tensors of its shards and writes them
+into one staging directory that process 0 created; process 0 then writes the index,
+report and card and publishes the directory. The bytes equal a single-process run.
+
+Every step that can fail ends with an exchange of status (:meth:`Dist.stage`): when one
+process fails, every process raises (the failed one its own error, the others a
+:class:`~hf_soup.errors.RankFailedError` naming it), the staging directory is removed
+and nothing appears at the destination. No process waits forever on a failed one.
+
+A single process gets the plain :class:`Dist`, which imports neither torch nor
+accelerate; :class:`ProcessGroupDist` is created only when the launcher says there are
+several processes (``WORLD_SIZE`` > 1) or ``HF_SOUP_DISTRIBUTED=1`` asks for it.
+
+>>> dist = get_dist("cpu")          # a plain run: one process
+>>> dist.rank, dist.world_size, dist.is_main
+(0, 1, True)
+>>> assign_shards([50, 40, 30, 20], 2)
+[[0, 3], [1, 2]]
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import tempfile
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+from .errors import DistributedError, RankFailedError
+
+logger = logging.getLogger("hf_soup")
+T = TypeVar("T")
+
+WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+TIMEOUT_VARIABLE = "HF_SOUP_DIST_TIMEOUT"
+_FAILED_MARKER = ".hf-soup-failed-rank"
+
+
+def launched_world_size() -> int:
+    """The number of processes the launcher started (1 when not launched by one)."""
+    for name in WORLD_SIZE_VARIABLES:
+        value = os.environ.get(name)
+        if value and value.strip().isdigit():
+            return int(value)
+    return 1
+
+
+def assign_shards(sizes: Sequence[int], world_size: int) -> list[list[int]]:
+    """Give each process a share of the shards, balanced by bytes, the same on every process.
+
+    Largest shard first, each to the least loaded process (the lowest rank on ties);
+    each share is returned in shard order.
+    """
+    loads = [0] * world_size
+    shares: list[list[int]] = [[] for _ in range(world_size)]
+    for index in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        rank = min(range(world_size), key=lambda r: (loads[r], r))
+        shares[rank].append(index)
+        loads[rank] += sizes[index]
+    return [sorted(share) for share in shares]
+
+
+class Dist:
+    """The processes of one run; this base class is the single-process case (no-ops).
+
+    ``device`` is where this process does its math (``cpu``, ``cuda`` or ``cuda:<i>``).
+    """
+
+    rank = 0
+    world_size = 1
+    local_rank = 0
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+        self.shards_written: list[str] = []
+        self.merge_seconds = 0.0
+        self._all_merge_seconds: list[float] = []
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is process 0, the one that writes the index, report and card."""
+        return self.rank == 0
+
+    # -- communication (no-ops for one process) ---------------------------------------
+    def barrier(self) -> None:
+        """Wait until every process gets here."""
+
+    def broadcast(self, obj: T, src: int = 0) -> T:
+        """Process ``src``'s ``obj`` on every process (small picklable objects)."""
+        return obj
+
+    def all_gather(self, obj: T) -> list[T]:
+        """Every process's ``obj``, in rank order."""
+        return [obj]
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Run a step that may fail; with several processes, all stop if any fails."""
+        yield
+
+    def local_main_first(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on each node's main process first (downloads), then on the others."""
+        return fn()
+
+    # -- the merge --------------------------------------------------------------------
+    def my_shards(self, shards: Sequence[Any]) -> list[Any]:
+        """This process's share of ``shards`` (all of them for one process)."""
+        return list(shards)
+
+    @contextmanager
+    def staged_directory(self, destination: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
+        """A staging directory shared by every process, published when all succeeded."""
+        from .io.staging import staged_directory
+
+        with staged_directory(destination, overwrite) as staging:
+            yield staging
+
+    def write_shards(self, directory: Path, shards: Sequence[Any], *args: Any, **kwargs: Any) -> None:
+        """Merge and write this process's share of ``shards`` (see :func:`hf_soup.output.write_shards`)."""
+        from .output import write_shards
+
+        start = time.perf_counter()
+        with self.stage("merging its shards"):
+            try:
+                for shard in self.my_shards(shards):
+                    self._check_peers(directory)
+                    write_shards(directory, [shard], *args, **kwargs)
+                    self.shards_written.append(shard.filename)
+            except BaseException as error:
+                if not isinstance(error, RankFailedError):
+                    self._mark_failed(directory)
+                raise
+        self.merge_seconds = time.perf_counter() - start
+        self._all_merge_seconds = self.all_gather(self.merge_seconds)
+
+    def _check_peers(self, directory: Path) -> None:
+        """Stop early when another process has already failed."""
+
+    def _mark_failed(self, directory: Path) -> None:
+        """Tell the other processes (through the shared staging directory) to stop early."""
+
+    def report(self) -> dict[str, Any] | None:
+        """What the soup report records about the processes (``None`` for one process)."""
+        return None
+
+
+class ProcessGroupDist(Dist):
+    """Several processes, over a ``torch.distributed`` group set up by ``accelerate.PartialState``.
+
+    On CPU the state is ``PartialState(cpu=True)`` (gloo); a plain ``PartialState()``
+    on a CPU machine would report a single process and every process would do all the
+    work. With GPUs each process uses ``cuda:<local rank>``. Small objects (statuses,
+    paths, the report) travel over a gloo group, whatever the main backend.
+    ``HF_SOUP_DIST_TIMEOUT`` (seconds) bounds every collective.
+    """
+
+    def __init__(self, device: str = "auto"):
+        from datetime import timedelta
+
+        import torch.distributed as td
+        from accelerate import PartialState
+
+        from .engine.device import resolve_device
+
+        resolved = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+        timeout = os.environ.get(TIMEOUT_VARIABLE)
+        kwargs = {"timeout": timedelta(seconds=float(timeout))} if timeout else {}
+        self.state = PartialState(cpu=resolved == "cpu", **kwargs)
+        if not td.is_available() or not td.is_initialized() or self.state.num_processes < 2:
+            raise DistributedError(
+                f"launched as {launched_world_size()} processes but no process group could be set up "
+                f"({self.state.distributed_type}); launch with torchrun or accelerate launch, "
+                "or unset WORLD_SIZE for a single process"
+            )
+        super().__init__("cpu" if resolved == "cpu" else str(self.state.device))
+        self._td = td
+        self._warned = False
+        self.rank = self.state.process_index
+        self.world_size = self.state.num_processes
+        self.local_rank = self.state.local_process_index
+        self._group = None if td.get_backend() == "gloo" else td.new_group(backend="gloo", **kwargs)
+        self._shares: list[list[str]] = []
+        atexit.register(self._close)
+
+    def _close(self) -> None:
+        """Tear the process group down before the interpreter exits (else gloo aborts)."""
+        try:
+            if self._td.is_initialized():
+                self._td.destroy_process_group()
+        except Exception:  # exiting anyway
+            logger.debug("destroy_process_group failed", exc_info=True)
+
+    # -- communication ----------------------------------------------------------------
+    def barrier(self) -> None:
+        self._td.barrier(group=self._group)
+
+    def broadcast(self, obj: T, src: int = 0) -> T:
+        box = [obj]
+        self._td.broadcast_object_list(box, src=src, group=self._group)
+        return box[0]
+
+    def all_gather(self, obj: T) -> list[T]:
+        out: list[Any] = [None] * self.world_size
+        self._td.all_gather_object(out, obj, group=self._group)
+        return out
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        try:
+            yield
+        except BaseException as error:
+            self._settle(name, error)
+            raise
+        self._settle(name, None)
+
+    def _settle(self, stage: str, error: BaseException | None) -> None:
+        """Exchange statuses; raise on every process if any failed."""
+        status = None if error is None else _describe(error, self.rank, stage)
+        failures = [s for s in self.all_gather(status) if s is not None]
+        if not failures:
+            return
+        if error is not None and not isinstance(error, RankFailedError):
+            raise error
+        first = next((f for f in failures if not f["forwarded"]), failures[0])
+        raise RankFailedError(
+            f"process {first['rank']} of {self.world_size} failed ({first['stage']}): "
+            f"{first['type']}: {first['message']}",
+            rank=first["rank"],
+            error_type=first["type"],
+        ) from (error if isinstance(error, RankFailedError) else None)
+
+    def local_main_first(self, fn: Callable[[], T]) -> T:
+        first = self.local_rank == 0
+        result: Any = None
+        with self.stage("resolving the ingredients, main process of each node first"):
+            if first:
+                result = fn()
+        with self.stage("resolving the ingredients"):
+            if not first:
+                result = fn()
+        return result
+
+    # -- the merge --------------------------------------------------------------------
+    def my_shards(self, shards: Sequence[Any]) -> list[Any]:
+        shares = assign_shards([shard.nbytes for shard in shards], self.world_size)
+        self._shares = [[shards[i].filename for i in share] for share in shares]
+        if self.is_main and len(shards) < self.world_size and not self._warned:
+            self._warned = True
+            logger.warning(
+                "only %d output shard(s) for %d processes: %d process(es) have nothing to write; "
+                "lower max_shard_size (--max-shard-size) to spread the work",
+                len(shards), self.world_size, self.world_size - len(shards),
+            )
+        return [shards[i] for i in shares[self.rank]]
+
+    @contextmanager
+    def staged_directory(self, destination: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
+        from .io.staging import check_destination, publish
+
+        created = None
+        with self.stage("creating the staging directory"):
+            path = check_destination(destination, overwrite)
+            if self.is_main:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                created = tempfile.mkdtemp(prefix=f".{path.name}.hf-soup-", dir=path.parent)
+        staging = Path(self.broadcast(created))
+        try:
+            with self.stage("finding the staging directory"):
+                if not staging.is_dir():
+                    raise DistributedError(
+                        f"{staging}: created by process 0 but not visible on this node; the output "
+                        "directory must be on a filesystem every node shares (see docs/distributed.md)"
+                    )
+            error: BaseException | None = None
+            try:
+                yield staging
+            except BaseException as raised:  # every process must reach the exchange below
+                error = raised
+                self._mark_failed(staging)
+            self._settle("writing the soup", error)
+            with self.stage("publishing the soup"):
+                if self.is_main:
+                    publish(staging, path, overwrite)
+        except BaseException:
+            if self.is_main:
+                shutil.rmtree(staging, ignore_errors=True)
+            self._quiet_barrier()  # nobody exits before the staging directory is gone
+            raise
+
+    def _quiet_barrier(self) -> None:
+        try:
+            self.barrier()
+        except Exception:  # a peer died: torchrun stops the rest; nothing more to wait for
+            logger.debug("barrier after a failure did not complete", exc_info=True)
+
+    def _check_peers(self, directory: Path) -> None:
+        failed = sorted(directory.glob(_FAILED_MARKER + "*"))
+        if failed:
+            rank = failed[0].name[len(_FAILED_MARKER):]
+            raise RankFailedError(f"process {rank} failed; stopping", rank=int(rank) if rank.isdigit() else -1)
+
+    def _mark_failed(self, directory: Path) -> None:
+        try:
+            (directory / f"{_FAILED_MARKER}{self.rank}").touch()
+        except OSError:
+            pass
+
+    def report(self) -> dict[str, Any] | None:
+        return {
+            "num_processes": self.world_size,
+            "device": self.device,
+            "shards_per_process": self._shares,
+            "merge_seconds": [round(s, 4) for s in self._all_merge_seconds],
+        }
+
+
+def _describe(error: BaseException, rank: int, stage: str) -> dict[str, Any]:
+    if isinstance(error, RankFailedError):
+        return {"rank": error.rank, "type": error.error_type or type(error).__name__, "message": str(error),
+                "stage": stage, "forwarded": True}
+    message = str(error) or repr(error)
+    try:  # the stage where the error first surfaced, not the outer ones it passes through
+        stage = error._hf_soup_stage  # type: ignore[attr-defined]
+    except AttributeError:
+        try:
+            error._hf_soup_stage = stage  # type: ignore[attr-defined]
+        except AttributeError:
+            pass
+        logger.debug("process %d failed:\n%s", rank, "".join(traceback.format_exception(error)))
+    return {"rank": rank, "type": type(error).__name__, "message": message, "stage": stage, "forwarded": False}
+
+
+_CURRENT: Dist | None = None
+
+
+def get_dist(device: str = "auto", force: bool | None = None) -> Dist:
+    """The :class:`Dist` of this process, created on first use.
+
+    Several processes (``WORLD_SIZE`` > 1, or ``force`` / ``HF_SOUP_DISTRIBUTED=1``) give
+    a :class:`ProcessGroupDist`; otherwise a plain :class:`Dist` on ``device`` (``auto``
+    means a CUDA GPU when one is visible), with no torch or accelerate import on a CPU.
+    """
+    global _CURRENT
+    from .engine.device import resolve_device
+
+    if force is None:
+        force = os.environ.get("HF_SOUP_DISTRIBUTED", "").lower() in ("1", "true", "yes")
+    if force or launched_world_size() > 1:
+        if _CURRENT is None or type(_CURRENT) is Dist:
+            _CURRENT = ProcessGroupDist(device)
+        elif (_CURRENT.device == "cpu") != (resolve_device(device, _CURRENT.local_rank) == "cpu"):
+            raise DistributedError(
+                f"device: this process group already runs on {_CURRENT.device}; a second soup in the same "
+                f"launch cannot switch to {device!r}; use the same device for every soup"
+            )
+        return _CURRENT
+    return Dist(resolve_device(device))
+
+
+__all__ = ["Dist", "ProcessGroupDist", "assign_shards", "get_dist", "launched_world_size"]

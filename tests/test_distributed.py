@@ -1,0 +1,214 @@
+"""One merge across 2 CPU processes (gloo): same bytes as one process; a failure stops every process.
+
+The multi-process runs are real launches (``torchrun``, or the same environment torchrun
+sets, spawned directly where a test needs each process's own exit code).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hf_soup.distributed import Dist, assign_shards, get_dist
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 240
+SHARD = "24KB"  # several output shards for tiny models, so both processes get work
+
+
+@pytest.fixture(scope="module")
+def ingredients(tmp_path_factory) -> list[str]:
+    """Three tiny Llama checkpoints (different seeds), each saved in several shards."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("ingredients")
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=4, vocab_size=128, tie_word_embeddings=False)
+    paths = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        path = root / f"run{seed}"
+        LlamaForCausalLM(config).save_pretrained(path, max_shard_size="20KB")
+        paths.append(str(path))
+    return paths
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1", HF_SOUP_DIST_TIMEOUT="90")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    return {**env, **extra}
+
+
+def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "hf_soup", *args]
+    return subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _spawn(args: list[str], nproc: int = 2, file_size_limit: dict[int, int] | None = None) -> list[tuple[int, str, str]]:
+    """Start ``nproc`` processes the way torchrun does; return each one's (exit code, stdout, stderr)."""
+    port, limits = _free_port(), file_size_limit or {}
+    processes = []
+    for rank in range(nproc):
+        env = _env(RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nproc),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        limit = limits.get(rank)
+        setup = (lambda limit=limit: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))) if limit else None
+        processes.append(subprocess.Popen([sys.executable, "-m", "hf_soup", *args], env=env, cwd=ROOT, text=True,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=setup))
+    results = []
+    try:
+        for process in processes:
+            out, err = process.communicate(timeout=TIMEOUT)
+            results.append((process.returncode, out, err))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    return results
+
+
+def _single(args: list[str]) -> None:
+    from hf_soup.cli import main
+
+    assert main(args) == 0
+
+
+def _merge_args(ingredients: list[str], output: Path, *extra: str) -> list[str]:
+    return ["merge", *[a for path in ingredients for a in ("-m", path)], "-o", str(output),
+            "--max-shard-size", SHARD, "--device", "cpu", "--quiet", *extra]
+
+
+def _assert_same_soup(one: Path, two: Path) -> None:
+    names = sorted(p.name for p in one.iterdir())
+    assert names == sorted(p.name for p in two.iterdir())
+    assert sum(name.endswith(".safetensors") for name in names) >= 3
+    for name in names:
+        if name in ("soup_report.json", "README.md"):  # they hold timings
+            continue
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    reports = [json.loads((d / "soup_report.json").read_text()) for d in (one, two)]
+    for report in reports:
+        report.pop("timings")
+        report["recipe"]["output"].pop("dir")
+    distributed = reports[1].pop("distributed")
+    assert reports[0] == reports[1]
+    assert distributed["num_processes"] == 2
+    written = [name for share in distributed["shards_per_process"] for name in share]
+    assert sorted(written) == sorted(n for n in names if n.endswith(".safetensors"))
+    assert all(distributed["shards_per_process"])  # both processes wrote shards
+
+
+def _no_trace(directory: Path) -> None:
+    assert not directory.exists()
+    assert not [p for p in directory.parent.iterdir() if p.name.startswith(f".{directory.name}.hf-soup")]
+
+
+def test_shards_are_assigned_by_bytes_and_deterministically():
+    sizes = [90, 10, 10, 10, 40, 40, 10]
+    shares = assign_shards(sizes, 2)
+    assert sorted(i for share in shares for i in share) == list(range(len(sizes)))
+    loads = [sum(sizes[i] for i in share) for share in shares]
+    assert loads == [100, 110] or loads == [110, 100]
+    assert shares == assign_shards(sizes, 2)
+    assert assign_shards([5], 3) == [[0], [], []]
+
+
+def test_a_single_process_merge_imports_neither_torch_nor_accelerate(ingredients, tmp_path):
+    code = ("import sys; from hf_soup.cli import main; rc = main(sys.argv[1:]); "
+            "assert rc == 0; assert 'torch' not in sys.modules and 'accelerate' not in sys.modules, 'imported'")
+    args = _merge_args(ingredients, tmp_path / "soup")
+    args[args.index("--device") + 1] = "auto"
+    run = subprocess.run([sys.executable, "-c", code, *args], env=_env(CUDA_VISIBLE_DEVICES=""), cwd=ROOT,
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    assert run.returncode == 0, run.stderr
+    assert isinstance(get_dist("cpu"), Dist) and get_dist("cpu").world_size == 1
+
+
+def test_torchrun_uniform_soup_has_the_bytes_of_one_process(ingredients, tmp_path):
+    _single(_merge_args(ingredients, tmp_path / "one"))
+    run = _torchrun(_merge_args(ingredients, tmp_path / "two"))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("Soup written to") == 1  # process 0 speaks for all
+    _assert_same_soup(tmp_path / "one", tmp_path / "two")
+
+
+def test_two_processes_weighted_soup_has_the_bytes_of_one_process(ingredients, tmp_path):
+    extra = ["--method", "weighted", "-p", "weights=[0.2,0.5,0.3]"]
+    _single(_merge_args(ingredients, tmp_path / "one", *extra))
+    results = _spawn(_merge_args(ingredients, tmp_path / "two", *extra))
+    assert [code for code, _, _ in results] == [0, 0], results[0][2][-3000:] + results[1][2][-3000:]
+    _assert_same_soup(tmp_path / "one", tmp_path / "two")
+
+
+def test_a_failing_process_stops_every_process_and_leaves_nothing(ingredients, tmp_path):
+    # Process 1 may write only 4 KB (RLIMIT_FSIZE): its first shard fails with EFBIG.
+    results = _spawn(_merge_args(ingredients, tmp_path / "soup"), file_size_limit={1: 4096})
+    codes = [code for code, _, _ in results]
+    assert all(code != 0 for code in codes), codes
+    assert "File too large" in results[1][2]
+    assert "process 1 of 2 failed (merging its shards): OSError" in results[0][2]
+    assert "Soup written" not in results[0][1] + results[1][1]
+    _no_trace(tmp_path / "soup")
+
+
+def test_an_unreadable_ingredient_shard_fails_every_process_under_torchrun(ingredients, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(ingredients[1], broken)
+    shard = sorted(broken.glob("model-*.safetensors"))[2]
+    shard.write_bytes(shard.read_bytes()[:-100])  # truncated download
+    run = _torchrun(_merge_args([ingredients[0], str(broken), ingredients[2]], tmp_path / "soup"))
+    assert run.returncode != 0
+    assert run.stderr.count("hf-soup: error:") == 2 and "truncated" in run.stderr
+    _no_trace(tmp_path / "soup")
+
+
+@pytest.mark.parametrize("method,params", [("uniform", {}), ("weighted", {"weights": [0.3, -1.25, 2.0]})])
+def test_the_torch_path_gives_the_numpy_bytes(method, params, ingredients, tmp_path):
+    from hf_soup.engine.device import DeviceMethod, on_device
+    from hf_soup.methods.base import ChunkInfo
+    from hf_soup.methods.registry import build_method
+
+    merger = build_method(method, params)
+    torch_path = on_device(merger, "cpu", force_torch=True)
+    assert isinstance(torch_path, DeviceMethod)
+    rng = np.random.default_rng(0)
+    for size in (1, 7, 4099):
+        chunks = [rng.standard_normal(size).astype(np.float32) * scale for scale in (1e-3, 1.0, 1e4)]
+        chunks[0][0] = -0.0
+        info = ChunkInfo("w", (size,), 0, size)
+        expected = merger.merge(info, chunks)
+        got = torch_path.merge(info, chunks)
+        assert got.dtype == np.float32 and got.tobytes() == expected.tobytes()
+
+
+def test_device_cuda_without_a_gpu_fails_before_any_work(ingredients, tmp_path, capsys):
+    from hf_soup.cli import main
+    from hf_soup.engine.device import cuda_available
+
+    if cuda_available():
+        pytest.skip("a CUDA GPU is visible")
+    args = _merge_args(ingredients, tmp_path / "soup")
+    args[args.index("--device") + 1] = "cuda"
+    assert main(args) == 2
+    assert "device: cuda was asked for but no CUDA GPU is visible" in capsys.readouterr().err
+    assert not (tmp_path / "soup").exists()
