@@ -87,17 +87,20 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
         method = build_method(recipe.method.name, recipe.method.params)
     ingredients = dist.local_main_first(lambda: resolve_ingredients(recipe.ingredients, token=token))
     timer.lap("resolve")
+    logger.info("resolved %d ingredients: %s", len(ingredients), ", ".join(i.name for i in ingredients))
     with ExitStack() as stack:
         with dist.stage("aligning the ingredients"):
             sources = {i: stack.enter_context(ing.open()) for i, ing in enumerate(ingredients)}
             alignment = align(list(sources.values()), [i.name for i in ingredients], [i.config for i in ingredients],
                               on_missing=recipe.on_missing, dtype=recipe.output.dtype, reference=recipe.output.config_from)
         timer.lap("align")
+        logger.info("aligned %d tensors (%d parameters)", len(alignment.tensors), alignment.num_parameters)
         context = MergeContext(len(ingredients), [i.name for i in ingredients], device=dist.device,
                                extra={"seed": recipe.seed})
         with dist.stage("planning the merge"):
             plan = _plan(method, context, ingredients)
         timer.lap("plan")
+        logger.info("plan: %s over ingredients %s", plan.method.name, plan.ingredients)
         shards = shard_plan(alignment.tensors, parse_size(recipe.output.max_shard_size))
         report = None
         with dist.staged_directory(destination, recipe.output.overwrite) as staging:
@@ -116,6 +119,7 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
                     report["distributed"] = dist.report()
                 write_report(staging, report)
                 _write_card(staging)
+    logger.info("soup written to %s", destination)
     with dist.stage("pushing the soup"):
         if recipe.push_to_hub is not None and dist.is_main:
             report["pushed_to"] = SoupResult(destination, report).push_to_hub(token=token, **recipe.push_to_hub.model_dump())
