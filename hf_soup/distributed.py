@@ -28,6 +28,7 @@ several processes (``WORLD_SIZE`` > 1) or ``HF_SOUP_DISTRIBUTED=1`` asks for it.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import shutil
@@ -113,6 +114,31 @@ class Dist:
     def local_main_first(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on each node's main process first (downloads), then on the others."""
         return fn()
+
+    def check_same(self, value: Any, what: str, fix: str) -> None:
+        """Raise on every process unless ``value`` is equal on all of them."""
+        values = self.all_gather(value)
+        differing = [rank for rank, v in enumerate(values) if v != values[0]]
+        if differing:
+            raise DistributedError(
+                f"{what} differ between processes (process 0: {values[0]!r}, process {differing[0]}: "
+                f"{values[differing[0]]!r}); {fix}"
+            )
+
+    def agree_on_revisions(self, ingredients: Sequence[Any]) -> None:
+        """Every process (every node) must have resolved the same ingredient commits."""
+        if self.world_size == 1:
+            return
+        self.check_same([i.sha for i in ingredients], "the resolved ingredient revisions",
+                        "pin every Hub ingredient to a commit (org/name@sha) so all nodes read the same weights")
+
+    def agree_on_plan(self, plan: Any) -> None:
+        """Every process must have planned the same merge (data-driven methods evaluate on each)."""
+        if self.world_size == 1:
+            return
+        summary = json.dumps([plan.method.name, plan.ingredients, plan.method.report()], default=str, sort_keys=True)
+        self.check_same(summary, "the merge plans",
+                        "make the evaluation deterministic (same data, seed and order on every process)")
 
     # -- the merge --------------------------------------------------------------------
     def my_shards(self, shards: Sequence[Any]) -> list[Any]:

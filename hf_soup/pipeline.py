@@ -86,6 +86,7 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
         timer = _Timer()
         method = build_method(recipe.method.name, recipe.method.params)
     ingredients = dist.local_main_first(lambda: resolve_ingredients(recipe.ingredients, token=token))
+    dist.agree_on_revisions(ingredients)
     timer.lap("resolve")
     logger.info("resolved %d ingredients: %s", len(ingredients), ", ".join(i.name for i in ingredients))
     with ExitStack() as stack:
@@ -99,6 +100,7 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
                                extra={"seed": recipe.seed})
         with dist.stage("planning the merge"):
             plan = _plan(method, context, ingredients)
+        dist.agree_on_plan(plan)
         timer.lap("plan")
         logger.info("plan: %s over ingredients %s", plan.method.name, plan.ingredients)
         shards = shard_plan(alignment.tensors, parse_size(recipe.output.max_shard_size))
