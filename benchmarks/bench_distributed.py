@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -27,11 +28,11 @@ def torchrun_command(nproc: int, *args: str) -> list[str]:
             "-m", "hf_soup", *args]
 
 
-def run(command: list[str], out: Path, runs: int) -> dict[str, float]:
+def run(command: list[str], out: Path, runs: int, env: dict | None = None) -> dict[str, float]:
     """Median wall time, peak RSS and merge-phase seconds over ``runs`` runs of ``command``."""
     walls, peaks, merges = [], [], []
     for _ in range(runs):
-        wall, peak = measure(command)
+        wall, peak = measure(command, env)
         report = json.loads((out / "soup_report.json").read_text())
         walls.append(wall)
         peaks.append(peak)
@@ -52,25 +53,33 @@ def main() -> None:
     parser.add_argument("--max-shard-size", default="30MB",
                         help="output shard size; 30MB gives 2 x 65 MB embedding shards and 4 x 27 MB layer shards")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--method", default="uniform", help="soup method, e.g. uniform or ame")
+    parser.add_argument("-p", "--param", action="append", default=[], help="method parameter KEY=VALUE")
     args = parser.parse_args()
     paths = llama_ingredients(4)
     warm_cache(paths)
     work = Path(tempfile.mkdtemp(prefix="hf-soup-bench-dist-"))
     try:
         merge = ["merge", *sum((["-m", str(p)] for p in paths), []), "--max-shard-size", args.max_shard_size,
-                 "--device", "cpu", "--overwrite", "--quiet"]
+                 "--device", "cpu", "--overwrite", "--quiet", "--method", args.method,
+                 *sum((["-p", p] for p in args.param), [])]
         one = run(hf_soup_command(*merge, "-o", str(work / "one")), work / "one", args.runs)
+        # the launcher's own cost: torchrun with one process (HF_SOUP_DISTRIBUTED=1 forces the process group)
+        alone = run(torchrun_command(1, *merge, "-o", str(work / "alone")), work / "alone", args.runs,
+                    env=dict(os.environ, HF_SOUP_DISTRIBUTED="1"))
         many = run(torchrun_command(args.nproc, *merge, "-o", str(work / "many")), work / "many", args.runs)
         shards = len(list((work / "one").glob("*.safetensors")))
-        print(f"uniform soup, 4 ingredients x ~230 MB, {shards} output shards of <= {args.max_shard_size}, "
+        print(f"{args.method} soup, 4 ingredients x ~230 MB, {shards} output shards of <= {args.max_shard_size}, "
               f"median of {args.runs}")
         print(f"{'contender':<28} {'wall s':>8} {'merge s':>8} {'peak RSS MB':>12}")
-        for name, row in ((f"1 process", one), (f"torchrun, {args.nproc} processes", many)):
+        for name, row in (("1 process", one), ("torchrun, 1 process", alone), (f"torchrun, {args.nproc} processes", many)):
             print(f"{name:<28} {row['wall']:>8.2f} {row['merge']:>8.2f} {row['peak']:>12.0f}")
         print(f"merge seconds per process ({args.nproc} processes): {many['per_process']}")
         print(f"speedup 1 -> {args.nproc} processes: whole process {one['wall'] / many['wall']:.2f}x, "
-              f"merge phase {one['merge'] / many['merge']:.2f}x")
-        print(f"identical bytes: {same_bytes(work / 'one', work / 'many')}")
+              f"merge phase {one['merge'] / many['merge']:.2f}x; "
+              f"torchrun 1 -> {args.nproc} processes: whole process {alone['wall'] / many['wall']:.2f}x, "
+              f"merge phase {alone['merge'] / many['merge']:.2f}x")
+        print(f"identical bytes: {same_bytes(work / 'one', work / 'many') and same_bytes(work / 'one', work / 'alone')}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

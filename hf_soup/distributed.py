@@ -204,7 +204,7 @@ class ProcessGroupDist(Dist):
         timeout = os.environ.get(TIMEOUT_VARIABLE)
         kwargs = {"timeout": timedelta(seconds=float(timeout))} if timeout else {}
         self.state = PartialState(cpu=resolved == "cpu", **kwargs)
-        if not td.is_available() or not td.is_initialized() or self.state.num_processes < 2:
+        if not td.is_available() or not td.is_initialized():
             raise DistributedError(
                 f"launched as {launched_world_size()} processes but no process group could be set up "
                 f"({self.state.distributed_type}); launch with torchrun or accelerate launch, "

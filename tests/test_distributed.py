@@ -150,8 +150,19 @@ def test_torchrun_uniform_soup_has_the_bytes_of_one_process(ingredients, tmp_pat
     _assert_same_soup(tmp_path / "one", tmp_path / "two")
 
 
-def test_two_processes_weighted_soup_has_the_bytes_of_one_process(ingredients, tmp_path):
-    extra = ["--method", "weighted", "-p", "weights=[0.2,0.5,0.3]"]
+METHODS = {
+    "weighted": ["-p", "weights=[0.2,0.5,0.3]"],
+    "ame": ["-p", "optimizer=adam", "-p", "lr=0.01", "-p", "epochs=2", "-p", "shuffle=true"],
+}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_two_processes_give_the_bytes_of_one_process(method, ingredients, tmp_path):
+    from hf_soup.methods.registry import available_methods
+
+    if method not in available_methods():
+        pytest.skip(f"method {method} is not on this branch yet")
+    extra = ["--method", method, *METHODS[method]]
     _single(_merge_args(ingredients, tmp_path / "one", *extra))
     results = _spawn(_merge_args(ingredients, tmp_path / "two", *extra))
     assert [code for code, _, _ in results] == [0, 0], results[0][2][-3000:] + results[1][2][-3000:]
