@@ -111,9 +111,22 @@ class Dist:
         """Run a step that may fail; with several processes, all stop if any fails."""
         yield
 
-    def local_main_first(self, fn: Callable[[], T]) -> T:
+    def local_main_first(self, fn: Callable[[], T], what: str = "resolving the ingredients") -> T:
         """Run ``fn`` on each node's main process first (downloads), then on the others."""
         return fn()
+
+    def preload(self, *modules: str) -> None:
+        """Import ``modules`` now, on every process at once (before a main-first section).
+
+        A main-first section runs the main process's part before the others start, so slow
+        imports done inside it would be paid twice in a row; one process has nothing to gain.
+        """
+        if self.world_size > 1:
+            import importlib
+
+            with self.stage("importing " + ", ".join(modules)):
+                for module in modules:
+                    importlib.import_module(module)
 
     def check_same(self, value: Any, what: str, fix: str) -> None:
         """Raise on every process unless ``value`` is equal on all of them."""
@@ -244,12 +257,16 @@ class ProcessGroupDist(Dist):
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
         try:
             yield
         except BaseException as error:
             self._settle(name, error)
             raise
+        done = time.perf_counter()
         self._settle(name, None)
+        logger.debug("process %d: %s took %.2fs, then %.2fs waiting for the others", self.rank, name,
+                     done - start, time.perf_counter() - done)
 
     def _settle(self, stage: str, error: BaseException | None) -> None:
         """Exchange statuses; raise on every process if any failed."""
@@ -267,13 +284,13 @@ class ProcessGroupDist(Dist):
             error_type=first["type"],
         ) from (error if isinstance(error, RankFailedError) else None)
 
-    def local_main_first(self, fn: Callable[[], T]) -> T:
+    def local_main_first(self, fn: Callable[[], T], what: str = "resolving the ingredients") -> T:
         first = self.local_rank == 0
         result: Any = None
-        with self.stage("resolving the ingredients, main process of each node first"):
+        with self.stage(f"{what}, main process of each node first"):
             if first:
                 result = fn()
-        with self.stage("resolving the ingredients"):
+        with self.stage(what):
             if not first:
                 result = fn()
         return result

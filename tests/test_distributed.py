@@ -223,3 +223,29 @@ def test_device_cuda_without_a_gpu_fails_before_any_work(ingredients, tmp_path, 
     assert main(args) == 2
     assert "device: cuda was asked for but no CUDA GPU is visible" in capsys.readouterr().err
     assert not (tmp_path / "soup").exists()
+
+
+@pytest.fixture(scope="module")
+def digit_classifiers(tmp_path_factory):
+    """Three tiny BERT digit classifiers (the evaluation tests' fixture) and their validation file."""
+    fixtures = pytest.importorskip("fixtures_classifiers", reason="the evaluation is not on this branch yet")
+    root = tmp_path_factory.mktemp("digits")
+    digits = fixtures.make_bert_ingredients(root, count=3, base_steps=150, steps=15)
+    validation = root / "validation.parquet"
+    digits.validation.to_parquet(str(validation))
+    return digits.dirs, validation
+
+
+def test_two_processes_greedy_soup_has_the_metric_and_bytes_of_one_process(digit_classifiers, tmp_path):
+    dirs, validation = digit_classifiers
+    # 240 rows in batches of 50: 5 batches, so the two processes get 3 and 2 (+ padding) batches
+    extra = ["--method", "greedy", "--eval-dataset", str(validation), "-e", "batch_size=50"]
+    _single(_merge_args([str(d) for d in dirs], tmp_path / "one", *extra))
+    results = _spawn(_merge_args([str(d) for d in dirs], tmp_path / "two", *extra))
+    assert [code for code, _, _ in results] == [0, 0], results[0][2][-3000:] + results[1][2][-3000:]
+    one, two = (json.loads((tmp_path / d / "soup_report.json").read_text()) for d in ("one", "two"))
+    assert one["score"] == two["score"] and one["details"]["scores"] == two["details"]["scores"]
+    assert one["num_full_evaluations"] == two["num_full_evaluations"] == 2 * len(dirs) - 1
+    assert [row["kept"] for row in one["ingredients"]] == [row["kept"] for row in two["ingredients"]]
+    for shard in (tmp_path / "one").glob("*.safetensors"):
+        assert shard.read_bytes() == (tmp_path / "two" / shard.name).read_bytes()
