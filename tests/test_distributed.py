@@ -236,16 +236,20 @@ def digit_classifiers(tmp_path_factory):
     return digits.dirs, validation
 
 
-def test_two_processes_greedy_soup_has_the_metric_and_bytes_of_one_process(digit_classifiers, tmp_path):
+def test_two_processes_greedy_soup_and_comparison_have_the_metrics_and_bytes_of_one_process(digit_classifiers, tmp_path):
     dirs, validation = digit_classifiers
     # 240 rows in batches of 50: 5 batches, so the two processes get 3 and 2 (+ padding) batches
-    extra = ["--method", "greedy", "--eval-dataset", str(validation), "-e", "batch_size=50"]
+    extra = ["--method", "greedy", "--compare", "--eval-dataset", str(validation), "-e", "batch_size=50"]
     _single(_merge_args([str(d) for d in dirs], tmp_path / "one", *extra))
     results = _spawn(_merge_args([str(d) for d in dirs], tmp_path / "two", *extra))
     assert [code for code, _, _ in results] == [0, 0], results[0][2][-3000:] + results[1][2][-3000:]
     one, two = (json.loads((tmp_path / d / "soup_report.json").read_text()) for d in ("one", "two"))
     assert one["score"] == two["score"] and one["details"]["scores"] == two["details"]["scores"]
-    assert one["num_full_evaluations"] == two["num_full_evaluations"] == 2 * len(dirs) - 1
+    assert one["num_full_evaluations"] == two["num_full_evaluations"] >= 2 * len(dirs) - 1
+    # the comparison: uniform soup, logit ensembles from cached logits, greedy soup
+    assert one["comparison"]["rows"] == two["comparison"]["rows"]
+    names = " | ".join(row["name"] for row in one["comparison"]["rows"])
+    assert "greedy soup" in names and "logit ensemble" in names and "uniform soup" in names
     assert [row["kept"] for row in one["ingredients"]] == [row["kept"] for row in two["ingredients"]]
     for shard in (tmp_path / "one").glob("*.safetensors"):
         assert shard.read_bytes() == (tmp_path / "two" / shard.name).read_bytes()
