@@ -67,10 +67,27 @@ def pull_ingredient(
             directory = fetch([glob.escape(name) for name in files])
     except _Unreachable as unreachable:
         return _cache_fallback(ref, cache, unreachable)
+    _remember_revision(directory, ref.revision or "main", info.sha)
     ingredient = resolve_local(ref, directory=directory, sha=info.sha)
     ingredient.card_data = _card_data(info)
     logger.info("pulled %s at %s (%d files)", ref, info.sha, len(files))
     return ingredient
+
+
+def _remember_revision(snapshot: Path, revision: str, sha: str) -> None:
+    """Record ``revision -> sha`` in the cache (``refs/<revision>``), so offline runs find the branch or tag.
+
+    The files were fetched at the sha (immune to a branch moving mid-download), which
+    huggingface_hub does not record under the branch name itself.
+    """
+    if revision == sha:
+        return
+    ref_file = snapshot.parent.parent / "refs" / revision
+    try:
+        ref_file.parent.mkdir(parents=True, exist_ok=True)
+        ref_file.write_text(sha)
+    except OSError as error:  # a read-only cache still works online
+        logger.debug("could not record %s -> %s in the cache: %s", revision, sha, error)
 
 
 def select_files(names: Sequence[str], read_index: Callable[[str], dict], ref: str = "") -> list[str]:
@@ -168,18 +185,20 @@ def _translated(ref: IngredientRef, endpoint: str) -> Iterator[None]:
 
 
 def _from_cache(ref: IngredientRef, cache: str | None) -> Ingredient:
-    """Offline: the cached snapshot of ``ref`` (a branch/tag the cache knows, or a sha)."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    """Offline: the cached snapshot of ``ref`` (a branch or tag the cache recorded, or a sha)."""
+    from huggingface_hub import constants
 
-    try:
-        directory = Path(snapshot_download(ref.name, revision=ref.revision, cache_dir=cache, local_files_only=True))
-    except LocalEntryNotFoundError:
+    storage = Path(cache or constants.HF_HUB_CACHE) / f"models--{ref.name.replace('/', '--')}"
+    revision = ref.revision or "main"
+    ref_file = storage / "refs" / revision
+    sha = ref_file.read_text().strip() if ref_file.is_file() else revision
+    snapshot = storage / "snapshots" / sha
+    if not snapshot.is_dir():
         raise IngredientNotFoundError(
-            f"{ref}: not in the local Hub cache{f' ({cache})' if cache else ''} and offline mode is on "
+            f"{ref}: not in the local Hub cache ({storage.parent}) and offline mode is on "
             "(HF_HUB_OFFLINE=1); run once with network access, or pass the model's local folder"
-        ) from None
-    return resolve_local(ref, directory=directory, sha=directory.name)
+        )
+    return resolve_local(ref, directory=snapshot, sha=sha)
 
 
 def _cache_fallback(ref: IngredientRef, cache: str | None, reason: _Unreachable) -> Ingredient:
