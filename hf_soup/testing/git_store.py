@@ -85,6 +85,11 @@ class GitRepoStore:
         """Paths of every file at ``revision``."""
         return self._git(repo_id, "ls-tree", "-r", "--name-only", revision).stdout.split()
 
+    def size(self, repo_id: str, revision: str, path: str) -> int | None:
+        """Size in bytes of one file at ``revision``, or ``None`` when it is not there."""
+        result = self._git(repo_id, "cat-file", "-s", f"{revision}:{path}", check=False)
+        return int(result.stdout) if result.returncode == 0 else None
+
     def read(self, repo_id: str, path: str, revision: str = "main") -> bytes:
         """Content of one file at ``revision``."""
         return subprocess.run(

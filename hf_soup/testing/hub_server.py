@@ -161,9 +161,10 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             repo, rev = match["repo"], unquote(match["rev"])
             self._check_read(repo, access, download=True)
             sha = self._check_revision(repo, rev)
-            if self.command in ("GET", "HEAD") and not self._has_file(repo, sha, unquote(match["path"])):
+            size = self.state.store.size(repo, sha, unquote(match["path"]))
+            if size is None:
                 raise _error(404, f"Entry not found: {unquote(match['path'])}", "EntryNotFound")
-            return self._forward(path)
+            return self._forward(path, size=size)
         raise _error(404, f"Not found: {path}")
 
     def _api_repo(self, match: re.Match, access: str | None, query: dict) -> None:
@@ -197,9 +198,6 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         if sha is None:
             raise _error(404, f"Invalid rev id: {rev}", "RevisionNotFound")
         return sha
-
-    def _has_file(self, repo: str, sha: str, path: str) -> bool:
-        return self.state.store.resolve(repo, sha) is not None and path in self.state.store.files(repo, sha)
 
     # -- writes ---------------------------------------------------------------------------------------
     def _whoami(self, access: str | None) -> None:
@@ -305,7 +303,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         return header, files, deletions
 
     # -- forwarding to olah -----------------------------------------------------------------------
-    def _forward(self, target: str, patch_info: str | None = None) -> None:
+    def _forward(self, target: str, patch_info: str | None = None, size: int | None = None) -> None:
         """Send the request to olah and stream its answer back (HEAD keeps olah's Content-Length)."""
         body = self._body() if self.command == "POST" else None
         headers = {k: v for k, v in self.headers.items()
@@ -316,6 +314,9 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             response = connection.getresponse()
             if patch_info and response.status == 200:
                 return self._send_info(response, patch_info)
+            window = self._range(response, size)
+            if window is not None:
+                return self._send_range(response, *window)
             self.send_response(response.status)
             for name, value in response.getheaders():
                 if name.lower() in _HOP_BY_HOP:
@@ -329,6 +330,33 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                     self.wfile.write(chunk)
         finally:
             connection.close()
+
+    def _range(self, response: http.client.HTTPResponse, total: int | None) -> tuple[int, int, int] | None:
+        """``(first, last, total)`` when the client asked for one byte range and olah sent the whole file."""
+        match = re.fullmatch(r"bytes=(\d*)-(\d*)", (self.headers.get("Range") or "").strip())
+        if self.command != "GET" or response.status != 200 or not match or total is None or match[0] == "bytes=-":
+            return None
+        if match[1]:
+            first, last = int(match[1]), min(int(match[2]) if match[2] else total - 1, total - 1)
+        else:  # suffix range: the last N bytes
+            first, last = max(0, total - int(match[2])), total - 1
+        return (first, last, total) if first <= last else None
+
+    def _send_range(self, response: http.client.HTTPResponse, first: int, last: int, total: int) -> None:
+        """Answer 206 with bytes ``first..last`` of olah's full answer (olah 0.5.4 ignores Range for mirrors)."""
+        self.send_response(206)
+        for name, value in response.getheaders():
+            if name.lower() not in _HOP_BY_HOP | {"content-length", "content-range"}:
+                self.send_header(name, value)
+        self.send_header("Content-Range", f"bytes {first}-{last}/{total}")
+        self.send_header("Content-Length", str(last - first + 1))
+        self.end_headers()
+        position = 0
+        while position <= last and (chunk := response.read(1 << 16)):
+            start, stop = max(first - position, 0), min(last + 1 - position, len(chunk))
+            if start < stop:
+                self.wfile.write(chunk[start:stop])
+            position += len(chunk)
 
     def _send_info(self, response: http.client.HTTPResponse, repo: str) -> None:
         """Repo info with the visibility this hub tracks (olah always says public, not gated)."""
