@@ -63,6 +63,13 @@ class OlahProcess:
 
     def start(self, timeout: float = 60.0) -> "OlahProcess":
         """Start olah on a free port and wait until it answers (a few tries if the port is taken)."""
+        import importlib.util
+        import shutil
+
+        if importlib.util.find_spec("olah") is None:
+            raise RuntimeError("the local Hub needs olah: pip install 'olah==0.5.4' (or pip install 'hf-soup[test]')")
+        if shutil.which("git") is None:
+            raise RuntimeError("the local Hub stores repos with git: install git")
         self.workdir.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
             self.port = free_port(self.host)
