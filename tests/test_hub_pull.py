@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 import hf_soup
-from hf_soup.errors import IngredientAccessError, IngredientNotFoundError, NoWeightsError, RevisionNotFoundError
+from hf_soup.errors import CorruptWeightsError, IngredientAccessError, IngredientNotFoundError, NoWeightsError, RevisionNotFoundError
 from hf_soup.ingredients import parse_ref, resolve_ingredient
 from hf_soup.ingredients.hub_pull import select_files
 from hub_fixtures import READ_TOKEN, WRITE_TOKEN, hub, local_hub, publish_model, repo_name, save_tiny  # noqa: F401
@@ -144,3 +146,12 @@ def test_token_from_the_environment_is_used(hub, publish_model, monkeypatch):
     private_id, private_sha = publish_model(seed=9, private=True)
     monkeypatch.setenv("HF_TOKEN", READ_TOKEN)
     assert resolve_ingredient(parse_ref(private_id)).sha == private_sha
+
+
+def test_an_index_naming_a_missing_shard_is_reported_with_the_ref(hub, publish_model):
+    repo_id, _ = publish_model(seed=23)
+    index = {"metadata": {}, "weight_map": {"w": "model-00001-of-00002.safetensors", "v": "model-00002-of-00002.safetensors"}}
+    hub.commit_files(repo_id, {"model.safetensors.index.json": json.dumps(index).encode(),
+                               "model-00001-of-00002.safetensors": hub.store.read(repo_id, "model.safetensors")})
+    with pytest.raises(CorruptWeightsError, match=rf"^{repo_id} \(commit [0-9a-f]{{12}}\): .*model-00002-of-00002"):
+        resolve_ingredient(repo_id)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import httpx
+import http.client
+from urllib.parse import urlsplit
+
 import pytest
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub import errors as hf
@@ -22,9 +24,12 @@ def test_whoami_and_tokens(hub):
 def test_head_keeps_the_real_content_length_and_files_download_whole(hub, publish_model, tmp_path):
     repo_id, sha = publish_model(seed=40)
     size = hub.store.size(repo_id, sha, "model.safetensors")
-    response = httpx.head(f"{hub.endpoint}/{repo_id}/resolve/{sha}/model.safetensors")
-    assert response.status_code == 200 and int(response.headers["content-length"]) == size > 0
-    assert response.headers["x-repo-commit"] == sha
+    connection = http.client.HTTPConnection(urlsplit(hub.endpoint).netloc)
+    connection.request("HEAD", f"/{repo_id}/resolve/{sha}/model.safetensors")
+    response = connection.getresponse()
+    assert response.status == 200 and int(response.getheader("content-length")) == size > 0
+    assert response.getheader("x-repo-commit") == sha
+    connection.close()
     path = hf_hub_download(repo_id, "model.safetensors", revision=sha, endpoint=hub.endpoint, cache_dir=tmp_path / "c")
     assert open(path, "rb").read() == hub.store.read(repo_id, "model.safetensors", sha)
 

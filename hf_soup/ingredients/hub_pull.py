@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from .. import hub_settings
-from ..errors import HubError, IngredientAccessError, IngredientNotFoundError, NoWeightsError, RevisionNotFoundError
+from ..errors import HubError, IngredientAccessError, IngredientError, IngredientNotFoundError, NoWeightsError, RevisionNotFoundError
 from .files import ADAPTER_PATTERNS, BIN_INDEX, SAFETENSORS_INDEX, is_sidecar
 from .ingredient import Ingredient
 from .ref import IngredientRef
@@ -68,7 +68,10 @@ def pull_ingredient(
     except _Unreachable as unreachable:
         return _cache_fallback(ref, cache, unreachable)
     _remember_revision(directory, ref.revision or "main", info.sha)
-    ingredient = resolve_local(ref, directory=directory, sha=info.sha)
+    try:
+        ingredient = resolve_local(ref, directory=directory, sha=info.sha)
+    except IngredientError as error:  # name the ref, not only the cache folder
+        raise type(error)(f"{ref} (commit {info.sha[:12]}): {error}") from None
     ingredient.card_data = _card_data(info)
     logger.info("pulled %s at %s (%d files)", ref, info.sha, len(files))
     return ingredient
