@@ -81,10 +81,11 @@ def precheck_hub_alignment(ingredients: Sequence[Any], *, token: str | bool | No
     """
     from ..align import align
 
-    if hub_settings.offline():
-        return False
     refs = [parse_ref(value, index=i) for i, value in enumerate(ingredients)]
-    views = [(ref, header_source(ref, token=token)) for ref in refs if ref.kind == "hub"]
+    hub_refs = [ref for ref in refs if ref.kind == "hub"]
+    if len(hub_refs) < 2 or hub_settings.offline():  # no Hub import at all for local soups
+        return False
+    views = [(ref, header_source(ref, token=token)) for ref in hub_refs]
     views = [(ref, view) for ref, view in views if view is not None]
     if len(views) < 2:
         return False
