@@ -143,6 +143,7 @@ def test_the_token_appears_in_no_output_log_or_file(hub, publish_model, repo_nam
     texts = [captured.out, captured.err, caplog.text]
     texts += [p.read_bytes().decode("utf-8", "replace") for p in tmp_path.rglob("*") if p.is_file()]
     texts += [hub.store.read(target, name).decode("utf-8", "replace") for name in hub.store.files(target)]
+    texts += [p.read_bytes().decode("utf-8", "replace") for p in (hub.root / "olah").rglob("*") if p.is_file()]
     for secret in (WRITE_TOKEN, WRITE_TOKEN[6:]):
         assert not any(secret in text for text in texts)
     assert f"Pushed to {hub.endpoint}/{target}/commit/" in captured.out
