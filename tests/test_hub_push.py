@@ -147,3 +147,12 @@ def test_the_token_appears_in_no_output_log_or_file(hub, publish_model, repo_nam
     for secret in (WRITE_TOKEN, WRITE_TOKEN[6:]):
         assert not any(secret in text for text in texts)
     assert f"Pushed to {hub.endpoint}/{target}/commit/" in captured.out
+
+
+def test_push_in_offline_mode_says_how_to_push_later(hub, publish_model, tmp_path, monkeypatch):
+    a, _ = publish_model(seed=23)
+    b, _ = publish_model(seed=24)
+    soup = hf_soup.soup([a, b], output_dir=tmp_path / "soup").output_dir
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HubError, match=rf"offline mode is on .* hf-soup push {soup} soup-user/later"):
+        push_soup(soup, "soup-user/later", token=WRITE_TOKEN)
