@@ -169,3 +169,10 @@ def test_an_unreachable_hub_falls_back_to_the_cache_or_says_so(hub, publish_mode
     assert "unreachable" in caplog.text
     with pytest.raises(HubError, match=r"soup-org/absent: cannot reach http://127\.0\.0\.1:\d+ .*not in the local cache"):
         resolve_ingredient("soup-org/absent")
+
+
+def test_token_from_the_stored_login_is_used(hub, publish_model, tmp_path):
+    private_id, private_sha = publish_model(seed=25, private=True)
+    (tmp_path / "hf-home").mkdir(exist_ok=True)
+    (tmp_path / "hf-home" / "token").write_text(READ_TOKEN)  # what `hf auth login` stores
+    assert resolve_ingredient(private_id).sha == private_sha
