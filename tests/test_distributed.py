@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from hf_soup.distributed import Dist, assign_shards, get_dist
+from hub_fixtures import hub, local_hub, publish_model, repo_name  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 240
@@ -62,13 +63,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _spawn(args: list[str], nproc: int = 2, file_size_limit: dict[int, int] | None = None) -> list[tuple[int, str, str]]:
+def _spawn(args: list[str], nproc: int = 2, file_size_limit: dict[int, int] | None = None,
+           rank_env: dict[int, dict[str, str]] | None = None) -> list[tuple[int, str, str]]:
     """Start ``nproc`` processes the way torchrun does; return each one's (exit code, stdout, stderr)."""
     port, limits = _free_port(), file_size_limit or {}
     processes = []
     for rank in range(nproc):
         env = _env(RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nproc),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **(rank_env or {}).get(rank, {}))
         limit = limits.get(rank)
         setup = (lambda limit=limit: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))) if limit else None
         processes.append(subprocess.Popen([sys.executable, "-m", "hf_soup", *args], env=env, cwd=ROOT, text=True,
@@ -256,3 +258,16 @@ def test_two_processes_greedy_soup_and_comparison_have_the_metrics_and_bytes_of_
     assert [row["kept"] for row in one["ingredients"]] == [row["kept"] for row in two["ingredients"]]
     for shard in (tmp_path / "one").glob("*.safetensors"):
         assert shard.read_bytes() == (tmp_path / "two" / shard.name).read_bytes()
+
+
+def test_the_main_process_downloads_and_the_other_reads_its_cache(hub, publish_model, tmp_path):
+    # Process 1 is offline: it can only succeed if process 0 filled the cache before it resolved.
+    published = [publish_model(seed) for seed in range(2)]
+    refs = [repo for repo, _ in published]
+    args = ["merge", "-m", refs[0], "-m", refs[1], "-o", str(tmp_path / "soup"), "--max-shard-size", "8KB",
+            "--device", "cpu", "--quiet"]
+    results = _spawn(args, rank_env={1: {"HF_HUB_OFFLINE": "1"}})
+    assert [code for code, _, _ in results] == [0, 0], results[0][2][-3000:] + results[1][2][-3000:]
+    report = json.loads((tmp_path / "soup" / "soup_report.json").read_text())
+    assert [row["sha"] for row in report["ingredients"]] == [sha for _, sha in published]
+    assert all(report["distributed"]["shards_per_process"])
