@@ -235,7 +235,7 @@ def digit_classifiers(tmp_path_factory):
     """Three tiny BERT digit classifiers (the evaluation tests' fixture) and their validation file."""
     fixtures = pytest.importorskip("fixtures_classifiers", reason="the evaluation is not on this branch yet")
     root = tmp_path_factory.mktemp("digits")
-    digits = fixtures.make_bert_ingredients(root, count=3, base_steps=60, steps=10)
+    digits = fixtures.make_bert_ingredients(root, count=3, base_steps=150, steps=15)
     validation = root / "validation.parquet"
     digits.validation.to_parquet(str(validation))
     return digits.dirs, validation
