@@ -79,6 +79,8 @@ def main() -> None:
               f"merge phase {one['merge'] / many['merge']:.2f}x; "
               f"torchrun 1 -> {args.nproc} processes: whole process {alone['wall'] / many['wall']:.2f}x, "
               f"merge phase {alone['merge'] / many['merge']:.2f}x")
+        print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+              "(other work on the machine slows the multi-process runs most)")
         print(f"identical bytes: {same_bytes(work / 'one', work / 'many') and same_bytes(work / 'one', work / 'alone')}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
