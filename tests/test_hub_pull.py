@@ -155,3 +155,24 @@ def test_an_index_naming_a_missing_shard_is_reported_with_the_ref(hub, publish_m
                                "model-00001-of-00002.safetensors": hub.store.read(repo_id, "model.safetensors")})
     with pytest.raises(CorruptWeightsError, match=rf"^{repo_id} \(commit [0-9a-f]{{12}}\): .*model-00002-of-00002"):
         resolve_ingredient(repo_id)
+
+
+def test_an_unreachable_hub_falls_back_to_the_cache_or_says_so(hub, publish_model, monkeypatch, caplog):
+    from hf_soup.errors import HubError
+    from hf_soup.testing.olah_process import free_port
+
+    repo_id, sha = publish_model(seed=24)
+    resolve_ingredient(repo_id)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+
+    assert resolve_ingredient(repo_id).sha == sha
+    assert "unreachable" in caplog.text
+    with pytest.raises(HubError, match=r"soup-org/absent: cannot reach http://127\.0\.0\.1:\d+ .*not in the local cache"):
+        resolve_ingredient("soup-org/absent")
+
+
+def test_token_from_the_stored_login_is_used(hub, publish_model, tmp_path):
+    private_id, private_sha = publish_model(seed=25, private=True)
+    (tmp_path / "hf-home").mkdir(exist_ok=True)
+    (tmp_path / "hf-home" / "token").write_text(READ_TOKEN)  # what `hf auth login` stores
+    assert resolve_ingredient(private_id).sha == private_sha

@@ -143,6 +143,35 @@ def test_the_token_appears_in_no_output_log_or_file(hub, publish_model, repo_nam
     texts = [captured.out, captured.err, caplog.text]
     texts += [p.read_bytes().decode("utf-8", "replace") for p in tmp_path.rglob("*") if p.is_file()]
     texts += [hub.store.read(target, name).decode("utf-8", "replace") for name in hub.store.files(target)]
+    texts += [p.read_bytes().decode("utf-8", "replace") for p in (hub.root / "olah").rglob("*") if p.is_file()]
     for secret in (WRITE_TOKEN, WRITE_TOKEN[6:]):
         assert not any(secret in text for text in texts)
     assert f"Pushed to {hub.endpoint}/{target}/commit/" in captured.out
+
+
+def test_push_in_offline_mode_says_how_to_push_later(hub, publish_model, tmp_path, monkeypatch):
+    a, _ = publish_model(seed=23)
+    b, _ = publish_model(seed=24)
+    soup = hf_soup.soup([a, b], output_dir=tmp_path / "soup").output_dir
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HubError, match=rf"offline mode is on .* hf-soup push {soup} soup-user/later"):
+        push_soup(soup, "soup-user/later", token=WRITE_TOKEN)
+
+
+def test_a_sharded_soup_round_trips_through_its_index(hub, publish_model, repo_name, tmp_path):
+    a, _ = publish_model(seed=25, arch="llama")
+    b, _ = publish_model(seed=26, arch="llama")
+    target = repo_name("sharded", org="soup-user")
+    result = hf_soup.soup([a, b], output_dir=tmp_path / "soup", max_shard_size="40KB")
+    shards = sorted(p.name for p in result.output_dir.glob("model-*.safetensors"))
+    assert len(shards) > 1
+
+    push_soup(result.output_dir, target, token=WRITE_TOKEN)
+    pulled = resolve_ingredient(target)
+
+    assert sorted(p.name for p in pulled.files) == shards
+    local, remote = {}, {}
+    for name in shards:
+        local.update(load_file(result.output_dir / name))
+        remote.update(load_file(pulled.directory / name))
+    assert local.keys() == remote.keys() and all(torch.equal(local[k], remote[k]) for k in local)
