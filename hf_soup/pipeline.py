@@ -85,6 +85,10 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
         destination = check_destination(recipe.output.dir, recipe.output.overwrite)
         timer = _Timer()
         method = build_method(recipe.method.name, recipe.method.params)
+        if dist.is_main:  # header-only check of Hub ingredients before any download; one process suffices
+            from .ingredients.hub_headers import precheck_hub_alignment
+
+            precheck_hub_alignment(recipe.ingredients, token=token, on_missing=recipe.on_missing)
     ingredients = dist.local_main_first(lambda: resolve_ingredients(recipe.ingredients, token=token))
     dist.agree_on_revisions(ingredients)
     timer.lap("resolve")
@@ -120,7 +124,7 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
                 if dist.report():
                     report["distributed"] = dist.report()
                 write_report(staging, report)
-                _write_card(staging)
+                _write_card(staging, recipe.output.card_template)
     logger.info("soup written to %s", destination)
     with dist.stage("pushing the soup"):
         if recipe.push_to_hub is not None and dist.is_main:
@@ -136,12 +140,12 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, unit="param", unit_scale=True, desc="souping")
 
 
-def _write_card(directory: Path) -> None:
+def _write_card(directory: Path, template: str | None = None) -> None:
     try:
         from .card import write_card
     except ImportError:  # the model card module is optional until the Hub work lands
         return
-    write_card(directory)
+    write_card(directory, template)
 
 
 def _report(recipe, method, plan, ingredients, alignment, shards, timer) -> dict[str, Any]:
