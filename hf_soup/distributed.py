@@ -386,20 +386,47 @@ def _describe(error: BaseException, rank: int, stage: str) -> dict[str, Any]:
 
 
 _CURRENT: Dist | None = None
+_SINGLE_PROCESS = 0
+
+
+@contextmanager
+def single_process() -> Iterator[None]:
+    """Soups made inside run in this process alone, even under ``torchrun`` / ``accelerate launch``.
+
+    For code that soups on one process of a multi-process job (e.g. process 0 at the end of
+    a distributed training run) while the others do something else::
+
+        if trainer.is_world_process_zero():
+            with single_process():
+                hf_soup.soup(checkpoints, output_dir="soup")
+
+    ``HF_SOUP_DISTRIBUTED=0`` does the same for a whole process.
+    """
+    global _SINGLE_PROCESS
+    _SINGLE_PROCESS += 1
+    try:
+        yield
+    finally:
+        _SINGLE_PROCESS -= 1
 
 
 def get_dist(device: str = "auto", force: bool | None = None) -> Dist:
     """The :class:`Dist` of this process, created on first use.
 
     Several processes (``WORLD_SIZE`` > 1, or ``force`` / ``HF_SOUP_DISTRIBUTED=1``) give
-    a :class:`ProcessGroupDist`; otherwise a plain :class:`Dist` on ``device`` (``auto``
-    means a CUDA GPU when one is visible), with no torch or accelerate import on a CPU.
+    a :class:`ProcessGroupDist`; otherwise (or inside :func:`single_process`, or with
+    ``HF_SOUP_DISTRIBUTED=0``) a plain :class:`Dist` on ``device`` (``auto`` means a CUDA
+    GPU when one is visible), with no torch or accelerate import on a CPU.
     """
     global _CURRENT
     from .engine.device import resolve_device
 
+    setting = os.environ.get("HF_SOUP_DISTRIBUTED", "").strip().lower()
+    if _SINGLE_PROCESS or setting in ("0", "false", "no"):
+        local_rank = os.environ.get("LOCAL_RANK", "")
+        return Dist(resolve_device(device, int(local_rank) if local_rank.isdigit() else None))
     if force is None:
-        force = os.environ.get("HF_SOUP_DISTRIBUTED", "").lower() in ("1", "true", "yes")
+        force = setting in ("1", "true", "yes")
     if force or launched_world_size() > 1:
         if _CURRENT is None or type(_CURRENT) is Dist:
             _CURRENT = ProcessGroupDist(device)
@@ -412,4 +439,4 @@ def get_dist(device: str = "auto", force: bool | None = None) -> Dist:
     return Dist(resolve_device(device))
 
 
-__all__ = ["Dist", "ProcessGroupDist", "assign_shards", "get_dist", "launched_world_size"]
+__all__ = ["Dist", "ProcessGroupDist", "assign_shards", "get_dist", "launched_world_size", "single_process"]

@@ -64,7 +64,7 @@ def _free_port() -> int:
 
 
 def _spawn(args: list[str], nproc: int = 2, file_size_limit: dict[int, int] | None = None,
-           rank_env: dict[int, dict[str, str]] | None = None) -> list[tuple[int, str, str]]:
+           rank_env: dict[int, dict[str, str]] | None = None, module: bool = True) -> list[tuple[int, str, str]]:
     """Start ``nproc`` processes the way torchrun does; return each one's (exit code, stdout, stderr)."""
     port, limits = _free_port(), file_size_limit or {}
     processes = []
@@ -73,7 +73,8 @@ def _spawn(args: list[str], nproc: int = 2, file_size_limit: dict[int, int] | No
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **(rank_env or {}).get(rank, {}))
         limit = limits.get(rank)
         setup = (lambda limit=limit: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))) if limit else None
-        processes.append(subprocess.Popen([sys.executable, "-m", "hf_soup", *args], env=env, cwd=ROOT, text=True,
+        command = [sys.executable, "-m", "hf_soup", *args] if module else [sys.executable, *args]
+        processes.append(subprocess.Popen(command, env=env, cwd=ROOT, text=True,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=setup))
     results = []
     try:
@@ -134,6 +135,24 @@ def test_shards_are_assigned_by_bytes_and_deterministically():
     assert loads == [100, 110] or loads == [110, 100]
     assert shares == assign_shards(sizes, 2)
     assert assign_shards([5], 3) == [[0], [], []]
+
+
+def test_single_process_soups_alone_inside_a_launched_job(ingredients, tmp_path):
+    # Process 0 soups alone (as a training callback does) while process 1 only waits at a barrier.
+    code = ("import os, sys, torch.distributed as td\n"
+            "from hf_soup.distributed import single_process\n"
+            "from hf_soup.cli import main\n"
+            "td.init_process_group('gloo')\n"
+            "rc = 0\n"
+            "if td.get_rank() == 0:\n"
+            "    with single_process():\n"
+            "        rc = main(sys.argv[1:])\n"
+            "td.barrier()\n"
+            "td.destroy_process_group()\n"
+            "sys.exit(rc)\n")
+    results = _spawn(["-c", code, *_merge_args(ingredients, tmp_path / "soup")], module=False)
+    assert [c for c, _, _ in results] == [0, 0], results[0][2][-3000:] + results[1][2][-3000:]
+    assert "distributed" not in json.loads((tmp_path / "soup" / "soup_report.json").read_text())
 
 
 def test_a_single_process_merge_imports_neither_torch_nor_accelerate(ingredients, tmp_path):
