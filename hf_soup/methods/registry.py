@@ -22,6 +22,7 @@ from .base import SoupMethod
 _BUILTIN: dict[str, str] = {
     "uniform": "hf_soup.methods.uniform:UniformSoup",
     "weighted": "hf_soup.methods.weighted:WeightedSoup",
+    "ame": "hf_soup.methods.ame:AmeSoup",
 }
 _REGISTERED: dict[str, type[SoupMethod]] = {}
 
