@@ -88,7 +88,7 @@ def merge_state_dicts(
         sources = {i: stack.enter_context(ing.open()) for i, ing in enumerate(ingredients)}
         alignment = align(list(sources.values()), [i.name for i in ingredients], on_missing=on_missing,
                           dtype=recipe.output.dtype)
-        merger.setup(MergeContext(len(ingredients), [i.name for i in ingredients]))
+        merger.setup(MergeContext(len(ingredients), [i.name for i in ingredients], extra={"alignment": alignment}))
         sink = StateDictSink()
         execute(merger, alignment.tensors, sources, list(range(len(ingredients))), lambda _: sink)
     return sink.state_dict

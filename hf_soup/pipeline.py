@@ -83,7 +83,7 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
         alignment = align(list(sources.values()), [i.name for i in ingredients], [i.config for i in ingredients],
                           on_missing=recipe.on_missing, dtype=recipe.output.dtype, reference=recipe.output.config_from)
         timer.lap("align")
-        context = MergeContext(len(ingredients), [i.name for i in ingredients], extra={"seed": recipe.seed})
+        context = MergeContext(len(ingredients), [i.name for i in ingredients], extra={"seed": recipe.seed, "alignment": alignment})
         plan = _plan(method, context, ingredients)
         timer.lap("plan")
         shards = shard_plan(alignment.tensors, parse_size(recipe.output.max_shard_size))
@@ -140,15 +140,17 @@ def _report(recipe, method, plan, ingredients, alignment, shards, timer) -> dict
         },
         alignment={k: v for k, v in alignment.summary().items() if k in ("tied_weights", "skipped_keys", "copied_keys", "dtype_differences", "missing_keys")},
         timings=timer.total(),
-        recipe=_pinned_recipe(recipe, ingredients),
+        recipe=_pinned_recipe(recipe, ingredients, method),
         num_full_evaluations=plan.details.get("num_full_evaluations", 0),
         score=plan.details.get("score"),
     )
 
 
-def _pinned_recipe(recipe: Recipe, ingredients: list[Ingredient]) -> dict[str, Any]:
+def _pinned_recipe(recipe: Recipe, ingredients: list[Ingredient], method=None) -> dict[str, Any]:
     """The recipe as run, with Hub ingredients pinned to their resolved commit."""
-    dump = recipe.model_dump(mode="json", exclude_defaults=True, exclude={"ingredients", "evaluation"})
+    dump = recipe.model_dump(mode="json", exclude_defaults=True, exclude={"ingredients", "evaluation", "method"})
+    if method is not None:  # the method's own JSON form (e.g. a state-dict AME pivot is summarised)
+        dump["method"] = {"name": recipe.method.name, "params": method.params.model_dump(mode="json", exclude_unset=True)}
     dump["ingredients"] = [
         {"model": i.repo_id, "revision": i.sha} if i.repo_id and i.sha else i.name for i in ingredients
     ]
