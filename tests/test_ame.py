@@ -133,6 +133,8 @@ def test_ascending_order_puts_the_weakest_first_for_losses_too():
          adaptive_pivot=False, amplification=[1.0, 0.5, 2.0]),
     dict(optimizer="adadelta", weight_decay=0.1, epochs=2, batch_size=3, pivot=1),
     dict(optimizer="sgd", lr=0.5, momentum=0.9, nesterov=True, epochs=2, shuffle=True, seed=1, pivot="state_dict"),
+    dict(optimizer="adam", lr=0.01, weight_decay=0.1, amsgrad=True, epochs=2, num_threads=3),
+    dict(optimizer="sgd", lr=0.5, momentum=0.9, epochs=2, fused=False, adaptive_pivot=False),
 ])
 def test_streamed_equals_whole_model_at_once(options):
     """Tensor by tensor, chunk by chunk == one run over the whole flattened model (same bytes)."""
@@ -162,6 +164,18 @@ def test_streamed_equals_whole_model_at_once(options):
     whole = [np.concatenate([sd[k].reshape(-1).numpy() for k in shapes]) for sd in sds]
     at_once = whole_method.merge(ChunkInfo("all", (whole[0].size,), 0, whole[0].size), whole)
     np.testing.assert_array_equal(streamed, at_once)
+
+
+def test_thread_count_does_not_change_the_bytes():
+    g = torch.Generator().manual_seed(2)
+    xs = [torch.randn(700_001, generator=g).numpy() for _ in range(3)]
+    results = []
+    for threads in (1, 2, 3):
+        method = build_method("ame", dict(optimizer="sgd", lr=0.5, momentum=0.9, epochs=2, num_threads=threads))
+        method.setup(MergeContext(3, list("abc")))
+        results.append(method.merge(ChunkInfo("x", (700_001,), 0, 700_001), xs))
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_array_equal(results[0], results[2])
 
 
 def test_integer_buffers_are_copied_from_the_reference_ingredient():

@@ -28,18 +28,26 @@ array([0.5, 3. ], dtype=float32)
 
 from __future__ import annotations
 
+import math
+import os
 import warnings
-from typing import Any, Literal, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 from pydantic import ConfigDict, field_serializer, field_validator, model_validator
 
 from ..errors import MethodParameterError, RecipeError
-from .ame_optim import check_optimizer, default_lr, resolve_optimizer
+from .ame_optim import check_optimizer, default_lr, optimizer_arguments, resolve_optimizer
 from .ame_schedule import AmeStep, build_schedule, ingredient_order
 from .base import ChunkInfo, MergeContext, MethodParams, TensorMethod
 
 PIVOT_NAMES = ("soup", "first", "best")
+# Elements per block on CPU: the ingredients' block, w, its gradient and the optimizer
+# state (a few MB) stay in cache while every step of the schedule runs over them.
+_CPU_BLOCK = 1 << 18
+# Blocks are multiples of this many elements (the last one is zero-padded to it).
+_ALIGN = 64
 _COPIED_NOTE = ("integer and boolean tensors are not optimized: they are copied unchanged from the "
                 "reference ingredient (output.config_from, the first by default)")
 
@@ -62,6 +70,8 @@ class AmeParams(MethodParams):
     * ``amplification``: ζ, one number or one per ingredient (default 1).
     * ``order``: ``given``, ``ascending`` (weakest first) or ``descending`` (strongest first)
       by validation score; needs an evaluation.
+    * ``num_threads``: torch threads for the math on CPU (default: all cores but one, which
+      the engine's read-ahead thread uses).
     * Optimizer arguments, e.g. ``betas``, ``eps``, ``weight_decay``, ``momentum``, ``rho``.
     """
 
@@ -78,6 +88,7 @@ class AmeParams(MethodParams):
     adaptive_pivot: bool = True
     amplification: float | list[float] = 1.0
     order: Literal["given", "ascending", "descending"] = "given"
+    num_threads: int | None = None
 
     @field_validator("lr")
     @classmethod
@@ -98,6 +109,13 @@ class AmeParams(MethodParams):
     def _batch_size(cls, value: int) -> int:
         if value < 1:
             raise ValueError(f"must be at least 1 (ingredients per optimizer step), got {value}")
+        return value
+
+    @field_validator("num_threads")
+    @classmethod
+    def _num_threads(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError(f"must be at least 1, got {value}")
         return value
 
     @field_validator("amplification")
@@ -167,6 +185,10 @@ class AmeSoup(TensorMethod):
         self._device = "cpu"
         self._lr = params.lr if params.lr is not None else default_lr(params.optimizer)
         self._arguments = check_optimizer(params.optimizer, self._lr, params.optimizer_kwargs)
+        self._optimizer_class: type = resolve_optimizer(params.optimizer)
+        self._run_args: dict[str, Any] = {}
+        self._implementation = ""
+        self._threads = 1
 
     # -- planning (before any tensor is read) -------------------------------------------
 
@@ -201,6 +223,9 @@ class AmeSoup(TensorMethod):
         self._zetas = [float(z) for z in zetas]
         self._seed = p.seed if p.seed is not None else int(context.extra.get("seed", 0) or 0)
         self._device = self._check_device(context.device)
+        self._optimizer_class = resolve_optimizer(p.optimizer)
+        self._run_args, self._implementation = self._run_arguments(self._device)
+        self._threads = p.num_threads or max(1, (os.cpu_count() or 1) - 1)
         self._schedule = build_schedule(count, epochs=p.epochs, batch_size=p.batch_size, shuffle=p.shuffle,
                                         seed=self._seed, order=order, lr=self._lr, lr_schedule=p.lr_schedule)
 
@@ -251,6 +276,29 @@ class AmeSoup(TensorMethod):
             raise RecipeError(f"device: {device!r} was asked for but torch sees no CUDA device; use device: cpu")
         return str(device)
 
+    def _run_arguments(self, device: str) -> tuple[dict[str, Any], str]:
+        """The optimizer's keyword arguments, and which torch implementation runs.
+
+        Unless ``fused`` or ``foreach`` is given, torch's fused kernel is used where it
+        exists for this optimizer and device (SGD, Adam, AdamW, Adagrad): one pass per step
+        instead of several, same update rule (results agree to float rounding).
+        """
+        import torch
+
+        arguments = {k: (tuple(v) if isinstance(v, list) else v) for k, v in self.params.optimizer_kwargs.items()}
+        arguments["lr"] = self._lr
+        if "fused" in arguments or "foreach" in arguments:
+            return arguments, "fused" if arguments.get("fused") else ("foreach" if arguments.get("foreach") else "for-loop")
+        if "fused" not in optimizer_arguments(self._optimizer_class):
+            return arguments, "for-loop"
+        probe = torch.nn.Parameter(torch.zeros(2, device=device))
+        probe.grad = torch.ones(2, device=device)
+        try:
+            self._optimizer_class([probe], **arguments, fused=True).step()
+        except (RuntimeError, ValueError, TypeError):
+            return arguments, "for-loop"
+        return {**arguments, "fused": True}, "fused"
+
     # -- the elementwise merge ----------------------------------------------------------
 
     def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
@@ -258,67 +306,114 @@ class AmeSoup(TensorMethod):
 
         if self._schedule is None:
             self.setup(MergeContext(len(chunks), [f"ingredient {i}" for i in range(len(chunks))]))
-        device = self._device
+        length = int(chunks[0].size)
+        if length == 0:
+            return np.empty(0, dtype=np.float32)
         with warnings.catch_warnings():  # read-only inputs: AME never writes to them
             warnings.simplefilter("ignore", UserWarning)
-            xs = [torch.from_numpy(np.ascontiguousarray(c, dtype=np.float32)) for c in chunks]
-        if device != "cpu":
-            xs = [x.to(device) for x in xs]
-        start = self._pivot_values(info, xs)
-        weights = torch.nn.Parameter(start)
-        reference = None if self.params.adaptive_pivot else start.clone()
-        optimizer = resolve_optimizer(self.params.optimizer)([weights], **self._run_arguments())
+            xs = [torch.from_numpy(np.ascontiguousarray(c, dtype=np.float32).reshape(-1)) for c in chunks]
+        on_cpu = self._device == "cpu"
+        if on_cpu:
+            result = np.empty(length, dtype=np.float32)
+            out = torch.from_numpy(result)
+        else:
+            xs = [x.to(self._device) for x in xs]
+            out = torch.empty(length, dtype=torch.float32, device=self._device)
+        # On CPU, run the whole schedule block by block so that w, its gradient, the optimizer
+        # state and the ingredients' block stay in cache across steps (the update is elementwise).
+        block = _CPU_BLOCK if on_cpu else length
+        aligned = length - length % _ALIGN
+        with _torch_threads(self._threads if on_cpu else None):
+            for start in range(0, aligned, block):
+                stop = min(aligned, start + block)
+                self._run(out[start:stop], [x[start:stop] for x in xs], info, start, stop - start)
+            if aligned < length:
+                self._run_padded(out, xs, info, aligned, length)
+        return result if on_cpu else out.cpu().numpy()
+
+    def _run_padded(self, out: Any, xs: list[Any], info: ChunkInfo | None, start: int, stop: int) -> None:
+        """Run the last ``stop - start`` (< 64) elements inside zero-padded 64-element buffers.
+
+        Every element then goes through the same vectorised kernels, whatever its position:
+        torch's fused optimizers compute a block's last few elements with scalar code that
+        can round differently, which would make the result depend on the chunking.
+        """
+        import torch
+
+        count = stop - start
+        padded = [torch.zeros(_ALIGN, dtype=out.dtype, device=out.device) for _ in xs]
+        for buffer, x in zip(padded, xs):
+            buffer[:count] = x[start:stop]
+        values = torch.zeros(_ALIGN, dtype=out.dtype, device=out.device)
+        self._run(values, padded, info, start, count)
+        out[start:stop] = values[:count]
+
+    def _run(self, values: Any, xs: list[Any], info: ChunkInfo | None, offset: int, count: int) -> None:
+        """Run every step of the schedule on one block; ``values`` (a view) ends up holding w.
+
+        ``count``: how many leading elements are real (the rest is padding).
+        """
+        import torch
+
+        self._fill_pivot(values, xs, info, offset, count)
+        weights = torch.nn.Parameter(values)  # shares ``values``' memory: updated in place
+        reference = None if self.params.adaptive_pivot else values.clone()
+        optimizer = self._optimizer_class([weights], **self._run_args)
         group = optimizer.param_groups[0]
-        grad = torch.empty_like(start)
+        grad = torch.empty_like(values)
         weights.grad = grad
-        scale = len(xs)
+        current = weights.detach()
+        num = len(xs)
         for step in self._schedule:
             group["lr"] = step.lr
-            self._pseudogradient(grad, weights.detach() if reference is None else reference, xs, step.batch, scale)
+            self._pseudogradient(grad, current if reference is None else reference, xs, step.batch, num)
             optimizer.step()
-        result = weights.detach()
-        return result.cpu().numpy() if device != "cpu" else result.numpy()
 
-    def _run_arguments(self) -> dict[str, Any]:
-        arguments = {k: (tuple(v) if isinstance(v, list) else v) for k, v in self.params.optimizer_kwargs.items()}
-        arguments["lr"] = self._lr
-        return arguments
-
-    def _pivot_values(self, info: ChunkInfo | None, xs: list[Any]) -> Any:
-        """A new tensor holding w₀ for this chunk (the optimizer updates it in place)."""
+    def _fill_pivot(self, values: Any, xs: list[Any], info: ChunkInfo | None, offset: int, count: int) -> None:
+        """Write w₀ for this block into ``values`` (its first ``count`` elements are real)."""
         import torch
 
         pivot = self._pivot
         if pivot == "soup":
-            values = xs[0].clone()
+            values.copy_(xs[0])
             for x in xs[1:]:
                 values.add_(x)
-            return values.div_(len(xs))
+            values.div_(len(xs))
+            return
         if isinstance(pivot, int):
-            return xs[pivot].clone()
+            values.copy_(xs[pivot])
+            return
         key = info.key if info is not None else None
         own = self._pivot_keys.get(key) if key is not None else None
         if own is None:
             raise MethodParameterError(f"method.pivot: the pivot state dict has no tensor {key!r}; "
                                        "give the state dict of a model of the same architecture")
-        length = xs[0].numel()
-        if pivot.meta(own).numel != (int(np.prod(info.shape)) if info.shape else 1):
+        if pivot.meta(own).numel != math.prod(info.shape):
             raise MethodParameterError(f"method.pivot: tensor {key!r} has shape {list(pivot.meta(own).shape)}, "
                                        f"the ingredients {list(info.shape)}")
-        values = pivot.read_float32(own, info.start, info.start + length, np.empty(length, dtype=np.float32))
-        return torch.from_numpy(values).to(xs[0].device)
+        start = info.start + offset
+        if values.device.type == "cpu":
+            pivot.read_float32(own, start, start + count, values[:count].numpy())
+        else:
+            buffer = np.empty(count, dtype=np.float32)
+            values[:count].copy_(torch.from_numpy(pivot.read_float32(own, start, start + count, buffer)))
 
     def _pseudogradient(self, grad: Any, reference: Any, xs: list[Any], batch: tuple[int, ...], count: int) -> None:
         """``grad ← Σ_{j∈B} ζ_j (reference − x_j) / (N |B|)``, in place."""
+        import torch
+
         zetas = self._zetas
         if len(batch) == 1:
             (j,) = batch
-            grad.copy_(reference).sub_(xs[j]).mul_(zetas[j] / count)
+            torch.sub(reference, xs[j], out=grad)
+            grad.mul_(zetas[j] / count)
             return
-        first, rest = batch[0], batch[1:]
-        grad.copy_(xs[first])
-        if zetas[first] != 1.0:
-            grad.mul_(zetas[first])
+        first, second, rest = batch[0], batch[1], batch[2:]
+        if zetas[first] == zetas[second] == 1.0:
+            torch.add(xs[first], xs[second], out=grad)
+        else:
+            torch.mul(xs[first], zetas[first], out=grad)
+            grad.add_(xs[second], alpha=zetas[second])
         for j in rest:
             grad.add_(xs[j], alpha=zetas[j])
         grad.sub_(reference, alpha=sum(zetas[j] for j in batch))  # Σζx − Σζ·w_ref
@@ -334,6 +429,7 @@ class AmeSoup(TensorMethod):
         details: dict[str, Any] = {
             "optimizer": resolve_optimizer(p.optimizer).__name__,
             "optimizer_args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self._arguments.items()},
+            "implementation": self._implementation or None,
             "lr_schedule": p.lr_schedule,
             "epochs": p.epochs,
             "batch_size": p.batch_size,
@@ -358,3 +454,19 @@ class AmeSoup(TensorMethod):
         for step in self._schedule or []:
             orders.setdefault(step.epoch, []).extend(step.batch)
         return [orders[e] for e in sorted(orders)]
+
+
+@contextmanager
+def _torch_threads(count: int | None) -> Iterator[None]:
+    """Run torch ops on ``count`` intra-op threads, restoring the previous setting after."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if count is None or count == previous:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
