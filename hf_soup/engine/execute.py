@@ -33,15 +33,16 @@ def execute(
     sources: dict[int, TensorSource],
     indices: Sequence[int],
     sink_for: Callable[[AlignedTensor], Sink],
-    buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+    buffer_bytes: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> None:
     """Merge ``tensors`` from ingredients ``indices`` (``sources`` maps index -> open source).
 
     Tensors are processed in the given order; ``sink_for(tensor)`` returns the sink that
     receives it, so the caller decides sharding. ``progress(n)`` is told elements done.
+    ``buffer_bytes`` bounds the read buffers (default: the method's ``buffer_bytes``, else 128 MiB).
     """
-    step = chunk_elements(len(indices), buffer_bytes)
+    step = chunk_elements(len(indices), buffer_bytes or method.buffer_bytes or DEFAULT_BUFFER_BYTES)
     merged = [t for t in tensors if t.action == "merge"]
     merged_chunks = iter_chunks(merged, [sources[i] for i in indices], indices, step)
     for tensor in tensors:

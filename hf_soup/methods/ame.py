@@ -172,6 +172,9 @@ class AmeSoup(TensorMethod):
 
     name = "ame"
     Params = AmeParams
+    # AME is compute-bound (every element goes through epochs x N / batch_size optimizer
+    # steps), so a smaller read-ahead than the engine's default costs no time and saves memory.
+    buffer_bytes = 32 * 1024 * 1024
     paper = None  # Su Hyeong Lee & Richard Ngo, "On Defining Neural Averaging" (no stable link recorded)
 
     def __init__(self, params: AmeParams):
