@@ -3,9 +3,8 @@
     python benchmarks/bench_ame.py [--runs 3] [--epochs 5] [--batch-size 2]
 
 Every merge runs as a whole ``python -m hf_soup merge`` process on the same warm inputs
-(~230 MB float32 checkpoints: hidden 512, intermediate 1536, 8 layers, 8 heads, vocab
-32000; built once with ``save_pretrained`` and cached in ``$HF_SOUP_BENCH_CACHE`` or
-``~/.cache/hf_soup_bench``). AME and uniform runs alternate so both see the same machine
+(the core benchmark's ~230 MB float32 checkpoints, built once by ``common.llama_ingredients``
+and cached in ``$HF_SOUP_BENCH_CACHE`` or ``~/.cache/hf_soup_bench``). AME and uniform runs alternate so both see the same machine
 load. Printed: median wall time, merge time (``soup_report.json`` timings) and peak RSS
 (``os.wait4``), and the ratios against the targets:
 
@@ -23,60 +22,24 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from common import hf_soup_command, llama_ingredients, measure, warm_cache
+
 ROOT = Path(__file__).resolve().parents[1]
-CACHE = Path(os.environ.get("HF_SOUP_BENCH_CACHE", Path.home() / ".cache" / "hf_soup_bench"))
-LLAMA = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8,
-             num_key_value_heads=8, vocab_size=32000, max_position_embeddings=512)
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-
-
-def llama_ingredients(count: int) -> list[Path]:
-    """``count`` random Llama-style float32 checkpoints, built once (in a child process) and cached."""
-    paths = [CACHE / f"llama-60m-{seed}" for seed in range(count)]
-    missing = [p for p in paths if not (p / "model.safetensors").exists()]
-    if missing:
-        code = ("import sys, torch\nfrom transformers import LlamaConfig, LlamaForCausalLM\n"
-                f"config = LlamaConfig(**{LLAMA!r})\n"
-                "for path in sys.argv[1:]:\n"
-                "    torch.manual_seed(int(path.rsplit('-', 1)[1]))\n"
-                "    LlamaForCausalLM(config).save_pretrained(path)\n")
-        subprocess.run([sys.executable, "-c", code, *map(str, missing)], check=True)
-    return paths
-
-
-def warm_cache(paths: list[Path]) -> None:
-    for path in paths:
-        for file in sorted(path.glob("*")):
-            with open(file, "rb") as handle:
-                while handle.read(1 << 24):
-                    pass
-
-
-def measure(command: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MB) of one child process."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{process.stderr.read().decode()[-3000:]}")
-    return wall, usage.ru_maxrss / 1024
 
 
 def merge_command(inputs: list[Path], out: Path, method_args: list[str]) -> list[str]:
     refs = [arg for path in inputs for arg in ("-m", str(path))]
-    return [sys.executable, "-m", "hf_soup", "merge", *refs, *method_args, "-o", str(out), "--overwrite", "--quiet"]
+    return hf_soup_command("merge", *refs, *method_args, "-o", str(out), "--overwrite", "--quiet")
 
 
 def run(command: list[str], out: Path) -> tuple[float, float, float]:
     """(wall s, peak RSS MB, merge s from the soup report) of one merge."""
-    wall, peak = measure(command)
+    wall, peak = measure(command, ENV)
     merge = json.loads((out / "soup_report.json").read_text())["timings"]["merge"]
     return wall, peak, merge
 
@@ -96,7 +59,7 @@ def main() -> None:
                 "-p", f"epochs={args.epochs}", "-p", f"batch_size={args.batch_size}"]
     floor_code = ("import torch; p = torch.nn.Parameter(torch.zeros(2)); p.grad = torch.ones(2); "
                   f"torch.optim.{'Adam' if args.optimizer == 'adam' else 'SGD'}([p], lr=0.1).step()")
-    floor = statistics.median(measure([sys.executable, "-c", floor_code])[1] for _ in range(args.runs))
+    floor = statistics.median(measure([sys.executable, "-c", floor_code], ENV)[1] for _ in range(args.runs))
     work = Path(tempfile.mkdtemp(prefix="hf-soup-bench-ame-"))
     try:
         print(f"AME: {args.optimizer}, lr {args.lr}, {args.epochs} epochs, batch {args.batch_size}; "

@@ -10,7 +10,8 @@ from ..align import AlignedTensor
 from ..io import dtypes
 from ..io.source import TensorSource
 from ..methods.base import ChunkInfo, TensorMethod
-from .chunks import DEFAULT_BUFFER_BYTES, chunk_elements, iter_chunks
+from . import chunks as _chunks
+from .chunks import chunk_elements, iter_chunks
 from .sinks import Sink
 
 
@@ -42,7 +43,7 @@ def execute(
     receives it, so the caller decides sharding. ``progress(n)`` is told elements done.
     ``buffer_bytes`` bounds the read buffers (default: the method's ``buffer_bytes``, else 128 MiB).
     """
-    step = chunk_elements(len(indices), buffer_bytes or method.buffer_bytes or DEFAULT_BUFFER_BYTES)
+    step = chunk_elements(len(indices), buffer_bytes or method.buffer_bytes or _chunks.DEFAULT_BUFFER_BYTES)
     merged = [t for t in tensors if t.action == "merge"]
     merged_chunks = iter_chunks(merged, [sources[i] for i in indices], indices, step)
     for tensor in tensors:
