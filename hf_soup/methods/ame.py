@@ -192,6 +192,8 @@ class AmeSoup(TensorMethod):
         self._run_args: dict[str, Any] = {}
         self._implementation = ""
         self._threads = 1
+        # Ordering by score or a ``best`` pivot needs validation scores (an evaluation).
+        self.needs_evaluation = params.order != "given" or params.pivot == "best"
 
     # -- planning (before any tensor is read) -------------------------------------------
 
@@ -205,12 +207,7 @@ class AmeSoup(TensorMethod):
         if len(zetas) != count:
             raise MethodParameterError(f"method.amplification: got {len(zetas)} values for {count} ingredients; "
                                        "give one number, or one per ingredient")
-        if context.scores is None:
-            for field, value, alternative in (("order", p.order, "order: given"), ("pivot", p.pivot, "pivot: soup")):
-                if value in ("ascending", "descending", "best"):
-                    raise MethodParameterError(
-                        f"method.{field}: {value} ranks the ingredients by validation score, so it needs an "
-                        f"evaluation; configure one (evaluation: ...) or use {alternative}")
+        scores, higher_is_better = self._scores(context)
         if p.order != "given" and p.shuffle:
             raise MethodParameterError(f"method.order: {p.order} has no effect with shuffle: true (every epoch "
                                        "is shuffled); use one of them")
@@ -218,11 +215,11 @@ class AmeSoup(TensorMethod):
             raise MethodParameterError(f"method.pivot: {p.pivot} is not an ingredient index (there are {count}); "
                                        f"use 0 to {count - 1}")
         try:
-            order = ingredient_order(count, p.order, context.scores, context.higher_is_better)
+            order = ingredient_order(count, p.order, scores, higher_is_better)
         except ValueError as error:
             raise MethodParameterError(f"method.order: {error}") from None
         self._order = order
-        self._pivot = self._resolve_pivot(context, order)
+        self._pivot = self._resolve_pivot(context, order, scores, higher_is_better)
         self._zetas = [float(z) for z in zetas]
         self._seed = p.seed if p.seed is not None else int(context.extra.get("seed", 0) or 0)
         self._device = self._check_device(context.device)
@@ -232,14 +229,30 @@ class AmeSoup(TensorMethod):
         self._schedule = build_schedule(count, epochs=p.epochs, batch_size=p.batch_size, shuffle=p.shuffle,
                                         seed=self._seed, order=order, lr=self._lr, lr_schedule=p.lr_schedule)
 
-    def _resolve_pivot(self, context: MergeContext, order: list[int]) -> Any:
+    def _scores(self, context: MergeContext) -> tuple[list[float] | None, bool]:
+        """Validation scores when the order or the pivot needs them: the context's, or the evaluator's."""
+        if not self.needs_evaluation:
+            return context.scores, context.higher_is_better
+        if context.scores is not None:
+            return list(context.scores), context.higher_is_better
+        evaluator = context.evaluator
+        if evaluator is not None and getattr(evaluator, "builder", None) is not None:
+            return list(evaluator.ingredient_scores()), bool(evaluator.higher_is_better)
+        p = self.params
+        field, value, alternative = (("order", p.order, "order: given") if p.order != "given"
+                                     else ("pivot", p.pivot, "pivot: soup"))
+        raise MethodParameterError(f"method.{field}: {value} ranks the ingredients by validation score, so it needs "
+                                   f"an evaluation; configure one (evaluation: ...) or use {alternative}")
+
+    def _resolve_pivot(self, context: MergeContext, order: list[int], scores: list[float] | None,
+                       higher_is_better: bool) -> Any:
         pivot = self.params.pivot
         if pivot == "soup":
             return "soup"
         if pivot == "first":
             return order[0]
         if pivot == "best":
-            quality = [s if context.higher_is_better else -s for s in context.scores]
+            quality = [s if higher_is_better else -s for s in scores]
             return max(range(len(quality)), key=lambda i: (quality[i], -i))
         if isinstance(pivot, int):
             return pivot
@@ -278,6 +291,26 @@ class AmeSoup(TensorMethod):
         if str(device).startswith("cuda") and not torch.cuda.is_available():
             raise RecipeError(f"device: {device!r} was asked for but torch sees no CUDA device; use device: cpu")
         return str(device)
+
+    @property
+    def schedule(self) -> list[AmeStep]:
+        """Every optimizer step this merge runs (after :meth:`setup`)."""
+        if self._schedule is None:
+            raise RuntimeError("AmeSoup.setup(context) must run before the schedule exists")
+        return list(self._schedule)
+
+    @property
+    def pivot_ingredient(self) -> int | None:
+        """The ingredient w₀ is copied from, or ``None`` (soup or state-dict pivot)."""
+        return self._pivot if isinstance(self._pivot, int) else None
+
+    def restrict(self, steps: Sequence[AmeStep]) -> None:
+        """Run only ``steps`` (a subsequence of :attr:`schedule`; greedy AME's accepted steps).
+
+        Each keeps its own learning rate; the optimizer state evolves over the kept steps
+        only, as if each rejected step had been undone.
+        """
+        self._schedule = list(steps)
 
     def _run_arguments(self, device: str) -> tuple[dict[str, Any], str]:
         """The optimizer's keyword arguments, and which torch implementation runs.
