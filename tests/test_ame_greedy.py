@@ -58,7 +58,8 @@ def test_ame_ordered_by_validation_score(digit_vit, tmp_path):
                           order="ascending", pivot="best", output_dir=tmp_path / "soup",
                           evaluation={"dataset": digit_vit.validation, **digit_vit.columns})
     details = result.report["details"]
-    scores = result.report["details"].get("scores") or [row["score"] for row in result.report["ingredients"]]
+    scores = details["scores"]
+    assert [row["score"] for row in result.report["ingredients"]] == scores
     assert details["ingredient_order"] == sorted(range(len(scores)), key=lambda i: (scores[i], i))
     assert details["pivot_ingredient"] == details["ingredient_order"][-1]
 

@@ -192,6 +192,7 @@ class AmeSoup(TensorMethod):
         self._run_args: dict[str, Any] = {}
         self._implementation = ""
         self._threads = 1
+        self._validation_scores: list[float] | None = None
         # Ordering by score or a ``best`` pivot needs validation scores (an evaluation).
         self.needs_evaluation = params.order != "given" or params.pivot == "best"
 
@@ -208,6 +209,7 @@ class AmeSoup(TensorMethod):
             raise MethodParameterError(f"method.amplification: got {len(zetas)} values for {count} ingredients; "
                                        "give one number, or one per ingredient")
         scores, higher_is_better = self._scores(context)
+        self._validation_scores = scores if self.needs_evaluation else None
         if p.order != "given" and p.shuffle:
             raise MethodParameterError(f"method.order: {p.order} has no effect with shuffle: true (every epoch "
                                        "is shuffled); use one of them")
@@ -479,6 +481,8 @@ class AmeSoup(TensorMethod):
         }
         if isinstance(self._pivot, int):
             details["pivot_ingredient"] = self._pivot
+        if self._validation_scores is not None:
+            details["scores"] = list(self._validation_scores)
         if self._schedule is not None:
             details["ingredient_order"] = self._order
             details["num_steps"] = len(self._schedule)
