@@ -12,8 +12,15 @@ harmonic rate lr/t and an adaptive pivot it gives the running mean (§3.1).
 The update is elementwise (App. A.1, "Compute Efficiency"), so the engine streams it
 tensor by tensor: each chunk of each tensor replays one seeded schedule (order, shuffles,
 batches, rates) from a fresh optimizer, which equals running AME on the whole flattened
-model at once. Memory: the engine's read buffers plus a few chunk-sized buffers
-(w, its gradient, the optimizer state).
+model at once, byte for byte. On CPU a chunk is processed in cache-sized blocks (the
+whole schedule runs on one block before the next), blocks are multiples of 64 elements
+(the last one zero-padded) so that every element goes through the same vectorised
+kernels, and torch's fused kernels are used where they exist (SGD, Adam, AdamW, Adagrad).
+Memory: the engine's read buffers (32 MiB for AME) plus one output chunk and a block's
+optimizer state.
+
+Ordering by validation score and ``pivot: best`` need scores: ``MergeContext.scores`` or
+the context's evaluator. Greedy AME (App. A.4) is :mod:`hf_soup.methods.ame_greedy`.
 
 Integer and boolean tensors (buffers such as position ids) are not optimized: the engine
 copies them from the reference ingredient (``output.config_from``, the first by default).
