@@ -349,3 +349,22 @@ def test_cuda_request_without_cuda_is_a_clear_error():
 def test_amesoup_is_registered():
     assert "ame" in hf_soup.available_methods()
     assert isinstance(build_method("ame", {}), AmeSoup)
+
+
+# -- the schedule ---------------------------------------------------------------------------
+
+def test_schedule_rates_batches_and_shuffles():
+    from hf_soup.methods.ame_schedule import build_schedule
+
+    common = dict(epochs=3, batch_size=2, seed=11, order=[0, 1, 2, 3, 4], lr=0.5)
+    cosine = build_schedule(5, shuffle=False, lr_schedule="cosine", **common)
+    assert [s.batch for s in cosine[:3]] == [(0, 1), (2, 3), (4,)]  # last batch of an epoch is smaller
+    rates = [s.lr for s in cosine]
+    assert rates[0] == 0.5 and rates[-1] > 0 and all(b < a for a, b in zip(rates, rates[1:]))
+    harmonic = build_schedule(5, shuffle=False, lr_schedule="harmonic", **common)
+    assert [s.lr for s in harmonic] == [0.5 / t for t in range(1, 10)]
+    shuffled = build_schedule(5, shuffle=True, lr_schedule="constant", **common)
+    epochs = [[i for s in shuffled if s.epoch == e for i in s.batch] for e in (1, 2, 3)]
+    assert all(sorted(e) == [0, 1, 2, 3, 4] for e in epochs) and len({tuple(e) for e in epochs}) > 1
+    assert shuffled == build_schedule(5, shuffle=True, lr_schedule="constant", **common)
+    assert shuffled != build_schedule(5, shuffle=True, lr_schedule="constant", **{**common, "seed": 12})
