@@ -76,6 +76,9 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
     destination = check_destination(recipe.output.dir, recipe.output.overwrite)
     timer = _Timer()
     method = build_method(recipe.method.name, recipe.method.params)
+    from .ingredients.hub_headers import precheck_hub_alignment
+
+    precheck_hub_alignment(recipe.ingredients, token=token, on_missing=recipe.on_missing)
     ingredients = resolve_ingredients(recipe.ingredients, token=token)
     timer.lap("resolve")
     logger.info("resolved %d ingredients: %s", len(ingredients), ", ".join(i.name for i in ingredients))
@@ -101,7 +104,7 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
             timer.lap("merge")
             report = _report(recipe, method, plan, ingredients, alignment, shards, timer)
             write_report(staging, report)
-            _write_card(staging)
+            _write_card(staging, recipe.output.card_template)
     logger.info("soup written to %s", destination)
     result = SoupResult(destination, report)
     if recipe.push_to_hub is not None:
@@ -117,12 +120,12 @@ def _progress_bar(alignment: Alignment, enabled: bool):
     return tqdm(total=alignment.num_parameters, unit="param", unit_scale=True, desc="souping")
 
 
-def _write_card(directory: Path) -> None:
+def _write_card(directory: Path, template: str | None = None) -> None:
     try:
         from .card import write_card
     except ImportError:  # the model card module is optional until the Hub work lands
         return
-    write_card(directory)
+    write_card(directory, template)
 
 
 def _report(recipe, method, plan, ingredients, alignment, shards, timer) -> dict[str, Any]:

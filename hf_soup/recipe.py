@@ -51,6 +51,7 @@ class OutputSpec(_Strict):
     config_from: int = 0
     overwrite: bool = False
     format: Literal["model", "adapter"] = "model"
+    card_template: str | None = None
 
     @field_validator("dtype")
     @classmethod
