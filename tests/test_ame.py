@@ -250,6 +250,14 @@ def test_report_records_optimizer_schedule_and_pivot(llama_dirs, tmp_path):
     assert (details["pivot"], details["pivot_ingredient"], details["seed"], details["order"]) == ("first", 0, 4, "given")
     assert details["num_steps"] == 4 and "not optimized" in details["non_float_tensors"]
     assert result.report["method"] == "ame"
+    # the model card shows the resolved optimizer arguments, schedule and seed
+    import yaml
+
+    card = (tmp_path / "soup" / "README.md").read_text()
+    shown = yaml.safe_load(card.split("## Parameters")[1].split("```yaml")[1].split("```")[0])
+    assert shown["optimizer"] == "AdamW" and shown["optimizer_args"]["betas"] == [0.8, 0.99]
+    assert (shown["lr_schedule"], shown["epochs"], shown["batch_size"], shown["seed"], shown["pivot"]) == \
+        ("cosine", 2, 2, 4, "first")
 
 
 def test_state_dict_pivot_through_soup(llama_dirs, tmp_path):

@@ -490,6 +490,9 @@ class AmeSoup(TensorMethod):
             details["pivot_ingredient"] = self._pivot
         if self._validation_scores is not None:
             details["scores"] = list(self._validation_scores)
+        details["card_parameters"] = {k: details[k] for k in (
+            "optimizer", "optimizer_args", "lr_schedule", "epochs", "batch_size", "shuffle", "seed", "pivot",
+            "adaptive_pivot", "amplification", "order")}
         if self._schedule is not None:
             details["ingredient_order"] = self._order
             details["num_steps"] = len(self._schedule)
