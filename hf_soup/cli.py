@@ -38,6 +38,10 @@ def _add_merge(sub) -> None:
     p.add_argument("--max-shard-size", help="largest safetensors shard, e.g. 2GB (default 5GB)")
     p.add_argument("--on-missing", choices=["error", "skip", "first"], help="what to do with keys some ingredients lack")
     p.add_argument("--config-from", type=int, help="index of the ingredient whose config/tokenizer files are copied")
+    p.add_argument("--base-model", metavar="REF", help="base model of PEFT adapter ingredients (default: the one they name)")
+    p.add_argument("--format", dest="output_format", choices=["model", "adapter"],
+                   help="write a full model (default) or, for adapter soups, a LoRA adapter")
+    p.add_argument("--rank", help="adapter output rank: concat (exact, default) or an integer (truncated SVD)")
     p.add_argument("--seed", type=int, help="random seed for methods that draw or shuffle")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="push the soup to this Hub repo")
@@ -73,11 +77,17 @@ def _recipe_data(args) -> dict[str, Any]:
                        ("config_from", args.config_from)):
         if value is not None:
             output[key] = value
+    if args.output_format:
+        output["format"] = args.output_format
+    if args.rank:
+        output["rank"] = int(args.rank) if args.rank.isdigit() else args.rank
     if args.overwrite:
         output["overwrite"] = True
     data["output"] = output
     if args.on_missing:
         data["on_missing"] = args.on_missing
+    if args.base_model:
+        data["base_model"] = args.base_model
     if args.seed is not None:
         data["seed"] = args.seed
     if args.push_to_hub:

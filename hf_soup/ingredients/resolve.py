@@ -22,6 +22,10 @@ def resolve_local(ref: IngredientRef, directory: Path | None = None, sha: str | 
         if path.suffix in (".bin", ".pt", ".pth"):
             return Ingredient(ref, "bin", [path], sha=sha)
         raise NoWeightsError(f"{ref}: {path.name} is not a weight file; give a .safetensors/.bin file or a model folder")
+    from ..adapters.resolve import is_adapter_folder, resolve_adapter
+
+    if is_adapter_folder(path):
+        return resolve_adapter(ref, path, sha)
     weight_format, files = weight_files(path)
     return Ingredient(ref, weight_format, files, directory=path, sha=sha, config=read_config(path))
 

@@ -1,0 +1,142 @@
+"""Where an adapter's targets live in the base checkpoint, and how they are stored.
+
+PEFT saves adapter keys with the *in-memory* module names of the model it wrapped
+(``vit.layers.0.attention.q_proj``), while a transformers 5 checkpoint on disk may use
+other names for the same weight (``vit.encoder.layer.0.attention.attention.query``):
+``from_pretrained`` renames on load and ``save_pretrained`` renames back. This module
+maps a module's parameter name to the checkpoint key with transformers' own conversion
+mapping (``get_model_conversion_mapping``, reversed exactly as ``save_pretrained`` does)
+and refuses targets whose conversion is more than a rename (fused or split weights).
+
+It also tells how a target stores its weight: ``nn.Linear`` as ``(out, in)``, GPT-2's
+``Conv1D`` transposed as ``(in, out)``. PEFT decides that from the module class (it
+overrides ``fan_in_fan_out`` to match), so the class is read from the base model built
+on the ``meta`` device (no memory, no weights). Without a buildable config, the shapes
+decide, and for square weights the adapter's ``fan_in_fan_out``.
+
+>>> layout = BaseLayout({"model.layers.0.mlp.up_proj.weight"}, directory=None)
+>>> layout.checkpoint_key("model.layers.0.mlp.up_proj.weight", "adapter")
+'model.layers.0.mlp.up_proj.weight'
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import AdapterBaseError, UnsupportedAdapterError
+
+logger = logging.getLogger("hf_soup")
+
+
+@lru_cache(maxsize=4)
+def _meta_model(directory: str, class_hint: str | None) -> Any:
+    """The base model built on the ``meta`` device from ``directory/config.json``, or ``None``."""
+    try:
+        import torch
+        import transformers
+
+        config = transformers.AutoConfig.from_pretrained(directory)
+        names = [n for n in [class_hint, *(getattr(config, "architectures", None) or [])] if n]
+        cls = next((getattr(transformers, n) for n in names if hasattr(transformers, n)), None)
+        with torch.device("meta"):
+            if cls is not None:
+                return cls._from_config(config)
+            return transformers.AutoModel.from_config(config)
+    except Exception as error:  # custom code, unknown architecture...: fall back to names and shapes
+        logger.info("cannot build the base model of %s on the meta device (%s); using checkpoint names and shapes", directory, error)
+        return None
+
+
+@lru_cache(maxsize=4)
+def _reverse_rules(directory: str, class_hint: str | None) -> tuple[list, list]:
+    """(renamings, converters) turning in-memory names into checkpoint names, as ``save_pretrained`` does."""
+    model = _meta_model(directory, class_hint)
+    if model is None:
+        return [], []
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import PrefixChange, WeightConverter, WeightRenaming
+
+    conversions = [c for c in get_model_conversion_mapping(model, add_legacy=False) if not isinstance(c, PrefixChange)]
+    reverse = [c.reverse_transform() for c in conversions[::-1]]
+    return ([c for c in reverse if isinstance(c, WeightRenaming)],
+            [c for c in reverse if isinstance(c, WeightConverter)])
+
+
+class BaseLayout:
+    """Checkpoint keys and storage layout of one base model.
+
+    ``base_keys`` are the keys of the base checkpoint; ``directory`` holds its
+    ``config.json`` (``None``: names must match as they are); ``class_hint`` is the model
+    class PEFT wrapped (``auto_mapping.base_model_class`` in the adapter config).
+    """
+
+    def __init__(self, base_keys: Iterable[str], directory: Path | None, class_hint: str | None = None):
+        self.base_keys = set(base_keys)
+        self.directory = str(directory) if directory is not None and (Path(directory) / "config.json").is_file() else None
+        self.class_hint = class_hint
+
+    def _model(self) -> Any:
+        return _meta_model(self.directory, self.class_hint) if self.directory else None
+
+    def checkpoint_key(self, name: str, origin: str) -> str:
+        """The base checkpoint key holding in-memory parameter ``name``.
+
+        Raises :class:`UnsupportedAdapterError` when transformers stores it through a
+        conversion other than a rename, :class:`AdapterBaseError` when the base lacks it.
+        """
+        if name in self.base_keys:
+            return name
+        tried = [name]
+        if self.directory:
+            from transformers.core_model_loading import apply_converters, apply_renamings
+
+            renamings, converters = _reverse_rules(self.directory, self.class_hint)
+            converted, pattern = apply_converters(name, converters)
+            if pattern is not None:
+                raise UnsupportedAdapterError(
+                    f"{origin}: the adapter targets {name!r}, which transformers stores in the checkpoint through a "
+                    f"{type(converters[0]).__name__} conversion (fused/split weights, not a plain rename); LoRA on such "
+                    "weights cannot be merged into the checkpoint. Load the model, merge with PEFT's merge_and_unload() "
+                    "and use the result as a full-model ingredient"
+                )
+            renamed = apply_renamings(name, renamings)
+            tried.append(renamed)
+            model = self._model()
+            prefix = getattr(model, "base_model_prefix", "") if model is not None else ""
+            for candidate in (renamed, name):
+                if prefix and candidate.startswith(prefix + "."):
+                    tried.append(candidate[len(prefix) + 1:])
+                elif prefix:
+                    tried.append(f"{prefix}.{candidate}")
+            for candidate in tried[1:]:
+                if candidate in self.base_keys:
+                    return candidate
+        raise AdapterBaseError(
+            f"{origin}: the adapter changes {name!r}, but the base checkpoint has no such tensor "
+            f"(tried {', '.join(dict.fromkeys(tried))}); the adapter was trained on another base model — "
+            "set base_model: in the recipe to the model it was trained on"
+        )
+
+    def module_kind(self, module: str) -> str | None:
+        """``"linear"``, ``"conv1d"`` (transposed storage), ``"embedding"``, another class name, or ``None`` if unknown."""
+        model = self._model()
+        if model is None:
+            return None
+        try:
+            target = model.get_submodule(module)
+        except AttributeError:
+            return None
+        import torch
+
+        from transformers.pytorch_utils import Conv1D
+
+        if isinstance(target, Conv1D):
+            return "conv1d"
+        if isinstance(target, torch.nn.Linear):
+            return "linear"
+        if isinstance(target, torch.nn.Embedding):
+            return "embedding"
+        return type(target).__name__

@@ -1,0 +1,346 @@
+"""PEFT LoRA adapters as soup ingredients: exact full-model soups and adapter outputs.
+
+A tiny config-built ViT (whose checkpoint keys differ from its in-memory names in
+transformers 5) and a tiny GPT-2 (Conv1D layers stored transposed, tied embeddings,
+same keys on disk and in memory), each with LoRA adapters trained for a few steps with
+PEFT on scikit-learn's digits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+peft = pytest.importorskip("peft")
+transformers = pytest.importorskip("transformers")
+
+from hf_soup import soup  # noqa: E402
+from hf_soup.errors import (  # noqa: E402
+    AdapterBaseError,
+    CorruptWeightsError,
+    MethodParameterError,
+    RecipeError,
+    UnsupportedAdapterError,
+)
+
+VIT_ADAPTERS = [
+    dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    dict(r=2, lora_alpha=4, use_rslora=True, target_modules=["q_proj", "k_proj", "fc1"]),
+    dict(r=8, lora_alpha=4, target_modules=["v_proj", "o_proj", "fc2"], rank_pattern={"fc2": 3},
+         alpha_pattern={"o_proj": 16}),
+]
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images[:512, None] / 16.0, dtype=torch.float32)
+    return images, torch.tensor(digits.target[:512])
+
+
+def _train(model, batches, steps=12, lr=2e-2):
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    for step in range(steps):
+        inputs = batches(step)
+        loss = model(**inputs).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+
+
+def _quiet_load(cls, path):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    return cls.from_pretrained(path)
+
+
+def _vit_base(path: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    config = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=2,
+                                    num_attention_heads=4, intermediate_size=64, num_labels=10)
+    transformers.ViTForImageClassification(config).save_pretrained(path)
+    return path
+
+
+def _vit_adapter(base: Path, path: Path, seed: int, images, labels, **lora) -> Path:
+    torch.manual_seed(seed)
+    model = peft.get_peft_model(_quiet_load(transformers.ViTForImageClassification, base),
+                                peft.LoraConfig(modules_to_save=["classifier"], **lora))
+    rows = torch.randperm(len(images))
+
+    def batch(step):
+        idx = rows[(step * 64) % len(rows):][:64]
+        return {"pixel_values": images[idx], "labels": labels[idx]}
+
+    _train(model, batch)
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def vit(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vit")
+    images, labels = _digits()
+    base = _vit_base(root / "base", seed=0)
+    adapters = [_vit_adapter(base, root / f"lora{i}", 10 + i, images, labels, **spec) for i, spec in enumerate(VIT_ADAPTERS)]
+    return {"root": root, "base": base, "adapters": adapters, "images": images[:64]}
+
+
+def _merged(base: Path, adapter: Path, cls=None):
+    cls = cls or transformers.ViTForImageClassification
+    return peft.PeftModel.from_pretrained(_quiet_load(cls, base), adapter).merge_and_unload().eval()
+
+
+def _logits(model, images):
+    with torch.no_grad():
+        return model(pixel_values=images).logits
+
+
+def _vit_logits(path, images):
+    return _logits(_quiet_load(transformers.ViTForImageClassification, path).eval(), images)
+
+
+def _peft_logits(base, adapter, images):
+    model = peft.PeftModel.from_pretrained(_quiet_load(transformers.ViTForImageClassification, base), adapter).eval()
+    return _logits(model, images)
+
+
+def _delta(adapter: Path) -> dict[str, torch.Tensor]:
+    """Each in-memory parameter name -> the adapter's ΔW (scale · B @ A) or full modules_to_save tensor."""
+    from safetensors.torch import load_file
+
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    tensors = {k.removeprefix("base_model.model."): v for k, v in load_file(adapter / "adapter_model.safetensors").items()}
+    result = {}
+    for key, a in tensors.items():
+        if key.endswith(".lora_A.weight"):
+            module = key.removesuffix(".lora_A.weight")
+            b = tensors[module + ".lora_B.weight"]
+            rank = a.shape[0]
+            alpha = next((v for k, v in config["alpha_pattern"].items() if module.endswith(k)), config["lora_alpha"])
+            scale = alpha / math.sqrt(rank) if config["use_rslora"] else alpha / rank
+            result[module + ".weight"] = scale * (b @ a)
+        elif ".lora_" not in key:
+            result[key] = ("full", a)
+    return result
+
+
+def test_vit_uniform_soup_is_base_plus_mean_delta_and_mean_of_merged_models(vit, tmp_path):
+    result = soup([str(a) for a in vit["adapters"]], output_dir=tmp_path / "soup")
+    souped = _quiet_load(transformers.ViTForImageClassification, tmp_path / "soup").state_dict()
+    base = _quiet_load(transformers.ViTForImageClassification, vit["base"]).state_dict()
+    # base + mean ΔW, computed from the adapter factors in the in-memory key space
+    expected = {k: v.clone() for k, v in base.items()}
+    deltas = [_delta(a) for a in vit["adapters"]]
+    for key in expected:
+        fulls = [d[key][1] for d in deltas if isinstance(d.get(key), tuple)]
+        if fulls:  # modules_to_save: the mean of each adapter's own tensor
+            expected[key] = sum(d[key][1] if isinstance(d.get(key), tuple) else base[key] for d in deltas) / 3
+        else:
+            expected[key] = base[key] + sum(d[key] for d in deltas if key in d) / 3
+    changed = [k for k in expected if not torch.equal(expected[k], base[k])]
+    assert any("q_proj" in k for k in changed) and any("fc2" in k for k in changed) and "classifier.weight" in changed
+    for key, value in expected.items():
+        torch.testing.assert_close(souped[key], value, rtol=0, atol=2e-6, msg=key)
+    # ... and the average of PEFT's own merge_and_unload models
+    merged = [_merged(vit["base"], a).state_dict() for a in vit["adapters"]]
+    for key in souped:
+        torch.testing.assert_close(souped[key], sum(m[key] for m in merged) / 3, rtol=0, atol=2e-6, msg=key)
+    # the soup is written in checkpoint keys, the base's own on-disk names
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "soup" / "model.safetensors", "pt") as handle, \
+            safe_open(vit["base"] / "model.safetensors", "pt") as base_handle:
+        assert set(handle.keys()) == set(base_handle.keys())
+    assert "vit.encoder.layer.0.attention.attention.query.weight" in set(handle.keys())
+    assert result.report["output"]["format"] == "model"
+    adapters = result.report["adapters"]
+    assert adapters["base_model"]["ref"] == str(vit["base"])
+    assert [row["r"] for row in adapters["ingredients"]] == [4, 2, 8]
+    assert adapters["ingredients"][1]["use_rslora"] is True
+
+
+def test_weighted_soup_of_full_fine_tune_and_adapters(vit, tmp_path):
+    full = tmp_path / "full"
+    _merged(vit["base"], vit["adapters"][0]).save_pretrained(full)
+    weights = [0.5, 0.3, 0.2]
+    soup([str(full), *map(str, vit["adapters"][1:])], "weighted", tmp_path / "mixed", weights=weights)
+    soup(list(map(str, vit["adapters"])), "weighted", tmp_path / "adapters", weights=weights)
+    mixed = _quiet_load(transformers.ViTForImageClassification, tmp_path / "mixed").state_dict()
+    pure = _quiet_load(transformers.ViTForImageClassification, tmp_path / "adapters").state_dict()
+    for key in pure:
+        torch.testing.assert_close(mixed[key], pure[key], rtol=0, atol=2e-6, msg=key)
+
+
+def test_concat_adapter_output_reproduces_the_full_soup(vit, tmp_path):
+    adapters = [str(a) for a in vit["adapters"]]
+    soup(adapters, "weighted", tmp_path / "model", weights=[2, 1, 1])
+    result = soup(adapters, "weighted", tmp_path / "adapter", weights=[2, 1, 1], output_format="adapter")
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir() if p.suffix != ".md") == [
+        "adapter_config.json", "adapter_model.safetensors", "soup_report.json"]
+    expected = _vit_logits(tmp_path / "model", vit["images"])
+    got = _peft_logits(vit["base"], tmp_path / "adapter", vit["images"])
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    output = result.report["output"]
+    assert output["format"] == "adapter" and output["rank"] == "concat" and output["max_relative_error"] == 0.0
+    # q_proj is targeted by adapters 0 and 1 (ranks 4 + 2), fc2 by adapter 2 at its rank_pattern rank 3
+    assert output["tensors"]["vit.layers.0.attention.q_proj"]["rank"] == 6
+    assert output["tensors"]["vit.layers.1.mlp.fc2"]["rank"] == 3
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(vit["base"]) and config["modules_to_save"] == ["classifier"]
+
+
+def test_svd_adapter_output_full_rank_is_exact_and_low_rank_error_is_reported(vit, tmp_path):
+    adapters = [str(a) for a in vit["adapters"]]
+    soup(adapters, output_dir=tmp_path / "model")
+    soup(adapters, output_dir=tmp_path / "full", output_format="adapter", adapter_rank=64)
+    expected = _vit_logits(tmp_path / "model", vit["images"])
+    torch.testing.assert_close(_peft_logits(vit["base"], tmp_path / "full", vit["images"]), expected, rtol=0, atol=1e-5)
+
+    result = soup(adapters, output_dir=tmp_path / "low", output_format="adapter", adapter_rank=2)
+    tensors = result.report["output"]["tensors"]
+    base = _quiet_load(transformers.ViTForImageClassification, vit["base"]).state_dict()
+    souped = _quiet_load(transformers.ViTForImageClassification, tmp_path / "model").state_dict()
+    approx = _merged(vit["base"], tmp_path / "low").state_dict()
+    truncated = 0
+    for module, row in tensors.items():
+        key = module + ".weight"
+        assert row["rank"] == min(2, sum(row["input_ranks"]))
+        exact, low = souped[key] - base[key], approx[key] - base[key]
+        measured = float(torch.linalg.norm(exact - low) / torch.linalg.norm(exact))
+        assert measured == pytest.approx(row["relative_error"], rel=1e-3, abs=1e-5), module
+        truncated += row["relative_error"] > 1e-3
+    assert truncated >= 3  # rank 2 really truncates the tensors of rank 3 and more
+    assert result.report["output"]["max_relative_error"] == max(r["relative_error"] for r in tensors.values())
+
+
+def _no_output(path: Path) -> bool:
+    return not path.exists() and not any(p.name.startswith(f".{path.name}.") for p in path.parent.iterdir())
+
+
+def test_adapters_of_different_bases_are_refused(vit, tmp_path):
+    images, labels = _digits()
+    other = _vit_base(tmp_path / "other-base", seed=1)
+    stranger = _vit_adapter(other, tmp_path / "stranger", 3, images, labels, r=2, target_modules=["q_proj"])
+    with pytest.raises(AdapterBaseError, match="different base models") as error:
+        soup([str(vit["adapters"][0]), str(stranger)], output_dir=tmp_path / "out")
+    assert "base_model:" in str(error.value) and str(other) in str(error.value)
+    assert _no_output(tmp_path / "out")
+
+
+def test_unsupported_adapter_options_are_named(vit, tmp_path):
+    model = peft.get_peft_model(_quiet_load(transformers.ViTForImageClassification, vit["base"]),
+                                peft.LoraConfig(r=2, target_modules=["q_proj"], use_dora=True))
+    model.save_pretrained(tmp_path / "dora")
+    with pytest.raises(UnsupportedAdapterError, match="use_dora"):
+        soup([str(vit["adapters"][0]), str(tmp_path / "dora")], output_dir=tmp_path / "out")
+    config = json.loads((vit["adapters"][1] / "adapter_config.json").read_text())
+    (tmp_path / "biased").mkdir()
+    (tmp_path / "biased" / "adapter_model.safetensors").write_bytes((vit["adapters"][1] / "adapter_model.safetensors").read_bytes())
+    (tmp_path / "biased" / "adapter_config.json").write_text(json.dumps({**config, "bias": "lora_only"}))
+    with pytest.raises(UnsupportedAdapterError, match="bias='lora_only'"):
+        soup([str(vit["adapters"][0]), str(tmp_path / "biased")], output_dir=tmp_path / "out")
+    assert _no_output(tmp_path / "out")
+
+
+def test_corrupt_adapter_file_is_refused_without_output(vit, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text((vit["adapters"][1] / "adapter_config.json").read_text())
+    data = (vit["adapters"][1] / "adapter_model.safetensors").read_bytes()
+    (broken / "adapter_model.safetensors").write_bytes(data[: len(data) - 100])
+    with pytest.raises(CorruptWeightsError, match="truncated"):
+        soup([str(vit["adapters"][0]), str(broken)], output_dir=tmp_path / "out")
+    assert _no_output(tmp_path / "out")
+
+
+def test_adapter_output_refuses_what_it_cannot_express(vit, tmp_path):
+    from hf_soup.methods.base import TensorMethod
+    from hf_soup.methods.registry import register_method
+
+    @register_method
+    class ElementwiseMax(TensorMethod):
+        name = "test_elementwise_max"
+
+        def merge(self, info, chunks):
+            return np.maximum.reduce(list(chunks))
+
+    adapters = [str(a) for a in vit["adapters"]]
+    with pytest.raises(RecipeError, match="not linear in ΔW"):
+        soup(adapters, "test_elementwise_max", tmp_path / "out", output_format="adapter")
+    with pytest.raises(MethodParameterError, match="sum to 2"):
+        soup(adapters, "weighted", tmp_path / "out", weights=[1, 0.5, 0.5], normalize=False, output_format="adapter")
+    full = tmp_path / "full"
+    _merged(vit["base"], vit["adapters"][0]).save_pretrained(full)
+    with pytest.raises(RecipeError, match="is a full model"):
+        soup([str(full), *adapters[1:]], output_dir=tmp_path / "out", output_format="adapter")
+    assert _no_output(tmp_path / "out")
+
+
+def test_vit_key_mapping_uses_the_transformers_conversion(vit):
+    from safetensors import safe_open
+
+    from hf_soup.adapters.layout import BaseLayout
+
+    with safe_open(vit["base"] / "model.safetensors", "pt") as handle:
+        layout = BaseLayout(handle.keys(), vit["base"], "ViTForImageClassification")
+    assert layout.checkpoint_key("vit.layers.1.attention.o_proj.weight", "x") == "vit.encoder.layer.1.attention.output.dense.weight"
+    assert layout.checkpoint_key("vit.layers.0.mlp.fc1.weight", "x") == "vit.encoder.layer.0.intermediate.dense.weight"
+    assert layout.checkpoint_key("classifier.weight", "x") == "classifier.weight"
+    assert layout.module_kind("vit.layers.0.attention.q_proj") == "linear"
+    with pytest.raises(AdapterBaseError, match="set base_model:"):
+        layout.checkpoint_key("model.layers.0.self_attn.q_proj.weight", "x")
+
+
+# --- GPT-2: Conv1D (transposed) layers, an embedding LoRA, tied embeddings, keys equal on disk and in memory ---
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gpt2")
+    images, _ = _digits()
+    tokens = (images.reshape(len(images), -1) * 16).round().long()  # 64 pixel intensities in 0..16 per digit
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=17, n_positions=64, n_embd=32, n_layer=1, n_head=2)
+    transformers.GPT2LMHeadModel(config).save_pretrained(root / "base")
+    specs = [dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True),
+             dict(r=2, lora_alpha=2, use_rslora=True, target_modules=["wte", "c_fc", "c_attn"], fan_in_fan_out=True)]
+    adapters = []
+    for i, spec in enumerate(specs):
+        torch.manual_seed(20 + i)
+        model = peft.get_peft_model(_quiet_load(transformers.GPT2LMHeadModel, root / "base"), peft.LoraConfig(**spec))
+        _train(model, lambda step: {"input_ids": tokens[step * 32:][:32], "labels": tokens[step * 32:][:32]}, steps=8)
+        model.save_pretrained(root / f"lora{i}")
+        adapters.append(root / f"lora{i}")
+    return {"base": root / "base", "adapters": adapters, "tokens": tokens[:16]}
+
+
+def _lm_logits(model, tokens):
+    with torch.no_grad():
+        return model(input_ids=tokens).logits
+
+
+def test_gpt2_conv1d_and_embedding_adapters(gpt2, tmp_path):
+    adapters = [str(a) for a in gpt2["adapters"]]
+    soup(adapters, output_dir=tmp_path / "model")
+    result = soup(adapters, output_dir=tmp_path / "adapter", output_format="adapter")
+    souped = _quiet_load(transformers.GPT2LMHeadModel, tmp_path / "model").eval()
+    merged = [_merged(gpt2["base"], a, transformers.GPT2LMHeadModel).state_dict() for a in gpt2["adapters"]]
+    state = souped.state_dict()
+    for key in ("transformer.wte.weight", "transformer.h.0.attn.c_attn.weight", "transformer.h.0.mlp.c_fc.weight"):
+        torch.testing.assert_close(state[key], (merged[0][key] + merged[1][key]) / 2, rtol=0, atol=2e-6, msg=key)
+    kinds = {m: row["key"] for m, row in result.report["output"]["tensors"].items()}
+    assert "transformer.wte" in kinds and "transformer.h.0.attn.c_attn" in kinds
+    with_adapter = peft.PeftModel.from_pretrained(_quiet_load(transformers.GPT2LMHeadModel, gpt2["base"]),
+                                                  tmp_path / "adapter").eval()
+    torch.testing.assert_close(_lm_logits(with_adapter, gpt2["tokens"]), _lm_logits(souped, gpt2["tokens"]),
+                               rtol=0, atol=1e-5)
