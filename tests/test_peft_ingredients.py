@@ -160,8 +160,9 @@ def test_vit_uniform_soup_is_base_plus_mean_delta_and_mean_of_merged_models(vit,
 
     with safe_open(tmp_path / "soup" / "model.safetensors", "pt") as handle, \
             safe_open(vit["base"] / "model.safetensors", "pt") as base_handle:
-        assert set(handle.keys()) == set(base_handle.keys())
-    assert "vit.encoder.layer.0.attention.attention.query.weight" in set(handle.keys())
+        keys = set(handle.keys())
+        assert keys == set(base_handle.keys())
+    assert "vit.encoder.layer.0.attention.attention.query.weight" in keys
     assert result.report["output"]["format"] == "model"
     adapters = result.report["adapters"]
     assert adapters["base_model"]["ref"] == str(vit["base"])
@@ -340,7 +341,10 @@ def test_gpt2_conv1d_and_embedding_adapters(gpt2, tmp_path):
         torch.testing.assert_close(state[key], (merged[0][key] + merged[1][key]) / 2, rtol=0, atol=2e-6, msg=key)
     kinds = {m: row["key"] for m, row in result.report["output"]["tensors"].items()}
     assert "transformer.wte" in kinds and "transformer.h.0.attn.c_attn" in kinds
-    with_adapter = peft.PeftModel.from_pretrained(_quiet_load(transformers.GPT2LMHeadModel, gpt2["base"]),
-                                                  tmp_path / "adapter").eval()
+    # GPT-2 ties lm_head to wte: an *unmerged* PeftModel applies the wte LoRA to the input embedding only, while
+    # merging (PEFT's merge_and_unload, and any soup) changes the shared matrix. Compare merged models.
+    with_adapter = _merged(gpt2["base"], tmp_path / "adapter", transformers.GPT2LMHeadModel)
     torch.testing.assert_close(_lm_logits(with_adapter, gpt2["tokens"]), _lm_logits(souped, gpt2["tokens"]),
                                rtol=0, atol=1e-5)
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["fan_in_fan_out"] is True and config["rank_pattern"]["transformer.h.0.attn.c_attn"] == 6

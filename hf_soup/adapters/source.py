@@ -208,9 +208,11 @@ class AdapterSource(TensorSource):
 
     def factors(self, target: LoraTarget) -> tuple[np.ndarray, np.ndarray]:
         """This adapter's ``(left, right)`` for ``target`` (the last one is cached)."""
-        if self._cached is None or self._cached[0] != target.key:
-            self._cached = (target.key, *lora_factors(self.adapter, target))
-        return self._cached[1], self._cached[2]
+        cached = self._cached  # one local reference: safe if another thread replaces the cache meanwhile
+        if cached is None or cached[0] != target.key:
+            cached = (target.key, *lora_factors(self.adapter, target))
+            self._cached = cached
+        return cached[1], cached[2]
 
     def read_float32(self, key: str, start: int, stop: int, out: np.ndarray) -> np.ndarray:
         if key in self.replaced:

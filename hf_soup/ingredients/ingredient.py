@@ -39,13 +39,6 @@ class Ingredient:
         return str(self.ref)
 
     @property
-    def model_directory(self) -> Path | None:
-        """The folder whose config / tokenizer files describe this model (an adapter's base folder)."""
-        if self.adapter is not None:
-            return self.base.directory if self.base is not None else None
-        return self.directory
-
-    @property
     def repo_id(self) -> str | None:
         """The Hub repo ID, for Hub ingredients."""
         return self.ref.name if self.ref.kind == "hub" else None
