@@ -84,11 +84,13 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
     ingredients = resolve_ingredients(recipe.ingredients, token=token)
     base = _attach_bases(ingredients, recipe, token)
     timer.lap("resolve")
+    logger.info("resolved %d ingredients: %s", len(ingredients), ", ".join(i.name for i in ingredients))
     with ExitStack() as stack:
         sources = {i: stack.enter_context(ing.open()) for i, ing in enumerate(ingredients)}
         alignment = align(list(sources.values()), [i.name for i in ingredients], [i.config for i in ingredients],
                           on_missing=recipe.on_missing, dtype=recipe.output.dtype, reference=recipe.output.config_from)
         timer.lap("align")
+        logger.info("aligned %d tensors (%d parameters)", len(alignment.tensors), alignment.num_parameters)
         context = MergeContext(len(ingredients), [i.name for i in ingredients], extra={"seed": recipe.seed})
         plan = _plan(method, context, ingredients)
         if adapter_output:
@@ -96,6 +98,7 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
 
             check_adapter_plan(plan, ingredients)
         timer.lap("plan")
+        logger.info("plan: %s over ingredients %s", plan.method.name, plan.ingredients)
         shards = [] if adapter_output else shard_plan(alignment.tensors, parse_size(recipe.output.max_shard_size))
         with staged_directory(destination, recipe.output.overwrite) as staging:
             if adapter_output:
@@ -122,6 +125,7 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
                 report["adapters"] = adapters_report(ingredients, base)
             write_report(staging, report)
             _write_card(staging)
+    logger.info("soup written to %s", destination)
     result = SoupResult(destination, report)
     if recipe.push_to_hub is not None:
         result.report["pushed_to"] = result.push_to_hub(token=token, **recipe.push_to_hub.model_dump())
