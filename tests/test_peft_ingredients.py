@@ -348,3 +348,29 @@ def test_gpt2_conv1d_and_embedding_adapters(gpt2, tmp_path):
                                rtol=0, atol=1e-5)
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["fan_in_fan_out"] is True and config["rank_pattern"]["transformer.h.0.attn.c_attn"] == 6
+
+
+def test_recipe_base_model_and_cli_adapter_output(vit, tmp_path, capsys):
+    import yaml
+
+    from hf_soup.cli import main
+
+    anonymous = tmp_path / "anonymous"
+    anonymous.mkdir()
+    config = json.loads((vit["adapters"][2] / "adapter_config.json").read_text())
+    (anonymous / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": None}))
+    (anonymous / "adapter_model.safetensors").write_bytes((vit["adapters"][2] / "adapter_model.safetensors").read_bytes())
+    refs = [str(vit["adapters"][0]), str(anonymous)]
+    with pytest.raises(AdapterBaseError, match="does not name its base"):
+        soup(refs, output_dir=tmp_path / "out")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"ingredients": refs, "base_model": str(vit["base"]),
+                                      "output": {"dir": str(tmp_path / "cli"), "format": "adapter", "rank": 3}}))
+    assert main(["merge", str(recipe), "--quiet"]) == 0
+    report = json.loads((tmp_path / "cli" / "soup_report.json").read_text())
+    assert report["output"]["format"] == "adapter" and report["output"]["rank"] == 3
+    assert report["recipe"]["base_model"] == str(vit["base"])
+    assert all(row["rank"] <= 3 for row in report["output"]["tensors"].values())
+    assert main(["merge", "-m", refs[0], "-m", refs[1], "--base-model", str(vit["base"]), "-o", str(tmp_path / "m2"),
+                 "--rank", "2", "--quiet"]) == 2
+    assert "output.rank applies to output.format: adapter only" in capsys.readouterr().err
