@@ -9,10 +9,13 @@ mapping (``get_model_conversion_mapping``, reversed exactly as ``save_pretrained
 and refuses targets whose conversion is more than a rename (fused or split weights).
 
 It also tells how a target stores its weight: ``nn.Linear`` as ``(out, in)``, GPT-2's
-``Conv1D`` transposed as ``(in, out)``. PEFT decides that from the module class (it
-overrides ``fan_in_fan_out`` to match), so the class is read from the base model built
-on the ``meta`` device (no memory, no weights). Without a buildable config, the shapes
-decide, and for square weights the adapter's ``fan_in_fan_out``.
+``Conv1D`` transposed as ``(in, out)``. The shapes decide for non-square weights. For
+square ones PEFT decides from the module class (it overrides ``fan_in_fan_out`` to
+match), so the class is read from the base model built on the ``meta`` device (no
+memory, no weights) — unless the architecture's modeling file cannot hold a ``Conv1D``
+(it neither names ``Conv1D`` nor imports other models), which spares importing
+transformers (about 3 s) for most LLMs. Without a buildable config the adapter's
+``fan_in_fan_out`` decides.
 
 >>> layout = BaseLayout({"model.layers.0.mlp.up_proj.weight"}, directory=None)
 >>> layout.checkpoint_key("model.layers.0.mlp.up_proj.weight", "adapter")
@@ -21,7 +24,9 @@ decide, and for square weights the adapter's ``fan_in_fan_out``.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
@@ -48,6 +53,26 @@ def _meta_model(directory: str, class_hint: str | None) -> Any:
     except Exception as error:  # custom code, unknown architecture...: fall back to names and shapes
         logger.info("cannot build the base model of %s on the meta device (%s); using checkpoint names and shapes", directory, error)
         return None
+
+
+@lru_cache(maxsize=32)
+def may_hold_conv1d(model_type: str | None) -> bool:
+    """Whether models of ``model_type`` may contain ``Conv1D`` layers (``True`` when unsure).
+
+    Reads the architecture's modeling source as text, without importing transformers.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("transformers")
+    if not model_type or spec is None or not spec.submodule_search_locations:
+        return True
+    name = model_type.replace("-", "_")
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / name / f"modeling_{name}.py"
+    try:
+        text = path.read_text()
+    except OSError:
+        return True
+    return "Conv1D" in text or re.search(r"^\s*from \.\.\w+", text, re.MULTILINE) is not None
 
 
 @lru_cache(maxsize=4)
@@ -77,6 +102,12 @@ class BaseLayout:
         self.base_keys = set(base_keys)
         self.directory = str(directory) if directory is not None and (Path(directory) / "config.json").is_file() else None
         self.class_hint = class_hint
+        self.model_type = None
+        if self.directory:
+            try:
+                self.model_type = json.loads((Path(self.directory) / "config.json").read_text()).get("model_type")
+            except (OSError, ValueError):
+                self.model_type = None
 
     def _model(self) -> Any:
         return _meta_model(self.directory, self.class_hint) if self.directory else None
@@ -122,6 +153,8 @@ class BaseLayout:
 
     def module_kind(self, module: str) -> str | None:
         """``"linear"``, ``"conv1d"`` (transposed storage), ``"embedding"``, another class name, or ``None`` if unknown."""
+        if self.directory and not may_hold_conv1d(self.model_type):
+            return "linear"
         model = self._model()
         if model is None:
             return None
