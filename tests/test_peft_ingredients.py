@@ -374,3 +374,43 @@ def test_recipe_base_model_and_cli_adapter_output(vit, tmp_path, capsys):
     assert main(["merge", "-m", refs[0], "-m", refs[1], "--base-model", str(vit["base"]), "-o", str(tmp_path / "m2"),
                  "--rank", "2", "--quiet"]) == 2
     assert "output.rank applies to output.format: adapter only" in capsys.readouterr().err
+
+
+# --- HRM-Text: renamed (o_proj) and fused (q_proj in gqkv_proj, gate/up in gate_up_proj) checkpoint weights ---
+
+
+@pytest.fixture(scope="module")
+def hrm(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hrm")
+    config = transformers.HrmTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                        num_key_value_heads=4, vocab_size=64)
+    torch.manual_seed(0)
+    transformers.HrmTextForCausalLM(config).save_pretrained(root / "base")
+    paths = {}
+    for name, targets in {"renamed-0": ["o_proj", "down_proj"], "renamed-1": ["o_proj"], "fused": ["q_proj"]}.items():
+        torch.manual_seed(len(paths))  # init_lora_weights=False: random, non-zero A and B
+        model = peft.get_peft_model(_quiet_load(transformers.HrmTextForCausalLM, root / "base"),
+                                    peft.LoraConfig(r=2, lora_alpha=4, target_modules=targets, init_lora_weights=False))
+        model.save_pretrained(root / name)
+        paths[name] = root / name
+    return {"base": root / "base", **paths}
+
+
+def test_renamed_checkpoint_weights_are_merged_and_fused_ones_refused(hrm, tmp_path):
+    from safetensors import safe_open
+
+    adapters = [str(hrm["renamed-0"]), str(hrm["renamed-1"])]
+    soup(adapters, output_dir=tmp_path / "soup")
+    with safe_open(hrm["base"] / "model.safetensors", "pt") as handle:
+        assert "model.L_module.layers.0.attn.o_proj.weight" in set(handle.keys())  # on disk: attn.o_proj
+    souped = _quiet_load(transformers.HrmTextForCausalLM, tmp_path / "soup").state_dict()
+    merged = [_merged(hrm["base"], a, transformers.HrmTextForCausalLM).state_dict() for a in adapters]
+    base = _quiet_load(transformers.HrmTextForCausalLM, hrm["base"]).state_dict()
+    key = "model.L_module.layers.0.self_attn.o_proj.weight"
+    assert not torch.equal(souped[key], base[key])
+    for name in souped:
+        torch.testing.assert_close(souped[name], (merged[0][name] + merged[1][name]) / 2, rtol=0, atol=2e-6, msg=name)
+    with pytest.raises(UnsupportedAdapterError, match="fuses or splits weights") as error:
+        soup([adapters[0], str(hrm["fused"])], output_dir=tmp_path / "out")
+    assert "q_proj" in str(error.value) and "gqkv_proj" in str(error.value)
+    assert _no_output(tmp_path / "out")

@@ -128,10 +128,10 @@ class BaseLayout:
             converted, pattern = apply_converters(name, converters)
             if pattern is not None:
                 raise UnsupportedAdapterError(
-                    f"{origin}: the adapter targets {name!r}, which transformers stores in the checkpoint through a "
-                    f"{type(converters[0]).__name__} conversion (fused/split weights, not a plain rename); LoRA on such "
-                    "weights cannot be merged into the checkpoint. Load the model, merge with PEFT's merge_and_unload() "
-                    "and use the result as a full-model ingredient"
+                    f"{origin}: the adapter targets {name!r}, which the checkpoint stores through a transformers "
+                    f"conversion that fuses or splits weights (on disk: {converted!r}), not a plain rename; LoRA on "
+                    "such weights is not merged. Merge the adapter with PEFT's merge_and_unload(), save the model, "
+                    "and use it as a full-model ingredient (or retrain without targeting this module)"
                 )
             renamed = apply_renamings(name, renamings)
             tried.append(renamed)
@@ -147,8 +147,9 @@ class BaseLayout:
                     return candidate
         raise AdapterBaseError(
             f"{origin}: the adapter changes {name!r}, but the base checkpoint has no such tensor "
-            f"(tried {', '.join(dict.fromkeys(tried))}); the adapter was trained on another base model — "
-            "set base_model: in the recipe to the model it was trained on"
+            f"(tried {', '.join(dict.fromkeys(tried))}); the adapter was trained on another base model — set "
+            "base_model: in the recipe to the model it was trained on (a weight the base ties to another, such as "
+            "lm_head to the embeddings, cannot carry a LoRA update either)"
         )
 
     def module_kind(self, module: str) -> str | None:
