@@ -113,8 +113,7 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
                 if bar:
                     bar.close()
                 write_index(staging, shards)
-                sidecar_from = ingredients[recipe.output.config_from]
-                copy_sidecars(staging, sidecar_from.base or sidecar_from, recipe.output.dtype)
+                copy_sidecars(staging, ingredients[recipe.output.config_from], recipe.output.dtype)
                 written = {"format": "model"}
             timer.lap("merge")
             report = _report(recipe, method, plan, ingredients, alignment, shards, timer)

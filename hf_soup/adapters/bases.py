@@ -37,8 +37,10 @@ def _declared(ingredient: Any) -> tuple[str, str | None]:
 def attach_bases(ingredients: Sequence[Any], base_model: Any = None, **hub_options: Any) -> Any:
     """Resolve the one base of the adapter ingredients and attach it to each; return it (``None`` without adapters).
 
-    Also gives each adapter the base's ``config`` (model type, tied weights) so alignment
-    treats it like a full fine-tune of that base.
+    Also gives each adapter the base's ``config`` (model type, tied weights) and
+    ``directory`` (config / tokenizer files, for the soup's sidecars and evaluators), so it
+    is treated like a full fine-tune of that base; the adapter's own folder stays in
+    ``ingredient.files[0].parent``.
     """
     from ..ingredients.resolve import resolve_ingredient
 
@@ -74,6 +76,7 @@ def attach_bases(ingredients: Sequence[Any], base_model: Any = None, **hub_optio
     for adapter in adapters:
         adapter.base = base
         adapter.config = base.config
+        adapter.directory = base.directory
     return base
 
 

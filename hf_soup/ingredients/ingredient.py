@@ -21,8 +21,8 @@ class Ingredient:
     ``directory`` holds its config / tokenizer files (``None`` for a bare weight file or
     a state dict); ``sha`` is the resolved Hub commit (``None`` for local ingredients).
     A PEFT adapter has ``weight_format == "adapter"``, its LoRA config in ``adapter`` and,
-    once :func:`hf_soup.adapters.attach_bases` ran, its base model in ``base``; it then
-    reads as the full model ``base + ΔW``.
+    once :func:`hf_soup.adapters.attach_bases` ran, its base model in ``base`` (and the
+    base's ``config`` and ``directory``); it then reads as the full model ``base + ΔW``.
     """
 
     ref: IngredientRef
