@@ -414,3 +414,32 @@ def test_renamed_checkpoint_weights_are_merged_and_fused_ones_refused(hrm, tmp_p
         soup([adapters[0], str(hrm["fused"])], output_dir=tmp_path / "out")
     assert "q_proj" in str(error.value) and "gqkv_proj" in str(error.value)
     assert _no_output(tmp_path / "out")
+
+
+def test_bfloat16_llama_soup_is_computed_in_float32_and_rounded_once(tmp_path):
+    from safetensors.torch import load_file
+
+    config = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                      num_key_value_heads=2, vocab_size=64)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path / "base")
+    for seed in range(2):
+        torch.manual_seed(seed + 1)
+        model = peft.get_peft_model(transformers.LlamaForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.bfloat16),
+                                    peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"],
+                                                    init_lora_weights=False))
+        model.save_pretrained(tmp_path / f"lora{seed}")
+    result = soup([str(tmp_path / "lora0"), str(tmp_path / "lora1")], output_dir=tmp_path / "soup")
+    assert result.report["output"]["dtypes"] == ["BF16"]
+    souped, base = load_file(tmp_path / "soup" / "model.safetensors"), load_file(tmp_path / "base" / "model.safetensors")
+    factors = [load_file(tmp_path / f"lora{seed}" / "adapter_model.safetensors") for seed in range(2)]
+    for module in ("model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"):
+        prefix = f"base_model.model.{module}"
+        delta = sum(2.0 * f[f"{prefix}.lora_B.weight"].float() @ f[f"{prefix}.lora_A.weight"].float() for f in factors) / 2
+        expected = (base[module + ".weight"].float() + delta).to(torch.bfloat16)
+        assert souped[module + ".weight"].dtype == torch.bfloat16
+        got = souped[module + ".weight"]
+        # one rounding of the float32 result: equal bits, except where float32 matmul order flips a tie (1 ulp)
+        torch.testing.assert_close(got.float(), expected.float(), rtol=2**-7, atol=0, msg=module)
+        assert (got == expected).float().mean() > 0.99, module
+    assert torch.equal(souped["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
