@@ -244,6 +244,11 @@ def test_unsupported_adapter_options_are_named(vit, tmp_path):
     model.save_pretrained(tmp_path / "dora")
     with pytest.raises(UnsupportedAdapterError, match="use_dora"):
         soup([str(vit["adapters"][0]), str(tmp_path / "dora")], output_dir=tmp_path / "out")
+    model = peft.get_peft_model(_quiet_load(transformers.ViTForImageClassification, vit["base"]),
+                                peft.IA3Config(target_modules=["q_proj", "v_proj"], feedforward_modules=[]))
+    model.save_pretrained(tmp_path / "ia3")
+    with pytest.raises(UnsupportedAdapterError, match="peft_type='IA3'"):
+        soup([str(vit["adapters"][0]), str(tmp_path / "ia3")], output_dir=tmp_path / "out")
     config = json.loads((vit["adapters"][1] / "adapter_config.json").read_text())
     (tmp_path / "biased").mkdir()
     (tmp_path / "biased" / "adapter_model.safetensors").write_bytes((vit["adapters"][1] / "adapter_model.safetensors").read_bytes())

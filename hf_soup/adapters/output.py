@@ -185,6 +185,9 @@ def write_adapter_soup(directory: Path, ingredients: Sequence[Any], sources: dic
     errors = [row["relative_error"] for row in report.values()]
     return {
         "format": "adapter",
+        "dtypes": sorted({meta.dtype for _, meta in entries}),
+        "num_parameters": sum(meta.numel for _, meta in entries),
+        "num_tensors": len(entries),
         "rank": rank,
         "num_targets": len(report),
         "total_rank": sum(ranks.values()),
