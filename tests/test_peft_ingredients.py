@@ -448,3 +448,19 @@ def test_bfloat16_llama_soup_is_computed_in_float32_and_rounded_once(tmp_path):
         torch.testing.assert_close(got.float(), expected.float(), rtol=2**-7, atol=0, msg=module)
         assert (got == expected).float().mean() > 0.99, module
     assert torch.equal(souped["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
+
+
+def test_card_metadata_of_adapter_and_full_model_soups():
+    from hf_soup.adapters.card import card_metadata
+
+    adapters = {"base_model": {"ref": "org/base", "repo_id": "org/base", "sha": "1" * 40},
+                "ingredients": [{"ref": "org/lora-a", "repo_id": "org/lora-a"}, {"ref": "./local", "repo_id": None},
+                                {"ref": "org/lora-b", "repo_id": "org/lora-b"}],
+                "full_model_ingredients": ["org/full"]}
+    rows = [{"ref": "org/lora-a", "repo_id": "org/lora-a", "kept": True}, {"ref": "./local", "repo_id": None, "kept": True},
+            {"ref": "org/lora-b", "repo_id": "org/lora-b", "kept": False}, {"ref": "org/full", "repo_id": "org/full", "kept": True}]
+    adapter = card_metadata({"output": {"format": "adapter"}, "adapters": adapters, "ingredients": rows})
+    assert adapter == {"base_model": ["org/base"], "library_name": "peft", "tags": ["peft", "lora", "merge"]}
+    merged = card_metadata({"output": {"format": "model"}, "adapters": adapters, "ingredients": rows})
+    assert merged["base_model"] == ["org/lora-a", "org/full", "org/base"] and merged["base_model_relation"] == "merge"
+    assert card_metadata({"output": {"format": "model"}, "ingredients": rows}) is None

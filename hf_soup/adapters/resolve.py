@@ -1,7 +1,7 @@
 """Recognise a PEFT adapter folder and turn it into an adapter :class:`~hf_soup.ingredients.Ingredient`.
 
 >>> ingredient = resolve_adapter(IngredientRef("local", "./lora-run"), Path("./lora-run"))  # doctest: +SKIP
->>> ingredient.weight_format
+>>> ingredient.weight_format  # doctest: +SKIP
 'adapter'
 """
 
