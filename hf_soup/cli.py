@@ -119,6 +119,7 @@ def _add_inspect(sub) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--on-missing", choices=["error", "skip", "first"], default="error")
     p.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
+    p.add_argument("--base-model", metavar="REF", help="base model of PEFT adapter ingredients (default: the one they name)")
     p.set_defaults(handler=inspect_command)
 
 
@@ -129,6 +130,10 @@ def inspect_command(args) -> int:
     from .ingredients import resolve_ingredients
 
     ingredients = resolve_ingredients(args.refs, token=args.token)
+    if args.base_model or any(i.adapter is not None for i in ingredients):
+        from .adapters import attach_bases
+
+        attach_bases(ingredients, args.base_model, token=args.token)
     names = [i.name for i in ingredients]
     with ExitStack() as stack:
         sources = [stack.enter_context(i.open()) for i in ingredients]

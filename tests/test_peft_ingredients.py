@@ -379,6 +379,9 @@ def test_recipe_base_model_and_cli_adapter_output(vit, tmp_path, capsys):
     assert main(["merge", "-m", refs[0], "-m", refs[1], "--base-model", str(vit["base"]), "-o", str(tmp_path / "m2"),
                  "--rank", "2", "--quiet"]) == 2
     assert "output.rank applies to output.format: adapter only" in capsys.readouterr().err
+    assert main(["inspect", *refs, "--base-model", str(vit["base"]), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["ok"] and summary["model_types"] == ["vit", "vit"]
 
 
 # --- HRM-Text: renamed (o_proj) and fused (q_proj in gqkv_proj, gate/up in gate_up_proj) checkpoint weights ---

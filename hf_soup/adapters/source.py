@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import AdapterBaseError, CorruptWeightsError, UnsupportedAdapterError
 from ..io import dtypes
 from ..io.source import TensorMeta, TensorSource
-from .config import LoraAdapterConfig
+from .config import CONFIG_FILE, LoraAdapterConfig
 from .layout import BaseLayout
 
 PEFT_PREFIX = "base_model.model."
@@ -122,6 +122,11 @@ def plan_targets(adapter: TensorSource, base: TensorSource, config: LoraAdapterC
         rank = a_meta.shape[0]
         if b_meta.shape[1] != rank:
             raise CorruptWeightsError(f"{origin}: {module!r} has lora_A of rank {rank} but lora_B of shape {list(b_meta.shape)}; re-save the adapter")
+        if rank != config.rank(module):
+            raise CorruptWeightsError(
+                f"{origin}: {module!r} has LoRA factors of rank {rank}, but {CONFIG_FILE} gives it r={config.rank(module)} "
+                "(r / rank_pattern); the config does not belong to these weights — re-save the adapter"
+            )
         if not (dtypes.is_float(a_meta.dtype) and dtypes.is_float(b_meta.dtype)):
             raise UnsupportedAdapterError(f"{origin}: {module!r} has non-float LoRA factors ({a_meta.dtype}); quantised adapters are not supported")
         key = layout.checkpoint_key(module + ".weight", origin)
