@@ -20,6 +20,7 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
 from hf_soup import soup  # noqa: E402
+from hub_fixtures import hub, local_hub, repo_name  # noqa: E402,F401
 from hf_soup.errors import (  # noqa: E402
     AdapterBaseError,
     CorruptWeightsError,
@@ -467,3 +468,26 @@ def test_card_metadata_of_adapter_and_full_model_soups():
     merged = card_metadata({"output": {"format": "model"}, "adapters": adapters, "ingredients": rows})
     assert merged["base_model"] == ["org/lora-a", "org/full", "org/base"] and merged["base_model_relation"] == "merge"
     assert card_metadata({"output": {"format": "model"}, "ingredients": rows}) is None
+
+
+def test_hub_adapters_pull_their_base_by_repo_id(vit, tmp_path, hub, repo_name):
+    import shutil
+
+    base_repo = repo_name("vit-base")
+    base_sha = hub.publish(vit["base"], base_repo)
+    refs = []
+    for n, adapter in enumerate(vit["adapters"][:2]):
+        folder = tmp_path / f"hub-lora{n}"
+        shutil.copytree(adapter, folder)
+        config = json.loads((folder / "adapter_config.json").read_text())
+        (folder / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": base_repo}))
+        repo = repo_name(f"vit-lora{n}")
+        hub.publish(folder, repo)
+        refs.append(repo)
+    result = soup(refs, output_dir=tmp_path / "hub-soup")
+    local = soup([str(a) for a in vit["adapters"][:2]], output_dir=tmp_path / "local-soup")
+    assert (tmp_path / "hub-soup" / "model.safetensors").read_bytes() == (tmp_path / "local-soup" / "model.safetensors").read_bytes()
+    adapters = result.report["adapters"]
+    assert adapters["base_model"] == {"ref": base_repo, "repo_id": base_repo, "sha": base_sha}
+    assert [row["repo_id"] for row in adapters["ingredients"]] == refs and all(row["sha"] for row in adapters["ingredients"])
+    assert local.report["adapters"]["base_model"]["repo_id"] is None
