@@ -137,6 +137,8 @@ def write_adapter_soup(directory: Path, ingredients: Sequence[Any], sources: dic
             targets.setdefault(key, []).append((n, target))
         for key, (name, _) in source.replaced.items():
             replaced.setdefault(key, name)
+    for key in replaced:  # a full modules_to_save soup already holds every adapter's ΔW of that tensor
+        targets.pop(key, None)
     tensors: dict[str, tuple[np.ndarray, str]] = {}
     ranks: dict[str, int] = {}
     kinds: dict[str, str] = {}
