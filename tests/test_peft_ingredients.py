@@ -491,3 +491,18 @@ def test_hub_adapters_pull_their_base_by_repo_id(vit, tmp_path, hub, repo_name):
     assert adapters["base_model"] == {"ref": base_repo, "repo_id": base_repo, "sha": base_sha}
     assert [row["repo_id"] for row in adapters["ingredients"]] == refs and all(row["sha"] for row in adapters["ingredients"])
     assert local.report["adapters"]["base_model"]["repo_id"] is None
+
+
+def test_adapter_output_when_one_adapter_saves_a_module_another_adapts(vit, tmp_path):
+    torch.manual_seed(7)
+    model = peft.get_peft_model(_quiet_load(transformers.ViTForImageClassification, vit["base"]),
+                                peft.LoraConfig(r=2, target_modules=["classifier", "q_proj"], init_lora_weights=False))
+    model.save_pretrained(tmp_path / "lora-head")
+    refs = [str(vit["adapters"][0]), str(tmp_path / "lora-head")]
+    soup(refs, output_dir=tmp_path / "model")
+    result = soup(refs, output_dir=tmp_path / "adapter", output_format="adapter")
+    assert "vit.layers.0.attention.q_proj" in result.report["output"]["tensors"]
+    assert "classifier" not in result.report["output"]["tensors"]  # souped in full: base + ΔW and the saved head
+    assert result.report["output"]["modules_to_save"] == ["classifier.bias", "classifier.weight"]
+    torch.testing.assert_close(_peft_logits(vit["base"], tmp_path / "adapter", vit["images"]),
+                               _vit_logits(tmp_path / "model", vit["images"]), rtol=0, atol=1e-5)
