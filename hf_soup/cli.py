@@ -47,6 +47,7 @@ def _add_merge(sub) -> None:
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="push the soup to this Hub repo")
     p.add_argument("--private", action="store_true", default=None, help="create the pushed repo as private")
     p.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
+    p.add_argument("--card-template", metavar="PATH", help="Jinja template for the soup's README.md (default: hf-soup's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=merge_command)
 
@@ -83,6 +84,8 @@ def _recipe_data(args) -> dict[str, Any]:
         output["rank"] = int(args.rank) if args.rank.isdigit() else args.rank
     if args.overwrite:
         output["overwrite"] = True
+    if args.card_template:
+        output["card_template"] = args.card_template
     data["output"] = output
     if args.on_missing:
         data["on_missing"] = args.on_missing
@@ -183,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_merge(sub)
     _add_inspect(sub)
     _add_methods(sub)
+    from .demo import add_demo_parser
+    from .hub_cli import add_card_parser, add_push_parser
+
+    add_push_parser(sub)
+    add_card_parser(sub)
+    add_demo_parser(sub)
     return parser
 
 

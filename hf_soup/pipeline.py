@@ -76,6 +76,9 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
     destination = check_destination(recipe.output.dir, recipe.output.overwrite)
     timer = _Timer()
     method = build_method(recipe.method.name, recipe.method.params)
+    from .ingredients.hub_headers import precheck_hub_alignment
+
+    precheck_hub_alignment(recipe.ingredients, token=token, on_missing=recipe.on_missing)
     adapter_output = recipe.output.format == "adapter"
     if adapter_output:
         from .adapters.output import check_adapter_method
@@ -123,7 +126,7 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
 
                 report["adapters"] = adapters_report(ingredients, base)
             write_report(staging, report)
-            _write_card(staging)
+            _write_card(staging, recipe.output.card_template)
     logger.info("soup written to %s", destination)
     result = SoupResult(destination, report)
     if recipe.push_to_hub is not None:
@@ -148,12 +151,12 @@ def _progress_bar(alignment: Alignment, enabled: bool):
     return tqdm(total=alignment.num_parameters, unit="param", unit_scale=True, desc="souping")
 
 
-def _write_card(directory: Path) -> None:
+def _write_card(directory: Path, template: str | None = None) -> None:
     try:
         from .card import write_card
     except ImportError:  # the model card module is optional until the Hub work lands
         return
-    write_card(directory)
+    write_card(directory, template)
 
 
 def _report(recipe, method, plan, ingredients, alignment, shards, timer) -> dict[str, Any]:

@@ -51,6 +51,7 @@ class OutputSpec(_Strict):
     config_from: int = 0
     overwrite: bool = False
     format: Literal["model", "adapter"] = "model"
+    card_template: str | None = None
     rank: Union[Literal["concat"], int] = "concat"  # format adapter: stacked factors, or a truncated SVD rank
 
     @field_validator("dtype")

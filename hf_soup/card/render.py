@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ def _method_info(name: str | None) -> tuple[str, str | None]:
         cls = get_method_class(name or "")
     except (HfSoupError, ImportError):
         return f"The `{name}` soup method.", None
-    module_doc = (__import__(cls.__module__, fromlist=["_"]).__doc__ or "").strip()
+    module_doc = (inspect.getmodule(cls).__doc__ or "").strip()
     doc = (module_doc or cls.__doc__ or f"The `{name}` soup method.").strip().split("\n\n")[0]
     return " ".join(doc.split()), getattr(cls, "paper", None)
 
