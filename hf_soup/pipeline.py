@@ -76,14 +76,14 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
     destination = check_destination(recipe.output.dir, recipe.output.overwrite)
     timer = _Timer()
     method = build_method(recipe.method.name, recipe.method.params)
-    from .ingredients.hub_headers import precheck_hub_alignment
-
-    precheck_hub_alignment(recipe.ingredients, token=token, on_missing=recipe.on_missing)
     adapter_output = recipe.output.format == "adapter"
     if adapter_output:
         from .adapters.output import check_adapter_method
 
         check_adapter_method(method)
+    from .ingredients.hub_headers import precheck_hub_alignment
+
+    precheck_hub_alignment(recipe.ingredients, token=token, on_missing=recipe.on_missing)
     ingredients = resolve_ingredients(recipe.ingredients, token=token)
     base = _attach_bases(ingredients, recipe, token)
     timer.lap("resolve")
