@@ -76,10 +76,16 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
     destination = check_destination(recipe.output.dir, recipe.output.overwrite)
     timer = _Timer()
     method = build_method(recipe.method.name, recipe.method.params)
+    adapter_output = recipe.output.format == "adapter"
+    if adapter_output:
+        from .adapters.output import check_adapter_method
+
+        check_adapter_method(method)
     from .ingredients.hub_headers import precheck_hub_alignment
 
     precheck_hub_alignment(recipe.ingredients, token=token, on_missing=recipe.on_missing)
     ingredients = resolve_ingredients(recipe.ingredients, token=token)
+    base = _attach_bases(ingredients, recipe, token)
     timer.lap("resolve")
     logger.info("resolved %d ingredients: %s", len(ingredients), ", ".join(i.name for i in ingredients))
     with ExitStack() as stack:
@@ -90,19 +96,35 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
         logger.info("aligned %d tensors (%d parameters)", len(alignment.tensors), alignment.num_parameters)
         context = MergeContext(len(ingredients), [i.name for i in ingredients], extra={"seed": recipe.seed, "alignment": alignment})
         plan = _plan(method, context, ingredients)
+        if adapter_output:
+            from .adapters.output import check_adapter_plan
+
+            check_adapter_plan(plan, ingredients)
         timer.lap("plan")
         logger.info("plan: %s over ingredients %s", plan.method.name, plan.ingredients)
-        shards = shard_plan(alignment.tensors, parse_size(recipe.output.max_shard_size))
+        shards = [] if adapter_output else shard_plan(alignment.tensors, parse_size(recipe.output.max_shard_size))
         with staged_directory(destination, recipe.output.overwrite) as staging:
-            bar = _progress_bar(alignment, progress)
-            write_shards(staging, shards, alignment.tensors, plan.method, sources, plan.ingredients,
-                         progress=bar.update if bar else None)
-            if bar:
-                bar.close()
-            write_index(staging, shards)
-            copy_sidecars(staging, ingredients[recipe.output.config_from], recipe.output.dtype)
+            if adapter_output:
+                from .adapters.output import write_adapter_soup
+
+                written = write_adapter_soup(staging, ingredients, sources, plan, base, recipe.output.rank,
+                                             recipe.output.dtype)
+            else:
+                bar = _progress_bar(alignment, progress)
+                write_shards(staging, shards, alignment.tensors, plan.method, sources, plan.ingredients,
+                             progress=bar.update if bar else None)
+                if bar:
+                    bar.close()
+                write_index(staging, shards)
+                copy_sidecars(staging, ingredients[recipe.output.config_from], recipe.output.dtype)
+                written = {"format": "model"}
             timer.lap("merge")
             report = _report(recipe, method, plan, ingredients, alignment, shards, timer)
+            report["output"].update(written)
+            if base is not None:
+                from .adapters import adapters_report
+
+                report["adapters"] = adapters_report(ingredients, base)
             write_report(staging, report)
             _write_card(staging, recipe.output.card_template)
     logger.info("soup written to %s", destination)
@@ -110,6 +132,15 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
     if recipe.push_to_hub is not None:
         result.report["pushed_to"] = result.push_to_hub(token=token, **recipe.push_to_hub.model_dump())
     return result
+
+
+def _attach_bases(ingredients: list[Ingredient], recipe: Recipe, token: str | None):
+    """Give PEFT adapter ingredients their base model; ``None`` when there are no adapters."""
+    if recipe.base_model is None and all(i.weight_format != "adapter" for i in ingredients):
+        return None
+    from .adapters import attach_bases
+
+    return attach_bases(ingredients, recipe.base_model, token=token)
 
 
 def _progress_bar(alignment: Alignment, enabled: bool):
