@@ -85,11 +85,21 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
         destination = check_destination(recipe.output.dir, recipe.output.overwrite)
         timer = _Timer()
         method = build_method(recipe.method.name, recipe.method.params)
+        adapter_output = recipe.output.format == "adapter"
+        if adapter_output:
+            from .adapters.output import check_adapter_method
+
+            check_adapter_method(method)
         if dist.is_main:  # header-only check of Hub ingredients before any download; one process suffices
             from .ingredients.hub_headers import precheck_hub_alignment
 
             precheck_hub_alignment(recipe.ingredients, token=token, on_missing=recipe.on_missing)
-    ingredients = dist.local_main_first(lambda: resolve_ingredients(recipe.ingredients, token=token))
+
+    def resolve() -> tuple[list[Ingredient], Any]:
+        resolved = resolve_ingredients(recipe.ingredients, token=token)
+        return resolved, _attach_bases(resolved, recipe, token)
+
+    ingredients, base = dist.local_main_first(resolve)
     dist.agree_on_revisions(ingredients)
     timer.lap("resolve")
     logger.info("resolved %d ingredients: %s", len(ingredients), ", ".join(i.name for i in ingredients))
@@ -101,26 +111,43 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
         timer.lap("align")
         logger.info("aligned %d tensors (%d parameters)", len(alignment.tensors), alignment.num_parameters)
         context = MergeContext(len(ingredients), [i.name for i in ingredients], device=dist.device,
-                               extra={"seed": recipe.seed})
+                               extra={"seed": recipe.seed, "alignment": alignment})
         with dist.stage("planning the merge"):
             plan = _plan(method, context, ingredients)
+            if adapter_output:
+                from .adapters.output import check_adapter_plan
+
+                check_adapter_plan(plan, ingredients)
         dist.agree_on_plan(plan)
         timer.lap("plan")
         logger.info("plan: %s over ingredients %s", plan.method.name, plan.ingredients)
-        shards = shard_plan(alignment.tensors, parse_size(recipe.output.max_shard_size))
+        shards = [] if adapter_output else shard_plan(alignment.tensors, parse_size(recipe.output.max_shard_size))
         report = None
         with dist.staged_directory(destination, recipe.output.overwrite) as staging:
-            mine = dist.my_shards(shards)
-            bar = _progress_bar(sum(meta.numel for s in mine for _, meta in s.entries), progress and dist.is_main)
-            dist.write_shards(staging, shards, alignment.tensors, on_device(plan.method, dist.device), sources,
-                              plan.ingredients, progress=bar.update if bar else None)
-            if bar:
-                bar.close()
-            timer.lap("merge")
+            if not adapter_output:
+                mine = dist.my_shards(shards)
+                bar = _progress_bar(sum(meta.numel for s in mine for _, meta in s.entries), progress and dist.is_main)
+                dist.write_shards(staging, shards, alignment.tensors, on_device(plan.method, dist.device), sources,
+                                  plan.ingredients, progress=bar.update if bar else None)
+                if bar:
+                    bar.close()
             if dist.is_main:
-                write_index(staging, shards)
-                copy_sidecars(staging, ingredients[recipe.output.config_from], recipe.output.dtype)
+                if adapter_output:  # small: process 0 writes it alone
+                    from .adapters.output import write_adapter_soup
+
+                    written = write_adapter_soup(staging, ingredients, sources, plan, base, recipe.output.rank,
+                                                 recipe.output.dtype)
+                else:
+                    write_index(staging, shards)
+                    copy_sidecars(staging, ingredients[recipe.output.config_from], recipe.output.dtype)
+                    written = {"format": "model"}
+                timer.lap("merge")
                 report = _report(recipe, method, plan, ingredients, alignment, shards, timer)
+                report["output"].update(written)
+                if base is not None:
+                    from .adapters import adapters_report
+
+                    report["adapters"] = adapters_report(ingredients, base)
                 if dist.report():
                     report["distributed"] = dist.report()
                 write_report(staging, report)
@@ -130,6 +157,15 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
         if recipe.push_to_hub is not None and dist.is_main:
             report["pushed_to"] = SoupResult(destination, report).push_to_hub(token=token, **recipe.push_to_hub.model_dump())
     return SoupResult(destination, dist.broadcast(report), is_main_process=dist.is_main)
+
+
+def _attach_bases(ingredients: list[Ingredient], recipe: Recipe, token: str | None):
+    """Give PEFT adapter ingredients their base model; ``None`` when there are no adapters."""
+    if recipe.base_model is None and all(i.weight_format != "adapter" for i in ingredients):
+        return None
+    from .adapters import attach_bases
+
+    return attach_bases(ingredients, recipe.base_model, token=token)
 
 
 def _progress_bar(total: int, enabled: bool):
@@ -167,15 +203,17 @@ def _report(recipe, method, plan, ingredients, alignment, shards, timer) -> dict
         },
         alignment={k: v for k, v in alignment.summary().items() if k in ("tied_weights", "skipped_keys", "copied_keys", "dtype_differences", "missing_keys")},
         timings=timer.total(),
-        recipe=_pinned_recipe(recipe, ingredients),
+        recipe=_pinned_recipe(recipe, ingredients, method),
         num_full_evaluations=plan.details.get("num_full_evaluations", 0),
         score=plan.details.get("score"),
     )
 
 
-def _pinned_recipe(recipe: Recipe, ingredients: list[Ingredient]) -> dict[str, Any]:
+def _pinned_recipe(recipe: Recipe, ingredients: list[Ingredient], method=None) -> dict[str, Any]:
     """The recipe as run, with Hub ingredients pinned to their resolved commit."""
-    dump = recipe.model_dump(mode="json", exclude_defaults=True, exclude={"ingredients", "evaluation"})
+    dump = recipe.model_dump(mode="json", exclude_defaults=True, exclude={"ingredients", "evaluation", "method"})
+    if method is not None:  # the method's own JSON form (e.g. a state-dict AME pivot is summarised)
+        dump["method"] = {"name": recipe.method.name, "params": method.params.model_dump(mode="json", exclude_unset=True)}
     dump["ingredients"] = [
         {"model": i.repo_id, "revision": i.sha} if i.repo_id and i.sha else i.name for i in ingredients
     ]

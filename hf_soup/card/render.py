@@ -98,7 +98,9 @@ def template_context(report: dict[str, Any], model_id: str) -> dict[str, Any]:
         "dataset": (dataset.get("path") if isinstance(dataset, dict) else dataset),
         "split": evaluation.get("split"),
         "num_full_evaluations": report.get("num_full_evaluations") or 0,
-        "parameters_yaml": _dump(report.get("parameters")),
+        # a method may add resolved values (defaults filled in, seeds...) as details["card_parameters"]
+        "parameters_yaml": _dump({**(report.get("parameters") or {}),
+                                  **((report.get("details") or {}).get("card_parameters") or {})}),
         "recipe_yaml": _dump(report.get("recipe")),
         "comparison": _comparison(report),
         "load_code": _load_code(report, model_id),
