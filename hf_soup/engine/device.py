@@ -77,6 +77,7 @@ class DeviceMethod(TensorMethod):
         self.method = method
         self.device = device
         self.name = method.name  # type: ignore[misc]
+        self.buffer_bytes = method.buffer_bytes  # type: ignore[misc]
 
     def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
         import torch
