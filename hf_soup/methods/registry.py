@@ -22,6 +22,8 @@ from .base import SoupMethod
 _BUILTIN: dict[str, str] = {
     "uniform": "hf_soup.methods.uniform:UniformSoup",
     "weighted": "hf_soup.methods.weighted:WeightedSoup",
+    "greedy": "hf_soup.methods.greedy:GreedySoup",
+    "radin": "hf_soup.methods.radin:RadinSoup",
 }
 _REGISTERED: dict[str, type[SoupMethod]] = {}
 
