@@ -14,9 +14,10 @@ pytest fixtures below are session-scoped; import them into a test module (or
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -172,13 +173,41 @@ def make_bert_ingredients(root: Path, count: int = 4, base_steps: int = 300, ste
     return DigitIngredients(dirs, validation, {"text_column": "text", "label_column": "label"}, base_dir)
 
 
+_TRAINED: dict[str, DigitIngredients] = {}
+
+
+def _once(kind: str, factory, tmp_path_factory) -> DigitIngredients:
+    # Module-level memo: test modules that import these fixtures share one training run.
+    if kind not in _TRAINED:
+        _TRAINED[kind] = factory(tmp_path_factory.mktemp(f"digit-{kind}"))
+    return _TRAINED[kind]
+
+
 @pytest.fixture(scope="session")
 def digit_vit(tmp_path_factory) -> DigitIngredients:
     """Four tiny ViT digit classifiers fine-tuned from one base (trained once per session)."""
-    return make_vit_ingredients(tmp_path_factory.mktemp("digit-vit"))
+    return _once("vit", make_vit_ingredients, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def digit_bert(tmp_path_factory) -> DigitIngredients:
     """Four tiny BERT digit classifiers fine-tuned from one base (trained once per session)."""
-    return make_bert_ingredients(tmp_path_factory.mktemp("digit-bert"))
+    return _once("bert", make_bert_ingredients, tmp_path_factory)
+
+
+@contextmanager
+def bound_evaluator(digits: DigitIngredients, dirs: list[Path] | None = None, **spec: Any) -> Iterator[Any]:
+    """An :class:`~hf_soup.evaluation.Evaluator` on ``digits``' validation split, bound to its ingredients."""
+    from contextlib import ExitStack
+
+    from hf_soup.align import align
+    from hf_soup.evaluation import EvaluationSpec, Evaluator
+    from hf_soup.ingredients import resolve_ingredients
+
+    ingredients = resolve_ingredients([str(d) for d in (dirs or digits.dirs)])
+    options = {"dataset": digits.validation, "batch_size": 64, **digits.columns, **spec}
+    with ExitStack() as stack:
+        sources = {i: stack.enter_context(ing.open()) for i, ing in enumerate(ingredients)}
+        alignment = align(list(sources.values()), [i.name for i in ingredients], [i.config for i in ingredients])
+        evaluator = Evaluator.for_ingredients(EvaluationSpec(**options), ingredients, device="cpu")
+        yield evaluator.bind(alignment.tensors, sources)

@@ -80,9 +80,9 @@ def compare_soups(evaluator: Any, method_name: str, plan: Any, refs: Sequence[st
                  "num_models": len(greedy_ens), "num_full_evaluations": n, "ingredients": greedy_ens})
     if method_name not in ("uniform", "greedy"):
         score = details.get("score")
-        if score is None:
-            weights = plan.method.report().get("weights")
-            score = evaluator.evaluate_soup(list(plan.ingredients), weights, description=f"compare: {method_name}")
+        if score is None:  # a data-free method: score exactly what the plan writes
+            state_dict = evaluator.builder.merge(plan.method, list(plan.ingredients))
+            score = evaluator.evaluate_state_dict(state_dict, f"compare: {method_name}")
         rows.append({"name": f"{method_name} soup (chosen)", "kind": "soup", "score": score,
                      "num_models": len(plan.ingredients), "ingredients": list(plan.ingredients),
                      "num_full_evaluations": details.get("num_full_evaluations", 1)})
