@@ -83,6 +83,7 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
                           "(--eval-dataset on the command line, evaluation=... in Python)")
     ingredients = resolve_ingredients(recipe.ingredients, token=token)
     timer.lap("resolve")
+    logger.info("resolved %d ingredients: %s", len(ingredients), ", ".join(i.name for i in ingredients))
     evaluator = None
     if needs_evaluation:  # loads and checks the data and builds the model before any merge work
         from .evaluation.evaluator import Evaluator
@@ -94,12 +95,14 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
         alignment = align(list(sources.values()), [i.name for i in ingredients], [i.config for i in ingredients],
                           on_missing=recipe.on_missing, dtype=recipe.output.dtype, reference=recipe.output.config_from)
         timer.lap("align")
+        logger.info("aligned %d tensors (%d parameters)", len(alignment.tensors), alignment.num_parameters)
         context = MergeContext(len(ingredients), [i.name for i in ingredients], extra={"seed": recipe.seed})
         if evaluator is not None:
             context.evaluator = evaluator.bind(alignment.tensors, sources)
             context.higher_is_better = evaluator.higher_is_better
         plan = _plan(method, context, ingredients)
         timer.lap("plan")
+        logger.info("plan: %s over ingredients %s", plan.method.name, plan.ingredients)
         comparison = None
         if recipe.compare:
             from .evaluation.compare import compare_soups
@@ -129,6 +132,7 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
                 report["comparison"] = comparison
             write_report(staging, report)
             _write_card(staging)
+    logger.info("soup written to %s", destination)
     result = SoupResult(destination, report)
     if recipe.push_to_hub is not None:
         result.report["pushed_to"] = result.push_to_hub(token=token, **recipe.push_to_hub.model_dump())
