@@ -88,7 +88,7 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
     if needs_evaluation:  # loads and checks the data and builds the model before any merge work
         from .evaluation.evaluator import Evaluator
 
-        evaluator = Evaluator.for_ingredients(recipe.evaluation, ingredients, progress=progress)
+        evaluator = Evaluator.for_ingredients(recipe.evaluation, ingredients, progress=progress, token=token)
         timer.lap("evaluation_setup")
     with ExitStack() as stack:
         sources = {i: stack.enter_context(ing.open()) for i, ing in enumerate(ingredients)}

@@ -51,7 +51,9 @@ class Evaluator:
     ``config`` is a transformers config (or a folder holding ``config.json``);
     ``processor_dir`` holds the tokenizer / image processor (unless the spec gives a
     ``collate_fn``). The data and labels are checked and the model is built here, so a
-    bad evaluation fails before any merge work.
+    bad evaluation fails before any merge work. ``device`` ``"cpu"`` forces the CPU
+    (default: accelerate's device); ``accelerator`` reuses an existing ``Accelerator``;
+    ``token`` reads gated Hub datasets.
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class Evaluator:
         device: str | None = None,
         progress: bool = False,
         accelerator: Any = None,
+        token: str | None = None,
     ):
         self.spec = parse_evaluation(spec)
         if self.spec is None:
@@ -78,7 +81,7 @@ class Evaluator:
                 f"evaluation.metric: perplexity needs a causal LM, these ingredients are {self.architecture}; "
                 "use accuracy or loss"
             )
-        self.split = load_split(self.spec)
+        self.split = load_split(self.spec, token)
         self.columns: Columns = check_split(self.split, self.spec, self.task, config)
         if self.spec.collate_fn is None and processor_dir is None:
             raise EvaluationError(
@@ -91,7 +94,8 @@ class Evaluator:
         self.num_logit_passes = 0
         self._accelerator = accelerator or self._make_accelerator(device)
         self.device = self._accelerator.device
-        self.model = build_task_model(config, dtype=self.spec.dtype, device=self.device)
+        self.model = build_task_model(config, dtype=self.spec.dtype, device=self.device,
+                                      trust_remote_code=self.spec.trust_remote_code)
         self.dataloader = self._accelerator.prepare_data_loader(self._dataloader())
         self.builder = None
         self._ingredient_scores: dict[int, float] = {}

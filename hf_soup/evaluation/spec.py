@@ -59,6 +59,7 @@ class EvaluationSpec(BaseModel):
     * ``dtype`` — the evaluation model's dtype (``float32`` default).
     * ``logits_dtype`` — dtype of cached logits (RADIN, ensemble): ``float32`` or ``float16``.
     * ``cache_dir`` — where large logit caches go (default: a temporary folder).
+    * ``trust_remote_code`` — allow the ingredients' own config / model / processor code.
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
