@@ -94,7 +94,9 @@ def _quiet_transformers() -> Iterator[None]:
 def load_checkpoint_weights(model: Any, state_dict: Mapping[str, Any]) -> None:
     """Load a checkpoint-keyed ``state_dict`` into ``model`` through transformers' key conversion.
 
-    Tensors are cast to the model's dtype and moved to its device. Tied weights are
+    Tensors are cast to the model's dtype and moved to its device; when they already
+    match, the model's parameters share memory with ``state_dict``'s tensors (no copy):
+    clone the tensors first if you will train the model in place. Tied weights are
     re-tied afterwards. Raises :class:`EvaluationError` when a model weight is left
     unloaded or a shape does not match — a candidate is never scored with stale or
     random weights.
