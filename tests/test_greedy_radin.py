@@ -175,3 +175,20 @@ def test_cli_greedy_with_csv_evaluation_and_compare(digit_bert, tmp_path, capsys
     assert report["evaluation"]["batch_size"] == 16 and report["recipe"]["evaluation"]["dataset"].endswith("val.csv")
     assert main([*argv[:-2], "-e", "text_column=nope", "-o", str(tmp_path / "other")]) == 1
     assert "evaluation.text_column" in capsys.readouterr().err and not (tmp_path / "other").exists()
+
+
+def test_state_dict_ingredients_take_config_and_tokenizer_from_processor_from(digit_bert, tmp_path):
+    from safetensors.torch import load_file
+
+    from hf_soup.errors import EvaluationError
+
+    state_dicts = [load_file(str(d / "model.safetensors")) for d in digit_bert.dirs]
+    evaluation = {"dataset": digit_bert.validation}
+    with pytest.raises(EvaluationError, match="set evaluation.processor_from"):
+        hf_soup.soup(state_dicts, method="greedy", output_dir=tmp_path / "a", evaluation=evaluation)
+    from_dicts = hf_soup.soup(state_dicts, method="greedy", output_dir=tmp_path / "b",
+                              evaluation={**evaluation, "processor_from": str(digit_bert.dirs[0])}).report
+    from_dirs = hf_soup.soup([str(d) for d in digit_bert.dirs], method="greedy", output_dir=tmp_path / "c",
+                             evaluation=evaluation).report
+    assert from_dicts["details"]["scores"] == from_dirs["details"]["scores"]
+    assert from_dicts["score"] == from_dirs["score"] and from_dicts["details"]["kept"] == from_dirs["details"]["kept"]
