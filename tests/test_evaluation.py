@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from fixtures_classifiers import bound_evaluator, digit_bert, digit_rgb, digit_text, digit_vit, make_tokenizer  # noqa: F401
+from fixtures_classifiers import bound_evaluator, digit_bert, digit_vit, make_tokenizer  # noqa: F401
 from hf_soup.errors import EvaluationError, RecipeError
 from hf_soup.evaluation import EvaluationSpec, Evaluator
 

@@ -168,7 +168,8 @@ def label_ids(values: list[Any], config: Any) -> list[int]:
                     f"({', '.join(sorted(label2id)) or 'none in config.label2id'}); map the labels to class ids"
                 )
             value = label2id[value]
-        if isinstance(value, bool) or not isinstance(value, (int,)) and not (hasattr(value, "is_integer") and value.is_integer()):
+        integral = isinstance(value, int) or (hasattr(value, "is_integer") and value.is_integer())
+        if isinstance(value, bool) or not integral:
             raise EvaluationError(
                 f"evaluation.label_column: row {row} has label {value!r}; labels must be integer class ids"
             )

@@ -226,8 +226,11 @@ class Evaluator:
     def _score_model(self, model: Any, description: str) -> float:
         if self.metric.needs_all_rows:
             logits, labels = self._collect(model, description)
-            return self.metric.score(logits, labels)
-        return float(self._pass(model, description, None))
+            score = self.metric.score(logits, labels)
+        else:
+            score = float(self._pass(model, description, None))
+        logger.info("%s: %s = %.6g (full evaluation %d)", description, self.metric.name, score, self.num_full_evaluations)
+        return score
 
     def _collect(self, model: Any, description: str) -> tuple[np.ndarray, np.ndarray]:
         parts: list[np.ndarray] = []
