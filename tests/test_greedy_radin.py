@@ -149,6 +149,11 @@ def test_compare_report_table_and_plot(digit_vit, tmp_path):
     # RADIN's N logit passes also give the ingredient scores: greedy adds its N - 1 candidates, uniform 1
     assert comparison["num_full_evaluations"] == 3 + 1 and report["evaluation"]["num_full_evaluations"] == 6 + 4
     assert report["recipe"]["compare"] is True
+    assert report["evaluation"]["source"] == "in-memory Dataset" and "dataset" not in report["evaluation"]
+    assert report["evaluation"]["task"] == "image-classification"
+    card = (tmp_path / "s" / "README.md").read_text()
+    assert "in-memory" not in card.split("---")[1]  # no bogus dataset in the Hub metadata
+    assert "| greedy logit ensemble |" in card and "](soup_comparison.png)" in card
 
 
 def test_compare_with_a_data_free_method_scores_the_written_soup(digit_bert, tmp_path):

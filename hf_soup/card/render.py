@@ -64,6 +64,8 @@ def _load_code(report: dict[str, Any], model_id: str) -> str:
 
 def _comparison(report: dict[str, Any]) -> list[tuple[str, float | None]]:
     comparison = report.get("comparison")
+    if isinstance(comparison, dict) and isinstance(comparison.get("rows"), list):
+        comparison = comparison["rows"]  # hf_soup.evaluation.compare's table
     if isinstance(comparison, dict):
         return [(str(k), v if isinstance(v, (int, float)) else (v or {}).get("score")) for k, v in comparison.items()]
     if isinstance(comparison, list):
@@ -100,6 +102,7 @@ def template_context(report: dict[str, Any], model_id: str) -> dict[str, Any]:
         "parameters_yaml": _dump(report.get("parameters")),
         "recipe_yaml": _dump(report.get("recipe")),
         "comparison": _comparison(report),
+        "comparison_plot": (report.get("comparison") or {}).get("plot") if isinstance(report.get("comparison"), dict) else None,
         "load_code": _load_code(report, model_id),
         "hf_soup_version": report.get("hf_soup_version", ""),
         "report": report,

@@ -31,6 +31,8 @@ from .task_model import architecture_of, build_task_model, load_checkpoint_weigh
 logger = logging.getLogger("hf_soup")
 
 RowsCallback = Callable[[Any, Any], None]
+_PIPELINE_TAGS = {"sequence-classification": "text-classification", "image-classification": "image-classification",
+                  "causal-lm": "text-generation"}
 
 
 def _load_config(directory: Any, trust_remote_code: bool) -> Any:
@@ -164,7 +166,7 @@ class Evaluator:
 
     def describe(self) -> dict[str, Any]:
         """The ``evaluation`` entry of ``soup_report.json``."""
-        return {**self.spec.describe(), "num_examples": self.num_examples, "task": self.task,
+        return {**self.spec.describe(), "num_examples": self.num_examples, "task": _PIPELINE_TAGS[self.task],
                 "architecture": self.architecture, "num_full_evaluations": self.num_full_evaluations}
 
     # -- passes over the split --------------------------------------------------------------

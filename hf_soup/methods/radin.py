@@ -80,7 +80,7 @@ class RadinSoup(PlanningMethod):
 
     name = "radin"
     Params = RadinParams
-    paper = "Ménès & Risser-Maroux, RADIN: Souping on a Budget"
+    paper = None  # "RADIN: Souping on a Budget", Ménès & Risser-Maroux (no URL in the project's copy)
 
     def _sizes(self, n: int) -> tuple[int, int]:
         high = self.params.max_size if self.params.max_size is not None else n - 1
