@@ -84,10 +84,21 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
     from .ingredients.hub_headers import precheck_hub_alignment
 
     precheck_hub_alignment(recipe.ingredients, token=token, on_missing=recipe.on_missing)
+    needs_evaluation = method.needs_evaluation or recipe.compare
+    if needs_evaluation and recipe.evaluation is None:
+        reason = "compare: true" if recipe.compare else f"method {method.name!r}"
+        raise RecipeError(f"evaluation: {reason} needs an evaluation dataset; add evaluation: {{dataset: ...}} "
+                          "(--eval-dataset on the command line, evaluation=... in Python)")
     ingredients = resolve_ingredients(recipe.ingredients, token=token)
     base = _attach_bases(ingredients, recipe, token)
     timer.lap("resolve")
     logger.info("resolved %d ingredients: %s", len(ingredients), ", ".join(i.name for i in ingredients))
+    evaluator = None
+    if needs_evaluation:  # loads and checks the data and builds the model before any merge work
+        from .evaluation.evaluator import Evaluator
+
+        evaluator = Evaluator.for_ingredients(recipe.evaluation, ingredients, progress=progress, token=token)
+        timer.lap("evaluation_setup")
     with ExitStack() as stack:
         sources = {i: stack.enter_context(ing.open()) for i, ing in enumerate(ingredients)}
         alignment = align(list(sources.values()), [i.name for i in ingredients], [i.config for i in ingredients],
@@ -95,6 +106,9 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
         timer.lap("align")
         logger.info("aligned %d tensors (%d parameters)", len(alignment.tensors), alignment.num_parameters)
         context = MergeContext(len(ingredients), [i.name for i in ingredients], extra={"seed": recipe.seed, "alignment": alignment})
+        if evaluator is not None:
+            context.evaluator = evaluator.bind(alignment.tensors, sources)
+            context.higher_is_better = evaluator.higher_is_better
         plan = _plan(method, context, ingredients)
         if adapter_output:
             from .adapters.output import check_adapter_plan
@@ -102,6 +116,14 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
             check_adapter_plan(plan, ingredients)
         timer.lap("plan")
         logger.info("plan: %s over ingredients %s", plan.method.name, plan.ingredients)
+        comparison = None
+        if recipe.compare:
+            from .evaluation.compare import compare_soups
+
+            comparison = compare_soups(evaluator, method.name, plan, context.refs)
+            plan.details.setdefault("scores", comparison["ingredient_scores"])
+            plan.details.setdefault("score", comparison["chosen_score"])
+            timer.lap("compare")
         shards = [] if adapter_output else shard_plan(alignment.tensors, parse_size(recipe.output.max_shard_size))
         with staged_directory(destination, recipe.output.overwrite) as staging:
             if adapter_output:
@@ -125,6 +147,14 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
                 from .adapters import adapters_report
 
                 report["adapters"] = adapters_report(ingredients, base)
+            if evaluator is not None:
+                report["evaluation"] = evaluator.describe()
+            if comparison is not None:
+                from .evaluation.compare import plot_comparison
+
+                if not plot_comparison(comparison, context.refs, staging / comparison["plot"]):
+                    comparison["plot"] = None  # matplotlib is not installed
+                report["comparison"] = comparison
             write_report(staging, report)
             _write_card(staging, recipe.output.card_template)
     logger.info("soup written to %s", destination)
@@ -193,5 +223,5 @@ def _pinned_recipe(recipe: Recipe, ingredients: list[Ingredient], method=None) -
         {"model": i.repo_id, "revision": i.sha} if i.repo_id and i.sha else i.name for i in ingredients
     ]
     if recipe.evaluation is not None:
-        dump["evaluation"] = recipe.evaluation if isinstance(recipe.evaluation, dict) else str(recipe.evaluation)
+        dump["evaluation"] = recipe.evaluation.describe()
     return {"ingredients": dump.pop("ingredients"), **dump}
