@@ -94,6 +94,11 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
             from .ingredients.hub_headers import precheck_hub_alignment
 
             precheck_hub_alignment(recipe.ingredients, token=token, on_missing=recipe.on_missing)
+        needs_evaluation = method.needs_evaluation or recipe.compare
+        if needs_evaluation and recipe.evaluation is None:
+            reason = "compare: true" if recipe.compare else f"method {method.name!r}"
+            raise RecipeError(f"evaluation: {reason} needs an evaluation dataset; add evaluation: {{dataset: ...}} "
+                              "(--eval-dataset on the command line, evaluation=... in Python)")
 
     def resolve() -> tuple[list[Ingredient], Any]:
         resolved = resolve_ingredients(recipe.ingredients, token=token)
@@ -103,6 +108,15 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
     dist.agree_on_revisions(ingredients)
     timer.lap("resolve")
     logger.info("resolved %d ingredients: %s", len(ingredients), ", ".join(i.name for i in ingredients))
+    evaluator = None
+    if needs_evaluation:  # loads and checks the data and builds the model before any merge work
+        from .evaluation.evaluator import Evaluator
+
+        dist.preload("transformers", "datasets")
+        evaluator = dist.local_main_first(lambda: Evaluator.for_ingredients(
+            recipe.evaluation, ingredients, device=dist.device, progress=progress and dist.is_main, token=token),
+            "preparing the evaluation")
+        timer.lap("evaluation_setup")
     with ExitStack() as stack:
         with dist.stage("aligning the ingredients"):
             sources = {i: stack.enter_context(ing.open()) for i, ing in enumerate(ingredients)}
@@ -112,6 +126,9 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
         logger.info("aligned %d tensors (%d parameters)", len(alignment.tensors), alignment.num_parameters)
         context = MergeContext(len(ingredients), [i.name for i in ingredients], device=dist.device,
                                extra={"seed": recipe.seed, "alignment": alignment})
+        if evaluator is not None:
+            context.evaluator = evaluator.bind(alignment.tensors, sources)
+            context.higher_is_better = evaluator.higher_is_better
         with dist.stage("planning the merge"):
             plan = _plan(method, context, ingredients)
             if adapter_output:
@@ -121,6 +138,15 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
         dist.agree_on_plan(plan)
         timer.lap("plan")
         logger.info("plan: %s over ingredients %s", plan.method.name, plan.ingredients)
+        comparison = None
+        if recipe.compare:
+            from .evaluation.compare import compare_soups
+
+            with dist.stage("comparing the soups"):
+                comparison = compare_soups(evaluator, method.name, plan, context.refs)
+            plan.details.setdefault("scores", comparison["ingredient_scores"])
+            plan.details.setdefault("score", comparison["chosen_score"])
+            timer.lap("compare")
         shards = [] if adapter_output else shard_plan(alignment.tensors, parse_size(recipe.output.max_shard_size))
         report = None
         with dist.staged_directory(destination, recipe.output.overwrite) as staging:
@@ -148,6 +174,14 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
                     from .adapters import adapters_report
 
                     report["adapters"] = adapters_report(ingredients, base)
+                if evaluator is not None:
+                    report["evaluation"] = evaluator.describe()
+                if comparison is not None:
+                    from .evaluation.compare import plot_comparison
+
+                    if not plot_comparison(comparison, context.refs, staging / comparison["plot"]):
+                        comparison["plot"] = None  # matplotlib is not installed
+                    report["comparison"] = comparison
                 if dist.report():
                     report["distributed"] = dist.report()
                 write_report(staging, report)
@@ -218,5 +252,5 @@ def _pinned_recipe(recipe: Recipe, ingredients: list[Ingredient], method=None) -
         {"model": i.repo_id, "revision": i.sha} if i.repo_id and i.sha else i.name for i in ingredients
     ]
     if recipe.evaluation is not None:
-        dump["evaluation"] = recipe.evaluation if isinstance(recipe.evaluation, dict) else str(recipe.evaluation)
+        dump["evaluation"] = recipe.evaluation.describe()
     return {"ingredients": dump.pop("ingredients"), **dump}
