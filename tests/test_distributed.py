@@ -260,10 +260,12 @@ def digit_classifiers(tmp_path_factory):
     return digits.dirs, validation
 
 
-def test_two_processes_greedy_soup_and_comparison_have_the_metrics_and_bytes_of_one_process(digit_classifiers, tmp_path):
+@pytest.mark.parametrize("method", [["greedy"], ["radin", "-p", "budget=2"]], ids=["greedy", "radin"])
+def test_two_processes_data_driven_soups_have_the_metrics_and_bytes_of_one_process(method, digit_classifiers, tmp_path):
     dirs, validation = digit_classifiers
-    # 240 rows in batches of 50: 5 batches, so the two processes get 3 and 2 (+ padding) batches
-    extra = ["--method", "greedy", "--compare", "--eval-dataset", str(validation), "-e", "batch_size=50"]
+    # 240 rows in batches of 50: 5 batches, so the two processes get 3 and 2 (+ padding) batches;
+    # --compare adds the uniform and greedy soups and the logit ensembles (cached logits).
+    extra = ["--method", *method, "--compare", "--eval-dataset", str(validation), "-e", "batch_size=50"]
     _single(_merge_args([str(d) for d in dirs], tmp_path / "one", *extra))
     results = _spawn(_merge_args([str(d) for d in dirs], tmp_path / "two", *extra))
     assert [code for code, _, _ in results] == [0, 0], results[0][2][-3000:] + results[1][2][-3000:]
