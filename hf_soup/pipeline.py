@@ -101,6 +101,8 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
             timer.lap("merge")
             report = _report(recipe, method, plan, ingredients, alignment, shards, timer)
             write_report(staging, report)
+            for name, data in plan.files.items():  # e.g. a learned soup's coefficient plot
+                (staging / name).write_bytes(data)
             _write_card(staging)
     logger.info("soup written to %s", destination)
     result = SoupResult(destination, report)

@@ -29,7 +29,8 @@ from .blocks import BlockLayout
 from .coefficients import batch_combination, log_normaliser, mixing_weights
 from .schedule import lr_lambda, model_batches
 
-#: ``loss_fn(params, batch) -> (mean loss, number of examples or scored tokens)``.
+#: ``loss_fn(params, batch) -> (mean loss, number of examples or scored tokens)``;
+#: ``(None, 0)`` when this process has no rows of the batch.
 LossFn = Callable[[Mapping[str, torch.Tensor], Any], "tuple[torch.Tensor, int | float]"]
 #: ``load(k) -> {parameter name: tensor}`` in the task model's in-memory key space.
 LoadFn = Callable[[int], Mapping[str, torch.Tensor]]
@@ -136,6 +137,7 @@ def learn_block_coordinate(
     reduce: ReduceFn | None = None,
     on_step: Callable[[int, float], None] | None = None,
     keep_soup: bool = False,
+    on_start: Callable[[Mapping[str, torch.Tensor]], Any] | None = None,
 ) -> LearnedCoefficients:
     """Learn per-(ingredient, block) coefficients with MEHL-Soup(+) (Algorithm 1).
 
@@ -144,12 +146,15 @@ def learn_block_coordinate(
     ingredient. ``data`` yields batches for ``loss_fn(params, batch)``, which runs the
     task model on ``params`` (e.g. with ``torch.func.functional_call``). ``reduce`` sums a
     tensor over processes; the gradients are then example-weighted means over ranks.
-    ``keep_soup`` returns the tracked soup too (``result.soup``; for checks).
+    ``keep_soup`` returns the tracked soup too (``result.soup``); ``on_start(soup)`` sees
+    the starting soup (the uniform soup, alpha = 0) before the first step.
     """
     names, K, B = layout.params, num_models, layout.num_blocks
     block = layout.block_of
     mean = ingredient_mean(load, names, K)
     soup = {n: t.clone() for n, t in mean.items()}  # alpha = 0: the uniform soup (Alg. 1 line 2)
+    if on_start is not None:
+        on_start(soup)
     rows = [torch.zeros(B, dtype=torch.float32, device=_device(mean), requires_grad=True) for _ in range(K)]
     optimizer = make_optimizer(rows, config)
     scheduler = make_scheduler(optimizer, config, config.total_steps(K))
@@ -168,7 +173,10 @@ def learn_block_coordinate(
         for _ in range(config.inner_steps):
             leaves = {n: soup[n].detach().requires_grad_(True) for n in names}
             loss, count = loss_fn(leaves, next(data))
-            grads = torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)
+            if loss is None:  # this rank got no rows of the global batch
+                loss, grads = torch.zeros((), device=current.device), [None] * len(names)
+            else:
+                grads = torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)
             with torch.no_grad():
                 g_batch = torch.zeros(len(batch), B, device=current.device)
                 g_rest = torch.zeros(B, device=current.device)

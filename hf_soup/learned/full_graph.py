@@ -61,7 +61,10 @@ def learn_full_graph(
             w = weights[:, int(block[i])]
             soup[name] = torch.tensordot(w, stacks[name], dims=1)  # sum_k w_k theta_k, in the graph
         loss, count = loss_fn(soup, next(data))
-        (grad,) = torch.autograd.grad(loss, [alpha])
+        if loss is None:
+            loss, grad = torch.zeros((), device=device), torch.zeros_like(alpha)
+        else:
+            (grad,) = torch.autograd.grad(loss, [alpha])
         mean_loss, grad = _reduce_step(reduce, loss, count, grad)
         optimizer.zero_grad(set_to_none=True)
         alpha.grad = grad

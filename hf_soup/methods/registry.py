@@ -22,6 +22,7 @@ from .base import SoupMethod
 _BUILTIN: dict[str, str] = {
     "uniform": "hf_soup.methods.uniform:UniformSoup",
     "weighted": "hf_soup.methods.weighted:WeightedSoup",
+    "learned": "hf_soup.methods.learned:LearnedSoup",
 }
 _REGISTERED: dict[str, type[SoupMethod]] = {}
 
