@@ -73,6 +73,20 @@ class LearnedTask:
         params = dict(self.model.named_parameters())
         return {name: params[name] for name in self.names}
 
+    def set_parameters(self, params: Mapping[str, Any]) -> None:
+        """Copy ``params`` (in-memory names) into the task model, e.g. to score the learned soup."""
+        import torch
+
+        own = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, value in params.items():
+                own[name].copy_(value.reshape(own[name].shape))
+        if self._float_buffers:
+            buffers = dict(self.model.named_buffers())
+            with torch.no_grad():
+                for name, value in self._float_buffers.items():
+                    buffers[name].copy_(value)
+
     def prepare_buffers(self) -> None:
         """Use the ingredients' mean for floating-point buffers (e.g. batch-norm statistics).
 
@@ -175,6 +189,11 @@ class LearnedTask:
         if self.accelerator.num_processes == 1:
             return None
         return lambda tensor: self.accelerator.reduce(tensor, reduction="sum")
+
+
+def check_other_split(evaluator: Any, split: str) -> None:
+    """Raise ``EvaluationError`` now if ``split`` of the evaluation dataset is missing or unusable."""
+    _load_other_split(evaluator, split)
 
 
 def _load_other_split(evaluator: Any, split: str) -> Any:

@@ -125,7 +125,11 @@ class LearnedSoup(PlanningMethod):
         seed = params.seed if params.seed is not None else int(context.extra.get("seed", 0))
         task = LearnedTask(evaluator, split=params.train_split,
                            batch_size=params.data_batch_size or evaluator.spec.batch_size, seed=seed)
-        test = self._test_evaluator(evaluator, ingredients) if params.test_split else None
+        if params.test_split:  # fail on a bad test split now, build its evaluator after learning
+            from ..learned.task import check_other_split
+
+            check_other_split(evaluator, params.test_split)
+        test = (lambda: self._test_evaluator(evaluator, ingredients)) if params.test_split else None
         return self._learn(task, evaluator, test, seed)
 
     # -- pieces ----------------------------------------------------------------------------
@@ -169,17 +173,19 @@ class LearnedSoup(PlanningMethod):
             layout, task.load, data_stream(task.batches), task.loss, config, num_models=task.num_models,
             reduce=reduce, keep_soup=True, on_start=lambda soup: uniform.setdefault("loss", task.full_loss(soup, reduce)))
         learned_loss = task.full_loss(result.soup, reduce)
-        result.soup = None
         seconds = time.perf_counter() - started
         method = self.weighted_method(result.weights, layout, key_block, evaluator.builder.tensors)
         indices = list(range(task.num_models))
-        score = evaluator.evaluate_state_dict(evaluator.builder.merge(method, indices), "learned soup")
+        # Score the learned soup as trained (float32, in the task model): no K-way merge needed here.
+        task.set_parameters(result.soup)
+        result.soup = None
+        score = evaluator.evaluate_model(task.model, "learned soup")
         details = self.details(result, layout, config, task, evaluator, seconds, score, key_block)
         details["train_loss_uniform"], details["train_loss_learned"] = uniform["loss"], learned_loss
         if test is not None:
-            test.bind(evaluator.builder.tensors, evaluator.builder.sources)
-            details["test_score"] = test.evaluate_state_dict(evaluator.builder.merge(method, indices), "learned soup (test)")
+            details["test_score"] = test().evaluate_model(task.model, "learned soup (test split)")
             details["test_split"] = self.params.test_split
+            details["num_full_evaluations"] += 1
         plan = MergePlan(method, indices, details)
         _attach_plot(plan, result.weights, layout.names, details["variant"])
         return plan
