@@ -39,6 +39,12 @@ def _add_merge(sub) -> None:
     p.add_argument("--on-missing", choices=["error", "skip", "first"], help="what to do with keys some ingredients lack")
     p.add_argument("--config-from", type=int, help="index of the ingredient whose config/tokenizer files are copied")
     p.add_argument("--seed", type=int, help="random seed for methods that draw or shuffle")
+    p.add_argument("--eval-dataset", metavar="DATASET",
+                   help="evaluation data: Hub dataset ID, save_to_disk folder or csv/json/parquet file")
+    p.add_argument("-e", "--eval", action="append", default=[], type=_key_value, metavar="KEY=VALUE",
+                   help="evaluation setting, e.g. split=test, text_column=sentence, metric=loss; repeatable")
+    p.add_argument("--compare", action="store_true", default=None,
+                   help="also score the best ingredient, uniform and greedy soups and the logit ensemble")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="push the soup to this Hub repo")
     p.add_argument("--private", action="store_true", default=None, help="create the pushed repo as private")
@@ -76,6 +82,15 @@ def _recipe_data(args) -> dict[str, Any]:
     if args.overwrite:
         output["overwrite"] = True
     data["output"] = output
+    if args.eval_dataset or args.eval:
+        evaluation = data.get("evaluation") or {}
+        evaluation = dict(evaluation) if isinstance(evaluation, dict) else {"dataset": evaluation}
+        if args.eval_dataset:
+            evaluation["dataset"] = args.eval_dataset
+        evaluation.update(dict(args.eval))
+        data["evaluation"] = evaluation
+    if args.compare:
+        data["compare"] = True
     if args.on_missing:
         data["on_missing"] = args.on_missing
     if args.seed is not None:
@@ -98,6 +113,13 @@ def merge_command(args) -> int:
     report = result.report
     print(f"Soup written to {result.output_dir} ({report['method']}, {report['output']['num_parameters']:,} parameters, "
           f"{len(report['ingredients'])} ingredients, {report['timings']['total']:.2f}s)")
+    if report.get("score") is not None:
+        print(f"Validation {report['evaluation']['metric']}: {report['score']:.4f} "
+              f"({report['num_full_evaluations']} full evaluations)")
+    if report.get("comparison"):
+        from .evaluation.compare import comparison_markdown
+
+        print(comparison_markdown(report["comparison"]))
     if report.get("pushed_to"):
         print(f"Pushed to {report['pushed_to']}")
     return 0

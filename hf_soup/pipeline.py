@@ -76,9 +76,20 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
     destination = check_destination(recipe.output.dir, recipe.output.overwrite)
     timer = _Timer()
     method = build_method(recipe.method.name, recipe.method.params)
+    needs_evaluation = method.needs_evaluation or recipe.compare
+    if needs_evaluation and recipe.evaluation is None:
+        reason = "compare: true" if recipe.compare else f"method {method.name!r}"
+        raise RecipeError(f"evaluation: {reason} needs an evaluation dataset; add evaluation: {{dataset: ...}} "
+                          "(--eval-dataset on the command line, evaluation=... in Python)")
     ingredients = resolve_ingredients(recipe.ingredients, token=token)
     timer.lap("resolve")
     logger.info("resolved %d ingredients: %s", len(ingredients), ", ".join(i.name for i in ingredients))
+    evaluator = None
+    if needs_evaluation:  # loads and checks the data and builds the model before any merge work
+        from .evaluation.evaluator import Evaluator
+
+        evaluator = Evaluator.for_ingredients(recipe.evaluation, ingredients, progress=progress)
+        timer.lap("evaluation_setup")
     with ExitStack() as stack:
         sources = {i: stack.enter_context(ing.open()) for i, ing in enumerate(ingredients)}
         alignment = align(list(sources.values()), [i.name for i in ingredients], [i.config for i in ingredients],
@@ -86,9 +97,20 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
         timer.lap("align")
         logger.info("aligned %d tensors (%d parameters)", len(alignment.tensors), alignment.num_parameters)
         context = MergeContext(len(ingredients), [i.name for i in ingredients], extra={"seed": recipe.seed})
+        if evaluator is not None:
+            context.evaluator = evaluator.bind(alignment.tensors, sources)
+            context.higher_is_better = evaluator.higher_is_better
         plan = _plan(method, context, ingredients)
         timer.lap("plan")
         logger.info("plan: %s over ingredients %s", plan.method.name, plan.ingredients)
+        comparison = None
+        if recipe.compare:
+            from .evaluation.compare import compare_soups
+
+            comparison = compare_soups(evaluator, method.name, plan, context.refs)
+            plan.details.setdefault("scores", comparison["ingredient_scores"])
+            plan.details.setdefault("score", comparison["chosen_score"])
+            timer.lap("compare")
         shards = shard_plan(alignment.tensors, parse_size(recipe.output.max_shard_size))
         with staged_directory(destination, recipe.output.overwrite) as staging:
             bar = _progress_bar(alignment, progress)
@@ -100,6 +122,14 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
             copy_sidecars(staging, ingredients[recipe.output.config_from], recipe.output.dtype)
             timer.lap("merge")
             report = _report(recipe, method, plan, ingredients, alignment, shards, timer)
+            if evaluator is not None:
+                report["evaluation"] = evaluator.describe()
+            if comparison is not None:
+                from .evaluation.compare import plot_comparison
+
+                if not plot_comparison(comparison, context.refs, staging / comparison["plot"]):
+                    comparison["plot"] = None  # matplotlib is not installed
+                report["comparison"] = comparison
             write_report(staging, report)
             for name, data in plan.files.items():  # e.g. a learned soup's coefficient plot
                 (staging / name).write_bytes(data)
@@ -159,5 +189,5 @@ def _pinned_recipe(recipe: Recipe, ingredients: list[Ingredient]) -> dict[str, A
         {"model": i.repo_id, "revision": i.sha} if i.repo_id and i.sha else i.name for i in ingredients
     ]
     if recipe.evaluation is not None:
-        dump["evaluation"] = recipe.evaluation if isinstance(recipe.evaluation, dict) else str(recipe.evaluation)
+        dump["evaluation"] = recipe.evaluation.describe()
     return {"ingredients": dump.pop("ingredients"), **dump}

@@ -18,6 +18,7 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import RecipeError
+from .evaluation.spec import EvaluationSpec
 from .io import dtypes
 from .io.shards import parse_size
 from .methods.registry import build_method, format_validation_error
@@ -86,7 +87,7 @@ class Recipe(_Strict):
 
     ingredients: list[Any] = Field(min_length=1)
     method: MethodSpec = Field(default_factory=MethodSpec)
-    evaluation: Any = None
+    evaluation: EvaluationSpec | None = None
     output: OutputSpec = Field(default_factory=OutputSpec)
     push_to_hub: PushSpec | None = None
     on_missing: Literal["error", "skip", "first"] = "error"
@@ -108,6 +109,13 @@ class Recipe(_Strict):
             else:
                 parsed.append(value)
         return parsed
+
+    @field_validator("evaluation", mode="before")
+    @classmethod
+    def _evaluation(cls, value: Any) -> Any:
+        if value is None or isinstance(value, (dict, EvaluationSpec)):
+            return value
+        return {"dataset": value}  # a bare dataset ID, path or datasets.Dataset
 
     @field_validator("method", mode="before")
     @classmethod

@@ -23,6 +23,8 @@ _BUILTIN: dict[str, str] = {
     "uniform": "hf_soup.methods.uniform:UniformSoup",
     "weighted": "hf_soup.methods.weighted:WeightedSoup",
     "learned": "hf_soup.methods.learned:LearnedSoup",
+    "greedy": "hf_soup.methods.greedy:GreedySoup",
+    "radin": "hf_soup.methods.radin:RadinSoup",
 }
 _REGISTERED: dict[str, type[SoupMethod]] = {}
 
