@@ -278,3 +278,46 @@ def test_unsupported_evaluation_model_fails_before_learning(sharded_digits):
         with pytest.raises(EvaluationError, match="evaluation.dtype: float32"):
             bound.plan()
         assert loads == []
+
+
+def test_soup_api_writes_the_learned_soup_with_coefficients_and_plot(sharded_digits, tmp_path):
+    import json
+
+    from transformers import ViTForImageClassification
+
+    import hf_soup
+    from hf_soup.evaluation import EvaluationSpec, Evaluator
+
+    dirs, dataset = sharded_digits
+    evaluation = {"dataset": dataset, "split": "validation", "batch_size": 32}
+    result = hf_soup.soup([str(d) for d in dirs], method="learned", output_dir=tmp_path / "soup", evaluation=evaluation,
+                          layerwise=True, model_batch=2, inner_steps=5, test_split="test", seed=3)
+    report = json.loads((tmp_path / "soup" / "soup_report.json").read_text())
+    details = report["details"]
+    assert report["method"] == "learned" and details["variant"] == "MEHL-Soup+"
+    assert details["train_split"] == "validation" and details["test_split"] == "test"
+    assert details["steps"] == 2 * 5 and details["model_batches"] and details["seed"] == 3
+    assert len(details["coefficients"]["weights"]) == len(details["coefficients"]["blocks"])
+    assert (tmp_path / "soup" / details["coefficients_plot"]).read_bytes()[:4] == b"\x89PNG"
+    assert result.report["score"] == details["score"]
+    # The written soup, loaded the ordinary way, scores what the method reported.
+    model = ViTForImageClassification.from_pretrained(tmp_path / "soup")
+    evaluator = Evaluator(EvaluationSpec(**evaluation), config=dirs[0], processor_dir=dirs[0])
+    assert evaluator.evaluate_model(model) == pytest.approx(details["score"], abs=1e-9)
+
+
+def test_soup_api_rejects_bad_learned_parameters_before_any_output(sharded_digits, tmp_path):
+    import hf_soup
+    from hf_soup.errors import RecipeError
+
+    dirs, dataset = sharded_digits
+    refs = [str(d) for d in dirs]
+    with pytest.raises(RecipeError, match="needs an evaluation dataset"):
+        hf_soup.soup(refs, method="learned", output_dir=tmp_path / "a")
+    with pytest.raises(MethodParameterError, match="model_batch: 9 is more than the 4 ingredients"):
+        hf_soup.soup(refs, method="learned", output_dir=tmp_path / "b", model_batch=9,
+                     evaluation={"dataset": dataset, "split": "validation"})
+    with pytest.raises(EvaluationError, match="split"):
+        hf_soup.soup(refs, method="learned", output_dir=tmp_path / "c", test_split="nope",
+                     evaluation={"dataset": dataset, "split": "validation"})
+    assert not any(tmp_path.iterdir())

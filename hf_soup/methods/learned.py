@@ -163,6 +163,7 @@ class LearnedSoup(PlanningMethod):
         from ..learned.bcd import learn_block_coordinate
         from ..learned.schedule import data_stream
 
+        evaluations_before = evaluator.num_full_evaluations
         config = self.config(task, seed)
         layout, key_block = self.layout(task)
         reduce = task.reducer()
@@ -181,6 +182,7 @@ class LearnedSoup(PlanningMethod):
         result.soup = None
         score = evaluator.evaluate_model(task.model, "learned soup")
         details = self.details(result, layout, config, task, evaluator, seconds, score, key_block)
+        details["num_full_evaluations"] = evaluator.num_full_evaluations - evaluations_before
         details["train_loss_uniform"], details["train_loss_learned"] = uniform["loss"], learned_loss
         if test is not None:
             details["test_score"] = test().evaluate_model(task.model, "learned soup (test split)")
@@ -254,7 +256,6 @@ class LearnedSoup(PlanningMethod):
             "score": score,
             "metric": evaluator.metric.name,
             "higher_is_better": evaluator.higher_is_better,
-            "num_full_evaluations": evaluator.num_full_evaluations,
             "coefficients_plot": PLOT_FILE,
         }
 
