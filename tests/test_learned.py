@@ -321,3 +321,62 @@ def test_soup_api_rejects_bad_learned_parameters_before_any_output(sharded_digit
         hf_soup.soup(refs, method="learned", output_dir=tmp_path / "c", test_split="nope",
                      evaluation={"dataset": dataset, "split": "validation"})
     assert not any(tmp_path.iterdir())
+
+
+_WORKER = r'''
+import json, sys
+from contextlib import ExitStack
+import datasets, torch
+torch.set_num_threads(1)
+from hf_soup.align import align
+from hf_soup.evaluation import EvaluationSpec, Evaluator
+from hf_soup.ingredients import resolve_ingredients
+from hf_soup.methods.base import MergeContext
+from hf_soup.methods.registry import build_method
+
+data, out, *dirs = sys.argv[1:]
+with ExitStack() as stack:
+    ingredients = resolve_ingredients(dirs)
+    sources = {i: stack.enter_context(ing.open()) for i, ing in enumerate(ingredients)}
+    alignment = align(list(sources.values()), [i.name for i in ingredients], [i.config for i in ingredients])
+    spec = EvaluationSpec(dataset=data, split="validation", batch_size=32)
+    evaluator = Evaluator.for_ingredients(spec, ingredients, device="cpu").bind(alignment.tensors, sources)
+    method = build_method("learned", dict(layerwise=True, model_batch=2, inner_steps=4, data_batch_size=25,
+                                          optimizer="sgd", lr=1.0))
+    context = MergeContext(len(ingredients), [i.name for i in ingredients], evaluator=evaluator, extra={"seed": 0})
+    method.setup(context)
+    details = method.plan(context, ingredients).details
+    if evaluator.accelerator.process_index == 0:
+        json.dump({"processes": evaluator.accelerator.num_processes, "weights": details["coefficients"]["weights"],
+                   "loss": details["train_loss_learned"], "score": details["score"]}, open(out, "w"))
+'''
+
+
+def test_two_processes_learn_the_same_coefficients_as_one(sharded_digits, tmp_path):
+    """Each global batch is split across 2 gloo processes and the coefficient gradients are summed.
+
+    SGD, because Adam turns the float noise of a zero-gradient block (a key bias) into full steps.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    dirs, dataset = sharded_digits
+    dataset.save_to_disk(tmp_path / "data")
+    (tmp_path / "worker.py").write_text(_WORKER)
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env.update(PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    runs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"out-{processes}.json"
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                   str(tmp_path / "worker.py"), str(tmp_path / "data"), str(out), *map(str, dirs)]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=root)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[processes] = json.loads(out.read_text())
+    assert runs[1]["processes"] == 1 and runs[2]["processes"] == 2
+    np.testing.assert_allclose(runs[2]["weights"], runs[1]["weights"], rtol=1e-4, atol=1e-5)
+    assert runs[2]["loss"] == pytest.approx(runs[1]["loss"], rel=1e-5)
+    assert runs[2]["score"] == pytest.approx(runs[1]["score"], abs=1e-9)
