@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from fixtures_classifiers import digit_bert  # noqa: F401  (pytest fixture)
 from hf_soup.errors import EvaluationError, MethodParameterError
 from hf_soup.methods.base import MergeContext
 from hf_soup.methods.registry import build_method
@@ -380,3 +381,55 @@ def test_two_processes_learn_the_same_coefficients_as_one(sharded_digits, tmp_pa
     np.testing.assert_allclose(runs[2]["weights"], runs[1]["weights"], rtol=1e-4, atol=1e-5)
     assert runs[2]["loss"] == pytest.approx(runs[1]["loss"], rel=1e-5)
     assert runs[2]["score"] == pytest.approx(runs[1]["score"], abs=1e-9)
+
+
+@pytest.fixture(scope="module")
+def tiny_llamas(tmp_path_factory):
+    """Three tiny Llama causal LMs with tied embeddings (random: the soup has something to learn)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fixtures_classifiers import make_tokenizer
+
+    root = tmp_path_factory.mktemp("learned-llama")
+    tokenizer = make_tokenizer(root / "tok")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=80,
+                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id)
+    dirs = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        LlamaForCausalLM(config).save_pretrained(root / f"lm-{seed}")
+        tokenizer.save_pretrained(root / f"lm-{seed}")
+        dirs.append(root / f"lm-{seed}")
+    return dirs
+
+
+@pytest.mark.parametrize("task", ["causal-lm", "sequence-classification"])
+def test_learned_soup_trains_causal_lms_and_text_classifiers(task, tiny_llamas, digit_bert):
+    import datasets
+
+    from fixtures_classifiers import DigitIngredients, bound_evaluator
+    from hf_soup.evaluation import load_checkpoint_weights
+
+    if task == "causal-lm":
+        texts = [" ".join(t.split()[: 4 + i % 12]) for i, t in enumerate(digit_bert.validation["text"][:48])]
+        digits = DigitIngredients(tiny_llamas, datasets.Dataset.from_dict({"text": texts}), {"text_column": "text"},
+                                  tiny_llamas[0])
+        spec = {"metric": "perplexity", "batch_size": 16}
+    else:
+        digits, spec = digit_bert, {"batch_size": 40, "max_samples": 120}
+    with bound_evaluator(digits, **spec) as evaluator:
+        assert evaluator.task == task
+        method = build_method("learned", {"layerwise": True, "model_batch": 2, "inner_steps": 6, "lr": 0.1})
+        context = MergeContext(len(digits.dirs), [str(d) for d in digits.dirs], evaluator=evaluator)
+        method.setup(context)
+        plan = method.plan(context, [])
+        details = plan.details
+        assert details["train_loss_learned"] < details["train_loss_uniform"]
+        # Written per checkpoint key (tied embeddings included), the plan is the soup that was trained.
+        from hf_soup.learned.task import LearnedTask
+
+        learned = LearnedTask(evaluator, split=None, batch_size=spec["batch_size"], seed=0)
+        load_checkpoint_weights(evaluator.model, evaluator.builder.merge(plan.method, plan.ingredients))
+        written = learned.full_loss({n: p.detach() for n, p in evaluator.model.named_parameters()})
+        assert written == pytest.approx(details["train_loss_learned"], rel=1e-4)
