@@ -9,10 +9,14 @@ variant, the fixed rest of the soup); never all K ingredients (eq. 7-8).
 
 The soup is updated in place by ``sum_k (alpha_k,new - alpha_k,old) (theta_k - mean)``
 after every step, which is Algorithm 1's lines 6, 9 and 17 without storing
-``theta_fix`` separately.
+``theta_fix`` separately. Coefficients of ingredients outside the loaded batch get no
+gradient (``grad = None``), so the optimizer leaves them and their state untouched
+(eq. 7); the optimizer state of a coefficient persists across outer iterations.
 
->>> result = learn_block_coordinate(model, layout, load, data, loss_fn, config, num_models=12)  # doctest: +SKIP
->>> result.weights.shape          # (K, blocks); every column sums to 1       # doctest: +SKIP
+>>> config = LearnConfig(model_batch=3, outer_epochs=1, inner_steps=50)              # doctest: +SKIP
+>>> result = learn_block_coordinate(layout, load, data_stream(batches), loss_fn, config,
+...                                 num_models=12)                                 # doctest: +SKIP
+>>> result.weights.shape          # (K, blocks); every column sums to 1             # doctest: +SKIP
 (12, 1)
 """
 
