@@ -301,6 +301,9 @@ def test_soup_api_writes_the_learned_soup_with_coefficients_and_plot(sharded_dig
     assert len(details["coefficients"]["weights"]) == len(details["coefficients"]["blocks"])
     assert (tmp_path / "soup" / details["coefficients_plot"]).read_bytes()[:4] == b"\x89PNG"
     assert result.report["score"] == details["score"]
+    card = (tmp_path / "soup" / "README.md").read_text()
+    assert "## Learned coefficients" in card and "![Distribution of the learned mixing weights](learned_coefficients.png)" in card
+    assert "trained on the **validation** split" in card and "held-out **test** split" in card
     # The written soup, loaded the ordinary way, scores what the method reported.
     model = ViTForImageClassification.from_pretrained(tmp_path / "soup")
     evaluator = Evaluator(EvaluationSpec(**evaluation), config=dirs[0], processor_dir=dirs[0])
