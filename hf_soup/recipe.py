@@ -52,6 +52,8 @@ class OutputSpec(_Strict):
     config_from: int = 0
     overwrite: bool = False
     format: Literal["model", "adapter"] = "model"
+    card_template: str | None = None
+    rank: Union[Literal["concat"], int] = "concat"  # format adapter: stacked factors, or a truncated SVD rank
 
     @field_validator("dtype")
     @classmethod
@@ -63,6 +65,19 @@ class OutputSpec(_Strict):
     def _size(cls, value: int | str) -> int | str:
         parse_size(value)
         return value
+
+    @field_validator("rank")
+    @classmethod
+    def _rank(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be 'concat' or a positive integer rank")
+        return value
+
+    @model_validator(mode="after")
+    def _rank_needs_adapter(self) -> "OutputSpec":
+        if self.rank != "concat" and self.format != "adapter":
+            raise ValueError("output.rank applies to output.format: adapter only; remove it or set format: adapter")
+        return self
 
     @field_validator("config_from")
     @classmethod
@@ -90,6 +105,7 @@ class Recipe(_Strict):
     evaluation: EvaluationSpec | None = None
     output: OutputSpec = Field(default_factory=OutputSpec)
     push_to_hub: PushSpec | None = None
+    base_model: str | None = None  # base of PEFT adapter ingredients (default: their base_model_name_or_path)
     on_missing: Literal["error", "skip", "first"] = "error"
     compare: bool = False
     seed: int = 0

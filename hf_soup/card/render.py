@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ def _method_info(name: str | None) -> tuple[str, str | None]:
         cls = get_method_class(name or "")
     except (HfSoupError, ImportError):
         return f"The `{name}` soup method.", None
-    module_doc = (__import__(cls.__module__, fromlist=["_"]).__doc__ or "").strip()
+    module_doc = (inspect.getmodule(cls).__doc__ or "").strip()
     doc = (module_doc or cls.__doc__ or f"The `{name}` soup method.").strip().split("\n\n")[0]
     return " ".join(doc.split()), getattr(cls, "paper", None)
 
@@ -97,7 +98,9 @@ def template_context(report: dict[str, Any], model_id: str) -> dict[str, Any]:
         "dataset": (dataset.get("path") if isinstance(dataset, dict) else dataset),
         "split": evaluation.get("split"),
         "num_full_evaluations": report.get("num_full_evaluations") or 0,
-        "parameters_yaml": _dump(report.get("parameters")),
+        # a method may add resolved values (defaults filled in, seeds...) as details["card_parameters"]
+        "parameters_yaml": _dump({**(report.get("parameters") or {}),
+                                  **((report.get("details") or {}).get("card_parameters") or {})}),
         "recipe_yaml": _dump(report.get("recipe")),
         "comparison": _comparison(report),
         "load_code": _load_code(report, model_id),

@@ -25,6 +25,8 @@ _BUILTIN: dict[str, str] = {
     "learned": "hf_soup.methods.learned:LearnedSoup",
     "greedy": "hf_soup.methods.greedy:GreedySoup",
     "radin": "hf_soup.methods.radin:RadinSoup",
+    "ame": "hf_soup.methods.ame:AmeSoup",
+    "ame_greedy": "hf_soup.methods.ame_greedy:GreedyAme",
 }
 _REGISTERED: dict[str, type[SoupMethod]] = {}
 
