@@ -76,11 +76,6 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
     destination = check_destination(recipe.output.dir, recipe.output.overwrite)
     timer = _Timer()
     method = build_method(recipe.method.name, recipe.method.params)
-    needs_evaluation = method.needs_evaluation or recipe.compare
-    if needs_evaluation and recipe.evaluation is None:
-        reason = "compare: true" if recipe.compare else f"method {method.name!r}"
-        raise RecipeError(f"evaluation: {reason} needs an evaluation dataset; add evaluation: {{dataset: ...}} "
-                          "(--eval-dataset on the command line, evaluation=... in Python)")
     adapter_output = recipe.output.format == "adapter"
     if adapter_output:
         from .adapters.output import check_adapter_method
@@ -89,6 +84,11 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
     from .ingredients.hub_headers import precheck_hub_alignment
 
     precheck_hub_alignment(recipe.ingredients, token=token, on_missing=recipe.on_missing)
+    needs_evaluation = method.needs_evaluation or recipe.compare
+    if needs_evaluation and recipe.evaluation is None:
+        reason = "compare: true" if recipe.compare else f"method {method.name!r}"
+        raise RecipeError(f"evaluation: {reason} needs an evaluation dataset; add evaluation: {{dataset: ...}} "
+                          "(--eval-dataset on the command line, evaluation=... in Python)")
     ingredients = resolve_ingredients(recipe.ingredients, token=token)
     base = _attach_bases(ingredients, recipe, token)
     timer.lap("resolve")
@@ -97,7 +97,7 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
     if needs_evaluation:  # loads and checks the data and builds the model before any merge work
         from .evaluation.evaluator import Evaluator
 
-        evaluator = Evaluator.for_ingredients(recipe.evaluation, ingredients, progress=progress)
+        evaluator = Evaluator.for_ingredients(recipe.evaluation, ingredients, progress=progress, token=token)
         timer.lap("evaluation_setup")
     with ExitStack() as stack:
         sources = {i: stack.enter_context(ing.open()) for i, ing in enumerate(ingredients)}

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from fixtures_classifiers import bound_evaluator, digit_bert, digit_rgb, digit_text, digit_vit, make_tokenizer  # noqa: F401
+from fixtures_classifiers import bound_evaluator, digit_bert, digit_vit, make_tokenizer  # noqa: F401
 from hf_soup.errors import EvaluationError, RecipeError
 from hf_soup.evaluation import EvaluationSpec, Evaluator
 
@@ -271,3 +271,21 @@ def test_bad_evaluation_fails_before_any_output(digit_bert, tmp_path):
     with pytest.raises(RecipeError, match="compare: true needs an evaluation dataset"):
         hf_soup.soup([str(d) for d in digit_bert.dirs], output_dir=out, compare=True)
     assert not out.exists()
+
+
+def test_a_collate_fn_replaces_the_tokenizer(digit_bert):
+    from fixtures_classifiers import VOCAB
+
+    ids = {token: i for i, token in enumerate(VOCAB)}
+    seen = []
+
+    def collate(rows):
+        seen.append(len(rows))
+        input_ids = [[ids["[CLS]"]] + [ids[t] for t in row["text"].split()] + [ids["[SEP]"]] for row in rows]
+        return {"input_ids": torch.tensor(input_ids), "labels": torch.tensor([row["label"] for row in rows])}
+
+    with bound_evaluator(digit_bert) as evaluator:
+        expected = evaluator.evaluate_ingredient(2)
+    with bound_evaluator(digit_bert, collate_fn=collate, batch_size=50) as evaluator:
+        assert evaluator.evaluate_ingredient(2) == pytest.approx(expected, abs=1e-12)
+    assert seen == [50, 50, 50, 50, 40]

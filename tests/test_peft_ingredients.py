@@ -199,6 +199,12 @@ def test_concat_adapter_output_reproduces_the_full_soup(vit, tmp_path):
     assert output["tensors"]["vit.layers.1.mlp.fc2"]["rank"] == 3
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(vit["base"]) and config["modules_to_save"] == ["classifier"]
+    from huggingface_hub import ModelCard
+
+    adapter_card = ModelCard.load(tmp_path / "adapter" / "README.md").data
+    assert adapter_card.library_name == "peft" and {"peft", "lora", "merge"} <= set(adapter_card.tags)
+    model_card = ModelCard.load(tmp_path / "model" / "README.md").data
+    assert model_card.library_name == "transformers" and {"lora", "merge", "weighted"} <= set(model_card.tags)
 
 
 def test_svd_adapter_output_full_rank_is_exact_and_low_rank_error_is_reported(vit, tmp_path):

@@ -65,6 +65,8 @@ def _load_code(report: dict[str, Any], model_id: str) -> str:
 
 def _comparison(report: dict[str, Any]) -> list[tuple[str, float | None]]:
     comparison = report.get("comparison")
+    if isinstance(comparison, dict) and isinstance(comparison.get("rows"), list):
+        comparison = comparison["rows"]  # hf_soup.evaluation.compare's table
     if isinstance(comparison, dict):
         return [(str(k), v if isinstance(v, (int, float)) else (v or {}).get("score")) for k, v in comparison.items()]
     if isinstance(comparison, list):
@@ -103,6 +105,7 @@ def template_context(report: dict[str, Any], model_id: str) -> dict[str, Any]:
                                   **((report.get("details") or {}).get("card_parameters") or {})}),
         "recipe_yaml": _dump(report.get("recipe")),
         "comparison": _comparison(report),
+        "comparison_plot": (report.get("comparison") or {}).get("plot") if isinstance(report.get("comparison"), dict) else None,
         "load_code": _load_code(report, model_id),
         "hf_soup_version": report.get("hf_soup_version", ""),
         "report": report,

@@ -28,8 +28,11 @@ def _pick_split(dataset_dict: Any, spec: EvaluationSpec, where: str) -> Any:
     return dataset_dict[split]
 
 
-def load_split(spec: EvaluationSpec) -> Any:
-    """Load the split ``spec`` describes as a ``datasets.Dataset`` (first ``max_samples`` rows)."""
+def load_split(spec: EvaluationSpec, token: str | None = None) -> Any:
+    """Load the split ``spec`` describes as a ``datasets.Dataset`` (first ``max_samples`` rows).
+
+    ``token`` is used for gated or private Hub datasets.
+    """
     import datasets
 
     source = spec.dataset
@@ -46,7 +49,7 @@ def load_split(spec: EvaluationSpec) -> Any:
             f"evaluation.dataset: {source} is a file hf_soup cannot read; use {', '.join(sorted(DATA_FILE_SUFFIXES))}"
         )
     else:
-        split = _load_hub(source, spec)
+        split = _load_hub(source, spec, token)
     if spec.max_samples is not None and len(split) > spec.max_samples:
         split = split.select(range(spec.max_samples))
     if len(split) == 0:
@@ -94,13 +97,13 @@ def _load_folder(folder: Path, spec: EvaluationSpec) -> Any:
         ) from None
 
 
-def _load_hub(name: str, spec: EvaluationSpec) -> Any:
+def _load_hub(name: str, spec: EvaluationSpec, token: str | None) -> Any:
     import datasets
 
     try:
         return datasets.load_dataset(name, spec.config, split=spec.split or DEFAULT_SPLIT, revision=spec.revision,
-                                     trust_remote_code=spec.trust_remote_code or None)
-    except (ValueError, FileNotFoundError, ConnectionError) as error:
+                                     token=token)
+    except Exception as error:  # datasets raises many kinds (not found, offline, bad config or split)
         raise EvaluationError(
             f"evaluation.dataset: cannot load {name!r} (config {spec.config!r}, split {spec.split or DEFAULT_SPLIT!r}) "
             f"from the Hub or disk: {error}. Check the dataset ID, config and split, or give a local path"
@@ -165,7 +168,8 @@ def label_ids(values: list[Any], config: Any) -> list[int]:
                     f"({', '.join(sorted(label2id)) or 'none in config.label2id'}); map the labels to class ids"
                 )
             value = label2id[value]
-        if isinstance(value, bool) or not isinstance(value, (int,)) and not (hasattr(value, "is_integer") and value.is_integer()):
+        integral = isinstance(value, int) or (hasattr(value, "is_integer") and value.is_integer())
+        if isinstance(value, bool) or not integral:
             raise EvaluationError(
                 f"evaluation.label_column: row {row} has label {value!r}; labels must be integer class ids"
             )

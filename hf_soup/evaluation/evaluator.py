@@ -31,6 +31,8 @@ from .task_model import architecture_of, build_task_model, load_checkpoint_weigh
 logger = logging.getLogger("hf_soup")
 
 RowsCallback = Callable[[Any, Any], None]
+_PIPELINE_TAGS = {"sequence-classification": "text-classification", "image-classification": "image-classification",
+                  "causal-lm": "text-generation"}
 
 
 def _load_config(directory: Any, trust_remote_code: bool) -> Any:
@@ -51,7 +53,9 @@ class Evaluator:
     ``config`` is a transformers config (or a folder holding ``config.json``);
     ``processor_dir`` holds the tokenizer / image processor (unless the spec gives a
     ``collate_fn``). The data and labels are checked and the model is built here, so a
-    bad evaluation fails before any merge work.
+    bad evaluation fails before any merge work. ``device`` ``"cpu"`` forces the CPU
+    (default: accelerate's device); ``accelerator`` reuses an existing ``Accelerator``;
+    ``token`` reads gated Hub datasets.
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class Evaluator:
         device: str | None = None,
         progress: bool = False,
         accelerator: Any = None,
+        token: str | None = None,
     ):
         self.spec = parse_evaluation(spec)
         if self.spec is None:
@@ -78,7 +83,7 @@ class Evaluator:
                 f"evaluation.metric: perplexity needs a causal LM, these ingredients are {self.architecture}; "
                 "use accuracy or loss"
             )
-        self.split = load_split(self.spec)
+        self.split = load_split(self.spec, token)
         self.columns: Columns = check_split(self.split, self.spec, self.task, config)
         if self.spec.collate_fn is None and processor_dir is None:
             raise EvaluationError(
@@ -91,7 +96,8 @@ class Evaluator:
         self.num_logit_passes = 0
         self._accelerator = accelerator or self._make_accelerator(device)
         self.device = self._accelerator.device
-        self.model = build_task_model(config, dtype=self.spec.dtype, device=self.device)
+        self.model = build_task_model(config, dtype=self.spec.dtype, device=self.device,
+                                      trust_remote_code=self.spec.trust_remote_code)
         self.dataloader = self._accelerator.prepare_data_loader(self._dataloader())
         self.builder = None
         self._ingredient_scores: dict[int, float] = {}
@@ -160,7 +166,7 @@ class Evaluator:
 
     def describe(self) -> dict[str, Any]:
         """The ``evaluation`` entry of ``soup_report.json``."""
-        return {**self.spec.describe(), "num_examples": self.num_examples, "task": self.task,
+        return {**self.spec.describe(), "num_examples": self.num_examples, "task": _PIPELINE_TAGS[self.task],
                 "architecture": self.architecture, "num_full_evaluations": self.num_full_evaluations}
 
     # -- passes over the split --------------------------------------------------------------
@@ -222,8 +228,11 @@ class Evaluator:
     def _score_model(self, model: Any, description: str) -> float:
         if self.metric.needs_all_rows:
             logits, labels = self._collect(model, description)
-            return self.metric.score(logits, labels)
-        return float(self._pass(model, description, None))
+            score = self.metric.score(logits, labels)
+        else:
+            score = float(self._pass(model, description, None))
+        logger.info("%s: %s = %.6g (full evaluation %d)", description, self.metric.name, score, self.num_full_evaluations)
+        return score
 
     def _collect(self, model: Any, description: str) -> tuple[np.ndarray, np.ndarray]:
         parts: list[np.ndarray] = []

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .metrics import Metric
+from .metrics import Metric, Totals, row_statistics
 
 DEFAULT_MEMORY_LIMIT = 1 << 30
 _ROWS_PER_CHUNK = 4096
@@ -115,8 +115,6 @@ class LogitCache:
         indices = list(indices)
         if self.metric.needs_all_rows:
             return self.metric.score(self.mean_logits(indices, weights), self.labels)
-        from .metrics import Totals, row_statistics
-
         totals = Totals()
         for start in range(0, self.num_rows, _ROWS_PER_CHUNK):
             rows = slice(start, min(self.num_rows, start + _ROWS_PER_CHUNK))
@@ -135,8 +133,6 @@ class _RowWriter:
     """Receives an ingredient's scored rows batch by batch: exact totals + a file of rows."""
 
     def __init__(self, path: Path, dtype: np.dtype, metric: Metric):
-        from .metrics import Totals
-
         self.path = path
         self.dtype = dtype
         self.metric = metric
@@ -148,8 +144,6 @@ class _RowWriter:
         self.nbytes = 0
 
     def __call__(self, logits: np.ndarray, labels: np.ndarray) -> None:
-        from .metrics import row_statistics
-
         self.num_classes = logits.shape[-1]
         if self.metric.needs_all_rows:
             self._all_rows.append(np.array(logits, dtype=np.float32))

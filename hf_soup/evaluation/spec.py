@@ -28,6 +28,7 @@ function turning a list of dataset rows into the model's keyword arguments plus
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -59,6 +60,7 @@ class EvaluationSpec(BaseModel):
     * ``dtype`` — the evaluation model's dtype (``float32`` default).
     * ``logits_dtype`` — dtype of cached logits (RADIN, ensemble): ``float32`` or ``float16``.
     * ``cache_dir`` — where large logit caches go (default: a temporary folder).
+    * ``trust_remote_code`` — allow the ingredients' own config / model / processor code.
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
@@ -123,12 +125,21 @@ class EvaluationSpec(BaseModel):
         return getattr(self.metric, "__name__", "custom")
 
     def describe(self) -> dict[str, Any]:
-        """A JSON-ready summary for ``soup_report.json`` (in-memory objects are named, not dumped)."""
+        """A JSON-ready summary for ``soup_report.json``.
+
+        ``source`` is ``hub`` (``dataset`` is a Hub dataset ID), ``local`` (a path) or
+        ``in-memory Dataset`` (then ``dataset`` is left out).
+        """
         dataset = self.dataset
         if not isinstance(dataset, (str, list)):
-            dataset = f"<in-memory {type(dataset).__name__}>"
+            source, dataset = f"in-memory {type(dataset).__name__}", None
+        elif isinstance(dataset, list) or Path(dataset).suffix.lower() in DATA_FILE_SUFFIXES or Path(dataset).expanduser().exists():
+            source = "local"
+        else:
+            source = "hub"
         out = {
             "dataset": dataset,
+            "source": source,
             "config": self.config,
             "revision": self.revision,
             "split": self.split,

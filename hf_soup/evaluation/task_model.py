@@ -47,19 +47,34 @@ def architecture_of(config: Any) -> tuple[str, str]:
     )
 
 
-def build_task_model(config: Any, *, dtype: str = "float32", device: Any = "cpu") -> Any:
-    """Instantiate ``config.architectures[0]``'s class from ``config`` (random weights), in eval mode."""
+_AUTO_CLASSES = {
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "image-classification": "AutoModelForImageClassification",
+    "causal-lm": "AutoModelForCausalLM",
+}
+
+
+def build_task_model(config: Any, *, dtype: str = "float32", device: Any = "cpu", trust_remote_code: bool = False) -> Any:
+    """Instantiate ``config.architectures``' task class from ``config`` (random weights), in eval mode.
+
+    A class that transformers does not ship (custom code) is built through the task's
+    ``AutoModelFor...`` only with ``trust_remote_code=True``.
+    """
     import torch
     import transformers
 
-    architecture, _ = architecture_of(config)
+    architecture, task = architecture_of(config)
     cls = getattr(transformers, architecture, None)
-    if cls is None:
+    if cls is not None:
+        model = cls._from_config(config, dtype=getattr(torch, dtype))
+    elif trust_remote_code:
+        auto = getattr(transformers, _AUTO_CLASSES[task])
+        model = auto.from_config(config, trust_remote_code=True, dtype=getattr(torch, dtype))
+    else:
         raise EvaluationError(
-            f"evaluation: transformers {transformers.__version__} has no class {architecture!r}; "
-            "upgrade transformers or check the ingredients' config.json"
+            f"evaluation: transformers {transformers.__version__} has no class {architecture!r}; upgrade transformers, "
+            "or set evaluation.trust_remote_code: true if the ingredients ship their own modeling code"
         )
-    model = cls._from_config(config, dtype=getattr(torch, dtype))
     return model.to(device).eval()
 
 
@@ -79,7 +94,9 @@ def _quiet_transformers() -> Iterator[None]:
 def load_checkpoint_weights(model: Any, state_dict: Mapping[str, Any]) -> None:
     """Load a checkpoint-keyed ``state_dict`` into ``model`` through transformers' key conversion.
 
-    Tensors are cast to the model's dtype and moved to its device. Tied weights are
+    Tensors are cast to the model's dtype and moved to its device; when they already
+    match, the model's parameters share memory with ``state_dict``'s tensors (no copy):
+    clone the tensors first if you will train the model in place. Tied weights are
     re-tied afterwards. Raises :class:`EvaluationError` when a model weight is left
     unloaded or a shape does not match — a candidate is never scored with stale or
     random weights.

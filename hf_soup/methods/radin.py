@@ -60,16 +60,17 @@ def sample_subsets(n: int, count: int, low: int, high: int, seed: int) -> list[t
     rng = random.Random(seed)
     seen: set[tuple[int, ...]] = set()
     out: list[tuple[int, ...]] = []
-    exhausted: set[int] = set()
+    per_size = {k: 0 for k in range(low, high + 1)}
+    sizes = list(per_size)
     while len(out) < count:
-        sizes = [k for k in range(low, high + 1) if k not in exhausted]
         size = rng.choice(sizes)
-        if sum(1 for s in seen if len(s) == size) >= math.comb(n, size):
-            exhausted.add(size)
+        if per_size[size] >= math.comb(n, size):  # every subset of this size is drawn already
+            sizes.remove(size)
             continue
         subset = tuple(sorted(rng.sample(range(n), size)))
         if subset not in seen:
             seen.add(subset)
+            per_size[size] += 1
             out.append(subset)
     return out
 
@@ -79,7 +80,7 @@ class RadinSoup(PlanningMethod):
 
     name = "radin"
     Params = RadinParams
-    paper = "Ménès & Risser-Maroux, RADIN: Souping on a Budget"
+    paper = None  # "RADIN: Souping on a Budget", Ménès & Risser-Maroux (no URL in the project's copy)
 
     def _sizes(self, n: int) -> tuple[int, int]:
         high = self.params.max_size if self.params.max_size is not None else n - 1
