@@ -64,3 +64,7 @@ class EvaluationError(HfSoupError):
 
 class HubError(HfSoupError):
     """A Hub operation (pull or push) failed; the message says how to retry."""
+
+
+class NothingToSoupError(HfSoupError):
+    """A training run or sweep produced no checkpoint or trial model to soup."""

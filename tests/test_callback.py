@@ -1,0 +1,179 @@
+"""SoupCallback inside real transformers.Trainer runs (tiny ViT on 8x8 scikit-learn digits)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+datasets = pytest.importorskip("datasets")
+
+from safetensors.numpy import load_file  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
+from transformers import Trainer, TrainerCallback, TrainingArguments, ViTConfig, ViTForImageClassification  # noqa: E402
+
+from hf_soup import SoupCallback  # noqa: E402
+from hf_soup.errors import MethodParameterError, NothingToSoupError, RecipeError, UnknownMethodError  # noqa: E402
+from hf_soup.report import read_report  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models train much faster on one thread than on contended cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    images, labels = load_digits(return_X_y=True)
+    images = (images / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+
+    def split(start, stop):
+        return datasets.Dataset.from_dict({"pixel_values": images[start:stop].tolist(), "labels": labels[start:stop].tolist()})
+
+    return {"train": split(0, 320), "validation": split(1400, 1560)}
+
+
+def tiny_vit(seed: int = 0) -> ViTForImageClassification:
+    torch.manual_seed(seed)
+    config = ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=1,
+                       num_attention_heads=2, intermediate_size=64, num_labels=10,
+                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return ViTForImageClassification(config)
+
+
+def training_args(output_dir, **overrides) -> TrainingArguments:
+    values = dict(per_device_train_batch_size=16, per_device_eval_batch_size=64, learning_rate=3e-3, max_steps=20,
+                  save_steps=5, save_total_limit=2, eval_strategy="steps", eval_steps=5, logging_steps=5,
+                  use_cpu=True, report_to=[], disable_tqdm=True, seed=0)
+    values.update(overrides)
+    return TrainingArguments(str(output_dir), **values)
+
+
+class Recorder(TrainerCallback):
+    """Keeps each checkpoint's weights (read from disk) and the harvest's inode at save time."""
+
+    def __init__(self, soup_callback: SoupCallback):
+        self.soup_callback = soup_callback
+        self.weights: dict[int, dict[str, np.ndarray]] = {}
+        self.same_inode: dict[int, bool] = {}
+
+    def on_save(self, args, state, control, **kwargs):
+        step = state.global_step
+        checkpoint = Path(args.output_dir) / f"checkpoint-{step}" / "model.safetensors"
+        harvested = Path(args.output_dir) / "soup-ingredients" / f"checkpoint-{step}" / "model.safetensors"
+        self.weights[step] = load_file(str(checkpoint))
+        self.same_inode[step] = harvested.is_file() and os.stat(harvested).st_ino == os.stat(checkpoint).st_ino
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
+
+
+def test_run_soups_every_checkpoint_despite_rotation(tmp_path, digits):
+    callback = SoupCallback()
+    recorder = Recorder(callback)
+    trainer = Trainer(tiny_vit(), training_args(tmp_path / "run"), train_dataset=digits["train"],
+                      eval_dataset=digits["validation"], callbacks=[callback, recorder])
+    trainer.train()
+
+    assert callback.error is None
+    run_dir = tmp_path / "run"
+    # save_total_limit=2 rotated the first checkpoints away, yet the soup holds all four
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-15", "checkpoint-20"]
+    assert recorder.same_inode == {5: True, 10: True, 15: True, 20: True}  # hard links: no weight bytes copied
+    soup_dir = run_dir / "soup"
+    assert callback.result.output_dir == soup_dir.resolve()
+    report = read_report(soup_dir)
+    rows = report["ingredients"]
+    assert [row["label"] for row in rows] == ["checkpoint-5", "checkpoint-10", "checkpoint-15", "checkpoint-20"]
+    assert [row["step"] for row in rows] == [5, 10, 15, 20]
+    assert all(row["kept"] and row["weight"] == pytest.approx(0.25) for row in rows)
+    assert all(row["score"] == pytest.approx(row["metrics"]["eval_loss"]) for row in rows)
+    training = report["training"]
+    assert training["kind"] == "checkpoints" and training["metric"] == "eval_loss" and not training["greater_is_better"]
+    assert [e["label"] for e in training["entries"] if e["used"]] == [row["label"] for row in rows]
+    assert report["recipe"]["output"]["dir"] == str(soup_dir.resolve())
+
+    # the soup is the mean of the four checkpoints, and loads as a model
+    soup = load_file(str(soup_dir / "model.safetensors"))
+    assert set(soup) == set(recorder.weights[5])
+    for key, value in soup.items():
+        expected = np.mean([recorder.weights[step][key] for step in (5, 10, 15, 20)], axis=0)
+        np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-6)
+    model = ViTForImageClassification.from_pretrained(soup_dir)
+    with torch.no_grad():
+        logits = model(pixel_values=torch.tensor(digits["validation"]["pixel_values"][:8])).logits
+    assert logits.shape == (8, 10) and torch.isfinite(logits).all()
+    # the harvest folder is gone after a successful soup, and no staging folder is left
+    assert not (run_dir / "soup-ingredients").exists()
+    assert leftovers(run_dir) == []
+
+
+def test_last_k_and_kept_harvest(tmp_path, digits):
+    callback = SoupCallback(last_k=2, keep_ingredients=True, output_dir=tmp_path / "soup")
+    trainer = Trainer(tiny_vit(), training_args(tmp_path / "run", max_steps=15, eval_strategy="no"),
+                      train_dataset=digits["train"], callbacks=[callback])
+    trainer.train()
+
+    assert callback.error is None
+    report = read_report(tmp_path / "soup")
+    assert [row["label"] for row in report["ingredients"]] == ["checkpoint-10", "checkpoint-15"]
+    assert report["training"]["selection"] == "last 2"
+    entries = {e["label"]: e for e in report["training"]["entries"]}
+    assert entries["checkpoint-5"]["used"] is False and entries["checkpoint-5"]["reason"] == "not selected"
+    harvested = tmp_path / "run" / "soup-ingredients"
+    assert sorted(p.name for p in harvested.iterdir()) == ["checkpoint-10", "checkpoint-15", "checkpoint-5"]
+    # only weights and config travel: no optimizer state in a harvest
+    assert sorted(p.name for p in (harvested / "checkpoint-5").iterdir()) == [
+        "config.json", "model.safetensors", "soup_ingredient.json"]
+
+
+def test_no_checkpoint_is_reported_and_training_finishes(tmp_path, digits, caplog):
+    callback = SoupCallback()
+    trainer = Trainer(tiny_vit(), training_args(tmp_path / "run", max_steps=4, save_strategy="no", eval_strategy="no"),
+                      train_dataset=digits["train"], callbacks=[callback])
+    with caplog.at_level(logging.ERROR, logger="hf_soup"):
+        output = trainer.train()
+
+    assert output.global_step == 4 and trainer.state.global_step == 4
+    assert isinstance(callback.error, NothingToSoupError)
+    assert callback.result is None
+    message = " ".join(r.getMessage() for r in caplog.records if r.name == "hf_soup")
+    assert "no checkpoint was saved" in message and "save_strategy" in message
+    assert "Training itself is not affected" in message
+    assert not (tmp_path / "run" / "soup").exists()
+
+
+def test_merge_failure_leaves_no_partial_soup(tmp_path, digits, caplog):
+    # three weights for four checkpoints: the merge fails at the end of training, cleanly
+    callback = SoupCallback(method="weighted", weights=[1.0, 2.0, 3.0])
+    trainer = Trainer(tiny_vit(), training_args(tmp_path / "run", eval_strategy="no"),
+                      train_dataset=digits["train"], callbacks=[callback])
+    with caplog.at_level(logging.ERROR, logger="hf_soup"):
+        trainer.train()
+
+    assert trainer.state.global_step == 20
+    assert isinstance(callback.error, MethodParameterError)
+    assert "3 weights for 4 ingredients" in str(callback.error)
+    run_dir = tmp_path / "run"
+    assert not (run_dir / "soup").exists() and leftovers(run_dir) == []
+    # the harvest is kept so that the checkpoints can still be souped by hand
+    assert len(list((run_dir / "soup-ingredients").iterdir())) == 4
+
+
+def test_bad_parameters_fail_before_training():
+    with pytest.raises(UnknownMethodError):
+        SoupCallback(method="no-such-method")
+    with pytest.raises(RecipeError, match="last_k"):
+        SoupCallback(last_k=0)
+    with pytest.raises(MethodParameterError):
+        SoupCallback(method="weighted", weights=[])
