@@ -177,3 +177,59 @@ def test_bad_parameters_fail_before_training():
         SoupCallback(last_k=0)
     with pytest.raises(MethodParameterError):
         SoupCallback(method="weighted", weights=[])
+
+
+class CrashAt(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt("simulated crash")
+
+
+def test_resumed_run_soups_the_checkpoints_of_both_parts(tmp_path, digits):
+    run_dir = tmp_path / "run"
+    # a stale harvest of an older run in the same folder must not leak into this soup
+    stale = run_dir / "soup-ingredients" / "checkpoint-99"
+    stale.mkdir(parents=True)
+    (stale / "soup_ingredient.json").write_text('{"kind": "checkpoint", "label": "checkpoint-99", "step": 99}')
+
+    first = SoupCallback()
+    trainer = Trainer(tiny_vit(), training_args(run_dir, eval_strategy="no"), train_dataset=digits["train"],
+                      callbacks=[first, CrashAt(12)])
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert sorted(p.name for p in (run_dir / "soup-ingredients").iterdir()) == ["checkpoint-10", "checkpoint-5"]
+
+    second = SoupCallback()
+    trainer = Trainer(tiny_vit(), training_args(run_dir, eval_strategy="no"), train_dataset=digits["train"],
+                      callbacks=[second])
+    trainer.train(resume_from_checkpoint=str(run_dir / "checkpoint-10"))
+    assert second.error is None
+    labels = [row["label"] for row in read_report(run_dir / "soup")["ingredients"]]
+    assert labels == ["checkpoint-5", "checkpoint-10", "checkpoint-15", "checkpoint-20"]
+
+
+def test_trainer_evaluation_scores_like_the_trainer(tmp_path, digits):
+    from hf_soup.training.trainer_evaluation import evaluation_from_trainer, metric_of
+
+    def accuracy(prediction):
+        return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
+
+    # (TrainingArguments(use_cpu=True) resets accelerate's state: build them all before the Trainer)
+    assert metric_of(training_args(tmp_path / "x")) == ("eval_loss", False)
+    args = training_args(tmp_path / "run", max_steps=10, save_strategy="no", eval_strategy="no",
+                         metric_for_best_model="accuracy")
+    trainer = Trainer(tiny_vit(), args, train_dataset=digits["train"], eval_dataset=digits["validation"],
+                      compute_metrics=accuracy)
+    trainer.train()
+    assert metric_of(args) == ("eval_accuracy", True)
+
+    spec = evaluation_from_trainer(trainer)
+    assert spec["higher_is_better"] is True and spec["batch_size"] == 64
+    batch = spec["collate_fn"]([spec["dataset"][i] for i in range(len(spec["dataset"]))])
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        logits = trainer.model.eval()(**batch).logits
+    assert spec["metric"](logits.numpy(), labels.numpy()) == pytest.approx(trainer.evaluate()["eval_accuracy"])
