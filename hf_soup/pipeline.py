@@ -78,14 +78,17 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
     method = build_method(recipe.method.name, recipe.method.params)
     ingredients = resolve_ingredients(recipe.ingredients, token=token)
     timer.lap("resolve")
+    logger.info("resolved %d ingredients: %s", len(ingredients), ", ".join(i.name for i in ingredients))
     with ExitStack() as stack:
         sources = {i: stack.enter_context(ing.open()) for i, ing in enumerate(ingredients)}
         alignment = align(list(sources.values()), [i.name for i in ingredients], [i.config for i in ingredients],
                           on_missing=recipe.on_missing, dtype=recipe.output.dtype, reference=recipe.output.config_from)
         timer.lap("align")
+        logger.info("aligned %d tensors (%d parameters)", len(alignment.tensors), alignment.num_parameters)
         context = MergeContext(len(ingredients), [i.name for i in ingredients], extra={"seed": recipe.seed})
         plan = _plan(method, context, ingredients)
         timer.lap("plan")
+        logger.info("plan: %s over ingredients %s", plan.method.name, plan.ingredients)
         shards = shard_plan(alignment.tensors, parse_size(recipe.output.max_shard_size))
         with staged_directory(destination, recipe.output.overwrite) as staging:
             bar = _progress_bar(alignment, progress)
@@ -99,6 +102,7 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
             report = _report(recipe, method, plan, ingredients, alignment, shards, timer)
             write_report(staging, report)
             _write_card(staging)
+    logger.info("soup written to %s", destination)
     result = SoupResult(destination, report)
     if recipe.push_to_hub is not None:
         result.report["pushed_to"] = result.push_to_hub(token=token, **recipe.push_to_hub.model_dump())

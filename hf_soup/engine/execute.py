@@ -10,7 +10,8 @@ from ..align import AlignedTensor
 from ..io import dtypes
 from ..io.source import TensorSource
 from ..methods.base import ChunkInfo, TensorMethod
-from .chunks import DEFAULT_BUFFER_BYTES, chunk_elements, iter_chunks
+from . import chunks as _chunks
+from .chunks import chunk_elements, iter_chunks
 from .sinks import Sink
 
 
@@ -33,7 +34,7 @@ def execute(
     sources: dict[int, TensorSource],
     indices: Sequence[int],
     sink_for: Callable[[AlignedTensor], Sink],
-    buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+    buffer_bytes: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> None:
     """Merge ``tensors`` from ingredients ``indices`` (``sources`` maps index -> open source).
@@ -41,7 +42,7 @@ def execute(
     Tensors are processed in the given order; ``sink_for(tensor)`` returns the sink that
     receives it, so the caller decides sharding. ``progress(n)`` is told elements done.
     """
-    step = chunk_elements(len(indices), buffer_bytes)
+    step = chunk_elements(len(indices), buffer_bytes or _chunks.DEFAULT_BUFFER_BYTES)
     merged = [t for t in tensors if t.action == "merge"]
     merged_chunks = iter_chunks(merged, [sources[i] for i in indices], indices, step)
     for tensor in tensors:

@@ -65,5 +65,6 @@ class StateDictSink(Sink):
             target = target.view(torch.int16)
             values = values.view(np.int16)
         start = self._filled[tensor.key]
-        target[start : start + values.size] = torch.from_numpy(np.ascontiguousarray(values))
+        values = values if values.flags.writeable and values.flags.c_contiguous else np.array(values)
+        target[start : start + values.size] = torch.from_numpy(values)
         self._filled[tensor.key] = start + values.size
