@@ -233,3 +233,64 @@ def test_trainer_evaluation_scores_like_the_trainer(tmp_path, digits):
     with torch.no_grad():
         logits = trainer.model.eval()(**batch).logits
     assert spec["metric"](logits.numpy(), labels.numpy()) == pytest.approx(trainer.evaluate()["eval_accuracy"])
+
+
+def accuracy_metrics(prediction):
+    return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
+
+
+def validation_accuracy(model_dir: Path, validation) -> float:
+    model = ViTForImageClassification.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        logits = model(pixel_values=torch.tensor(validation["pixel_values"])).logits
+    return float((logits.argmax(-1).numpy() == np.array(validation["labels"])).mean())
+
+
+@pytest.mark.skipif("greedy" not in __import__("hf_soup").available_methods(), reason="greedy soup not built yet")
+def test_sweep_greedy_soup_scores_at_least_the_best_trial(tmp_path, digits):
+    optuna = pytest.importorskip("optuna")
+
+    class PruneTrialOne(optuna.pruners.BasePruner):
+        def prune(self, study, trial):
+            return trial.number == 1
+
+    callback = SoupCallback(method="greedy", keep_ingredients=True)
+    args = training_args(tmp_path / "sweep", max_steps=60, save_strategy="no", eval_steps=20,
+                         metric_for_best_model="accuracy")
+    trainer = Trainer(model_init=lambda trial=None: tiny_vit(), args=args, train_dataset=digits["train"],
+                      eval_dataset=digits["validation"], compute_metrics=accuracy_metrics, callbacks=[callback])
+
+    def space(trial):
+        return {"learning_rate": trial.suggest_float("learning_rate", 1e-3, 6e-3, log=True),
+                "seed": trial.suggest_int("seed", 0, 1000)}
+
+    trainer.hyperparameter_search(backend="optuna", hp_space=space, n_trials=3, direction="maximize",
+                                  pruner=PruneTrialOne(), sampler=optuna.samplers.RandomSampler(seed=0))
+    assert callback.errors == []
+    result = callback.soup_sweep()
+
+    report = read_report(result.output_dir)
+    assert result.output_dir == (tmp_path / "sweep" / "soup").resolve()
+    training = report["training"]
+    assert training["kind"] == "sweep" and training["metric"] == "eval_accuracy" and training["greater_is_better"]
+    entries = {e["label"]: e for e in training["entries"]}
+    assert sorted(entries) == ["run-0", "run-1", "run-2"]
+    # every trial is recorded with its hyperparameters and score; the pruned one is left out
+    assert entries["run-1"]["pruned"] and not entries["run-1"]["used"] and entries["run-1"]["reason"] == "pruned"
+    assert entries["run-1"]["step"] == 20
+    for name in ("run-0", "run-2"):
+        assert not entries[name]["pruned"] and entries[name]["used"] and entries[name]["step"] == 60
+    for entry in entries.values():
+        assert set(entry["params"]) == {"learning_rate", "seed"}
+        assert 0.0 <= entry["score"] <= 1.0 and entry["objective"] == pytest.approx(entry["score"])
+    assert {row["label"] for row in report["ingredients"]} == {"run-0", "run-2"}
+    assert any(row["kept"] for row in report["ingredients"])
+
+    # on the validation split, the greedy soup is at least as good as every trial
+    trial_scores = {name: validation_accuracy(tmp_path / "sweep" / "soup-trials" / name, digits["validation"])
+                    for name in entries}
+    for name, entry in entries.items():
+        assert trial_scores[name] == pytest.approx(entry["score"])
+    soup_score = validation_accuracy(result.output_dir, digits["validation"])
+    assert soup_score >= max(trial_scores.values()) - 1e-9
+    assert trial_scores["run-1"] < max(trial_scores.values())
