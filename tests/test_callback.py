@@ -294,3 +294,31 @@ def test_sweep_greedy_soup_scores_at_least_the_best_trial(tmp_path, digits):
     soup_score = validation_accuracy(result.output_dir, digits["validation"])
     assert soup_score >= max(trial_scores.values()) - 1e-9
     assert trial_scores["run-1"] < max(trial_scores.values())
+
+
+def test_multi_process_run_main_process_soups_others_wait(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    script = Path(__file__).with_name("callback_ddp_script.py")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+         str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    ranks = sorted((json.loads(line) for line in completed.stdout.splitlines() if line.startswith('{"rank"')),
+                   key=lambda r: r["rank"])
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
+    assert all(r["soup_complete"] and r["errors"] == [] for r in ranks)
+    assert [r["has_result"] for r in ranks] == [True, False]  # only the main process merged
+    report = read_report(tmp_path / "run" / "soup")
+    assert [row["label"] for row in report["ingredients"]] == ["checkpoint-5", "checkpoint-10"]
+
+
+@pytest.mark.skipif("greedy" not in __import__("hf_soup").available_methods(), reason="greedy soup not built yet")
+def test_greedy_without_validation_data_fails_when_the_trainer_is_built(tmp_path, digits):
+    with pytest.raises(RecipeError, match="eval_dataset"):
+        Trainer(tiny_vit(), training_args(tmp_path / "run", eval_strategy="no"), train_dataset=digits["train"],
+                callbacks=[SoupCallback(method="greedy")])
