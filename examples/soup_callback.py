@@ -10,9 +10,10 @@ Part 1 — checkpoint averaging. ``SoupCallback`` harvests every checkpoint as i
 and soups them when training ends, into ``<output_dir>/soup``.
 
 Part 2 — a sweep soup (Wortsman et al., 2022). Each trial of ``hyperparameter_search``
-fine-tunes the same initial model with other hyperparameters; ``soup_sweep()`` then makes a
-greedy soup of the trials' final models, scored on the Trainer's eval dataset with its
-``compute_metrics`` and ``metric_for_best_model``.
+fine-tunes the same starting model (here: the soup of part 1, standing in for a pretrained
+model) with other hyperparameters; ``soup_sweep()`` then makes a greedy soup of the trials'
+final models, scored on the Trainer's eval dataset with its ``compute_metrics`` and
+``metric_for_best_model``.
 
 Ray Tune instead of optuna: ``backend="ray"`` works the same way when the Ray workers share
 ``output_dir`` with the driver (one machine, or a shared file system): each trial registers
@@ -40,8 +41,7 @@ def digits() -> tuple[Dataset, Dataset]:
     return split(0, 1200), split(1200, 1500)
 
 
-def model_init(trial=None) -> ViTForImageClassification:
-    """Every run starts from the same weights (a soup averages fine-tunes of one model)."""
+def new_model() -> ViTForImageClassification:
     torch.manual_seed(0)
     config = ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=64, num_hidden_layers=2,
                        num_attention_heads=4, intermediate_size=128, num_labels=10)
@@ -61,23 +61,27 @@ def main() -> None:
     # Part 1: soup the checkpoints of one run.
     callback = SoupCallback(method="uniform", last_k=4)
     args = TrainingArguments("runs/one-run", max_steps=300, save_steps=50, save_total_limit=2, **common)
-    trainer = Trainer(model_init(), args, train_dataset=train, eval_dataset=validation,
+    trainer = Trainer(new_model(), args, train_dataset=train, eval_dataset=validation,
                       compute_metrics=accuracy, callbacks=[callback])
     trainer.train()
-    if callback.error is None:
-        soup = ViTForImageClassification.from_pretrained(callback.result.output_dir)
-        trainer.model = soup
-        print("checkpoint soup:", trainer.evaluate()["eval_accuracy"],
-              "from", [row["label"] for row in callback.result.report["ingredients"]])
+    if callback.error is not None:  # the failure was logged; training itself finished
+        raise SystemExit(f"no soup: {callback.error}")
+    start = callback.result.output_dir
+    trainer.model = ViTForImageClassification.from_pretrained(start)
+    print("checkpoints:", {row["label"]: row.get("score") for row in callback.result.report["ingredients"]})
+    print("checkpoint soup:", trainer.evaluate()["eval_accuracy"])
 
-    # Part 2: soup the trials of a sweep with a greedy soup.
+    # Part 2: fine-tune that model with several hyperparameters, and greedy-soup the trials.
+    def model_init(trial=None) -> ViTForImageClassification:
+        return ViTForImageClassification.from_pretrained(start)  # every trial starts from the same weights
+
     callback = SoupCallback(method="greedy")
-    args = TrainingArguments("runs/sweep", max_steps=200, save_strategy="no", **common)
+    args = TrainingArguments("runs/sweep", max_steps=150, save_strategy="no", **common)
     trainer = Trainer(model_init=model_init, args=args, train_dataset=train, eval_dataset=validation,
                       compute_metrics=accuracy, callbacks=[callback])
 
     def space(trial):
-        return {"learning_rate": trial.suggest_float("learning_rate", 1e-3, 1e-2, log=True),
+        return {"learning_rate": trial.suggest_float("learning_rate", 1e-4, 2e-3, log=True),
                 "weight_decay": trial.suggest_float("weight_decay", 0.0, 0.1),
                 "seed": trial.suggest_int("seed", 0, 1000)}
 
