@@ -197,6 +197,12 @@ class SoupCallback(TrainerCallback):
                 f"SoupCallback(method={self.method!r}) scores candidates on validation data: give the Trainer "
                 "an eval_dataset, or SoupCallback(evaluation={...})"
             )
+        if self.needs_evaluation and getattr(args, "world_size", 1) > 1:
+            raise RecipeError(
+                f"SoupCallback(method={self.method!r}): data-driven soups are not run inside multi-process training "
+                "(the evaluation would wait on processes that are not evaluating). Use method='uniform' here, or keep "
+                "the checkpoints (keep_ingredients=True) and run hf-soup on them after training"
+            )
         destination = self._destination(args)
         if not self.overwrite and destination.is_dir() and any(destination.iterdir()):
             raise RecipeError(
@@ -394,6 +400,8 @@ class SoupCallback(TrainerCallback):
         if not self.keep_ingredients:
             for folder, _ in records:
                 shutil.rmtree(folder, ignore_errors=True)
+            if not any(root.iterdir()):
+                root.rmdir()
         logger.info("SoupCallback: souped %d of %d trial(s) into %s", len(chosen), len(records), result.output_dir)
         return result
 

@@ -322,3 +322,20 @@ def test_greedy_without_validation_data_fails_when_the_trainer_is_built(tmp_path
     with pytest.raises(RecipeError, match="eval_dataset"):
         Trainer(tiny_vit(), training_args(tmp_path / "run", eval_strategy="no"), train_dataset=digits["train"],
                 callbacks=[SoupCallback(method="greedy")])
+
+
+@pytest.mark.skipif("greedy" not in __import__("hf_soup").available_methods(), reason="greedy soup not built yet")
+def test_evaluation_error_is_logged_and_training_finishes(tmp_path, digits, caplog):
+    from hf_soup.errors import EvaluationError
+
+    callback = SoupCallback(method="greedy")
+    args = training_args(tmp_path / "run", max_steps=10, eval_strategy="no", metric_for_best_model="f1")
+    trainer = Trainer(tiny_vit(), args, train_dataset=digits["train"], eval_dataset=digits["validation"],
+                      compute_metrics=accuracy_metrics, callbacks=[callback])
+    with caplog.at_level(logging.ERROR, logger="hf_soup"):
+        trainer.train()
+
+    assert trainer.state.global_step == 10
+    assert isinstance(callback.error, EvaluationError) and "'f1'" in str(callback.error)
+    assert any("souping the checkpoints failed" in r.getMessage() for r in caplog.records)
+    assert not (tmp_path / "run" / "soup").exists() and leftovers(tmp_path / "run") == []
