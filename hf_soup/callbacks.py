@@ -142,6 +142,7 @@ class SoupCallback(TrainerCallback):
         self._last_metrics: dict[str, float] | None = None
         self._metrics_by_step: dict[int, dict[str, float]] = {}
         self._open_trial: Path | None = None
+        self._last_save_step: int | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Ray Tune pickles the Trainer and its callbacks into worker processes: the Trainer is
@@ -219,6 +220,7 @@ class SoupCallback(TrainerCallback):
         self._last_metrics = None
         self._metrics_by_step = {}
         self._open_trial = None
+        self._last_save_step = None
         if self.needs_evaluation and self.evaluation is None and self._trainer is not None:
             with self._guard("preparing the evaluation from the Trainer"):
                 self._trainer_evaluation = None
@@ -239,6 +241,7 @@ class SoupCallback(TrainerCallback):
                 self._update_trial_metrics(args, self._open_trial)
 
     def on_save(self, args, state, control, **kwargs):
+        self._last_save_step = state.global_step
         if _in_sweep(state) or not state.is_world_process_zero:
             return
         with self._guard(f"harvesting checkpoint-{state.global_step}"):
@@ -311,49 +314,77 @@ class SoupCallback(TrainerCallback):
     # ---- a sweep ----------------------------------------------------------------------
 
     def _register_trial(self, args, state, model) -> None:
+        """Keep the trial's final model with its hyperparameters and score (``on_train_end`` of a trial).
+
+        When a checkpoint of the trial holds the final weights (saved at the last step, or the
+        best checkpoint with ``load_best_model_at_end``), it is harvested with hard links;
+        otherwise the model is saved with ``Trainer.save_model`` (on every process, as FSDP and
+        DeepSpeed need).
+        """
         trainer = self._trainer
         run_dir = Path(self._run_dir(args))
         name = run_dir.name if run_dir != Path(args.output_dir) else (state.trial_name or f"trial-{state.global_step}")
         target = self._root(args, sweep=True) / name
         main = state.is_world_process_zero
-        partial = None
+        key, _ = metric_of(args)
+        metrics = self._last_metrics
+        record = {
+            "kind": "trial",
+            "sweep_id": self._sweep_id,
+            "label": name,
+            "number": getattr(getattr(trainer, "_trial", None), "number", None),
+            "params": state.trial_params,
+            "step": state.global_step,
+            "epoch": state.epoch,
+            "pruned": _called_from("_report_to_hp_search"),
+            "stopped_early": state.global_step < state.max_steps,
+            "metrics": metrics,
+            "score": metrics.get(key) if metrics else None,
+            "objective": _number(getattr(trainer, "objective", None)),
+        }
+        # decided from the state alone, so that every process takes the same branch
+        if args.load_best_model_at_end and state.best_model_checkpoint and not record["pruned"]:
+            final_checkpoint: Path | None = Path(state.best_model_checkpoint)
+        elif self._last_save_step == state.global_step:
+            final_checkpoint = run_dir / f"checkpoint-{state.global_step}"
+        else:
+            final_checkpoint = None
+        if final_checkpoint is not None:
+            if main:
+                with self._guard(f"registering trial {name}"):
+                    try:
+                        harvest_checkpoint(final_checkpoint, target, record)
+                    except (OSError, HfSoupError):
+                        logger.info("SoupCallback: %s cannot be harvested; saving trial %s's model instead",
+                                    final_checkpoint, name)
+                        partial = prepare_target(target)
+                        model.save_pretrained(str(partial))
+                        write_record(partial, record)
+                        commit(partial, target)
+                    self._open_trial = target
+                    logger.info("SoupCallback: registered trial %s from %s (score %s)", name, final_checkpoint.name,
+                                record["score"])
+            _wait_for_everyone(args)
+            return
+        partial = partial_path(target)
         if main:
             with self._guard(f"preparing the folder of trial {name}"):
-                partial = prepare_target(target)
+                prepare_target(target)
         _wait_for_everyone(args)
         saved = False
         with self._guard(f"saving the final model of trial {name}"):
-            path = partial or partial_path(target)
             if trainer is not None and getattr(trainer, "model", None) is not None:
-                trainer.save_model(str(path), _internal_call=True)  # every process: FSDP / DeepSpeed gather
+                trainer.save_model(str(partial), _internal_call=True)  # every process: FSDP / DeepSpeed gather
             elif main and model is not None:
-                model.save_pretrained(str(path))
+                model.save_pretrained(str(partial))
             saved = True
         _wait_for_everyone(args)
-        if not (main and saved and partial is not None):
-            return
-        with self._guard(f"registering trial {name}"):
-            key, _ = metric_of(args)
-            trial = getattr(trainer, "_trial", None)
-            metrics = self._last_metrics
-            record = {
-                "kind": "trial",
-                "sweep_id": self._sweep_id,
-                "label": name,
-                "number": getattr(trial, "number", None),
-                "params": state.trial_params,
-                "step": state.global_step,
-                "epoch": state.epoch,
-                "pruned": _called_from("_report_to_hp_search"),
-                "stopped_early": state.global_step < state.max_steps,
-                "metrics": metrics,
-                "score": metrics.get(key) if metrics else None,
-                "objective": _number(getattr(trainer, "objective", None)),
-            }
-            write_record(partial, record)
-            commit(partial, target)
-            self._open_trial = target
-            logger.info("SoupCallback: registered trial %s (score %s)", name, record["score"])
+        if main and saved:
+            with self._guard(f"registering trial {name}"):
+                write_record(partial, record)
+                commit(partial, target)
+                self._open_trial = target
+                logger.info("SoupCallback: registered trial %s (score %s)", name, record["score"])
 
     def _update_trial_metrics(self, args, folder: Path) -> None:
         records = dict(read_records(folder.parent))

@@ -339,3 +339,33 @@ def test_evaluation_error_is_logged_and_training_finishes(tmp_path, digits, capl
     assert isinstance(callback.error, EvaluationError) and "'f1'" in str(callback.error)
     assert any("souping the checkpoints failed" in r.getMessage() for r in caplog.records)
     assert not (tmp_path / "run" / "soup").exists() and leftovers(tmp_path / "run") == []
+
+
+def test_sweep_trials_with_checkpoints_are_linked_and_top_k_kept(tmp_path, digits):
+    optuna = pytest.importorskip("optuna")
+    callback = SoupCallback(top_k=1, keep_ingredients=True)
+    args = training_args(tmp_path / "sweep", max_steps=10, save_steps=10, eval_strategy="no")
+    trainer = Trainer(model_init=lambda trial=None: tiny_vit(), args=args, train_dataset=digits["train"],
+                      eval_dataset=digits["validation"], callbacks=[callback])
+    trainer.hyperparameter_search(
+        backend="optuna", n_trials=2, direction="minimize", sampler=optuna.samplers.RandomSampler(seed=1),
+        hp_space=lambda trial: {"learning_rate": trial.suggest_float("learning_rate", 1e-3, 5e-3)})
+    result = callback.soup_sweep()
+
+    assert callback.errors == []
+    trials = tmp_path / "sweep" / "soup-trials"
+    for name in ("run-0", "run-1"):  # the trial's last checkpoint holds its final weights: hard-linked
+        checkpoint = tmp_path / "sweep" / name / "checkpoint-10" / "model.safetensors"
+        assert os.stat(trials / name / "model.safetensors").st_ino == os.stat(checkpoint).st_ino
+    entries = {e["label"]: e for e in result.report["training"]["entries"]}
+    # no evaluation during training: each trial was scored by the search right after it, and recorded
+    scores = {name: entry["score"] for name, entry in entries.items()}
+    assert all(isinstance(score, float) for score in scores.values())
+    best = min(scores, key=scores.get)  # eval loss: lower is better
+    assert [row["label"] for row in result.report["ingredients"]] == [best]
+    other = ({"run-0", "run-1"} - {best}).pop()
+    assert entries[other]["reason"] == "not selected" and not entries[other]["used"]
+    assert result.report["training"]["selection"].startswith("best 1 by eval_loss")
+    soup = load_file(str(result.output_dir / "model.safetensors"))
+    trial = load_file(str(trials / best / "model.safetensors"))
+    assert all(np.array_equal(soup[key], trial[key]) for key in trial)
