@@ -76,7 +76,8 @@ class SoupCallback(TrainerCallback):
             ``EvaluationSpec``); default: the Trainer's eval dataset and ``compute_metrics``.
         output_dir: where the soup goes (default ``<args.output_dir>/soup``).
         push_to_hub: a repo ID (or ``{"repo_id": ..., "private": ...}``) to push the soup to.
-        last_k: one run — soup only the last ``k`` checkpoints (default: all of them).
+        last_k: one run — soup only the last ``k`` checkpoints (default: all of them); older
+            harvests are deleted as training goes, so at most ``k`` are kept on disk.
         top_k: a sweep — soup only the ``k`` best trials by score (default: all of them).
         include_pruned: a sweep — also soup trials the search pruned (default ``False``).
         harvest_dir: where harvested checkpoints / trial models are kept (default under
@@ -276,8 +277,14 @@ class SoupCallback(TrainerCallback):
             "metrics": metrics,
             "score": metrics.get(key) if metrics else None,
         }
-        mode = harvest_checkpoint(checkpoint, self._root(args, sweep=False) / checkpoint.name, record)
+        root = self._root(args, sweep=False)
+        mode = harvest_checkpoint(checkpoint, root / checkpoint.name, record)
         logger.info("SoupCallback: harvested %s (%s)", checkpoint.name, mode)
+        if self.last_k:  # only the last k go into the soup: older harvests can go now
+            older = sorted((r for r in read_records(root) if r[1].get("kind") == "checkpoint"),
+                           key=lambda r: r[1]["step"])[: -self.last_k]
+            for folder, _ in older:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def _forget_checkpoints_after(self, root: Path, step: int) -> None:
         """Drop harvests of an earlier run: all of them, or those after the step a resumed run restarts from."""

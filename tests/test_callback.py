@@ -118,23 +118,35 @@ def test_run_soups_every_checkpoint_despite_rotation(tmp_path, digits):
     assert leftovers(run_dir) == []
 
 
-def test_last_k_and_kept_harvest(tmp_path, digits):
+class HarvestCounter(TrainerCallback):
+    def __init__(self):
+        self.counts: list[int] = []
+
+    def on_save(self, args, state, control, **kwargs):
+        self.counts.append(len(list((Path(args.output_dir) / "soup-ingredients").iterdir())))
+
+
+def test_last_k_keeps_at_most_k_harvests(tmp_path, digits):
     callback = SoupCallback(last_k=2, keep_ingredients=True, output_dir=tmp_path / "soup")
-    trainer = Trainer(tiny_vit(), training_args(tmp_path / "run", max_steps=15, eval_strategy="no"),
-                      train_dataset=digits["train"], callbacks=[callback])
+    counter = HarvestCounter()
+    trainer = Trainer(tiny_vit(), training_args(tmp_path / "run", max_steps=20, save_total_limit=None,
+                                                eval_strategy="no"),
+                      train_dataset=digits["train"], callbacks=[callback, counter])
     trainer.train()
 
     assert callback.error is None
     report = read_report(tmp_path / "soup")
-    assert [row["label"] for row in report["ingredients"]] == ["checkpoint-10", "checkpoint-15"]
+    assert [row["label"] for row in report["ingredients"]] == ["checkpoint-15", "checkpoint-20"]
     assert report["training"]["selection"] == "last 2"
-    entries = {e["label"]: e for e in report["training"]["entries"]}
-    assert entries["checkpoint-5"]["used"] is False and entries["checkpoint-5"]["reason"] == "not selected"
+    assert counter.counts == [1, 2, 2, 2]  # older harvests were dropped as training went
     harvested = tmp_path / "run" / "soup-ingredients"
-    assert sorted(p.name for p in harvested.iterdir()) == ["checkpoint-10", "checkpoint-15", "checkpoint-5"]
+    assert sorted(p.name for p in harvested.iterdir()) == ["checkpoint-15", "checkpoint-20"]
     # only weights and config travel: no optimizer state in a harvest
-    assert sorted(p.name for p in (harvested / "checkpoint-5").iterdir()) == [
+    assert sorted(p.name for p in (harvested / "checkpoint-15").iterdir()) == [
         "config.json", "model.safetensors", "soup_ingredient.json"]
+    # without rotation the checkpoints themselves are untouched
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == [
+        "checkpoint-10", "checkpoint-15", "checkpoint-20", "checkpoint-5"]
 
 
 def test_no_checkpoint_is_reported_and_training_finishes(tmp_path, digits, caplog):
