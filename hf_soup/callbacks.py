@@ -30,9 +30,13 @@ How it works:
   with its hyperparameters, metrics and objective under ``<args.output_dir>/soup-trials``.
   ``soup_sweep()`` soups them after ``hyperparameter_search`` returns. Pruned trials are
   left out unless ``include_pruned=True``; ``top_k`` keeps the best K trials by score.
-  Ray Tune: trials run in worker processes, so the registry lives on disk; it works when
-  the workers share ``args.output_dir`` with the driver (one machine, or a shared file
-  system), and ``soup_sweep()`` is then called on the driver as with optuna.
+  Ray Tune (``backend="ray"``): trials run in worker processes, so the registry lives on
+  disk, tagged with this callback's sweep ID; it works when the workers share
+  ``args.output_dir`` with the driver (one machine, or a shared file system — give an
+  absolute path, as Ray changes the workers' working directory), and ``soup_sweep()`` is
+  called on the driver as with optuna. A trial a Ray scheduler stops (ASHA, PBT...) is
+  killed without ``on_train_end``, so only trials that finish, or that saved a final
+  model before, are registered. wandb sweeps work as optuna does (same process).
 * Data-driven methods (``greedy``, ``radin``) score candidates with ``evaluation`` when
   given, else with the Trainer's ``eval_dataset``, ``data_collator`` and ``compute_metrics``,
   ranking by ``args.metric_for_best_model`` / ``args.greater_is_better`` (default: eval
@@ -85,6 +89,8 @@ class SoupCallback(TrainerCallback):
         keep_ingredients: keep the harvested folders after a successful soup (default: delete).
         overwrite: replace an existing soup in ``output_dir`` (default ``True``: the soup
             belongs to the run, like its checkpoints).
+        compare: also score the ingredients, their uniform soup and their logit ensemble on the
+            evaluation data and record the comparison in the report (as ``hf_soup.soup(compare=True)``).
         dtype, seed: as in :func:`hf_soup.soup`.
         **method_params: the method's parameters (``weights=[...]`` for ``weighted``...).
 
@@ -107,6 +113,7 @@ class SoupCallback(TrainerCallback):
         overwrite: bool = True,
         dtype: str | None = None,
         seed: int = 0,
+        compare: bool = False,
         **method_params: Any,
     ):
         build_method(method, method_params)  # unknown method / bad parameters fail here, before training
@@ -132,8 +139,8 @@ class SoupCallback(TrainerCallback):
         self.harvest_dir = Path(harvest_dir) if harvest_dir is not None else None
         self.keep_ingredients = keep_ingredients
         self.overwrite = overwrite
-        self.dtype, self.seed = dtype, seed
-        self.needs_evaluation = get_method_class(method).needs_evaluation
+        self.dtype, self.seed, self.compare = dtype, seed, compare
+        self.needs_evaluation = get_method_class(method).needs_evaluation or compare
         self.result: Any = None
         self.errors: list[BaseException] = []
         self._sweep_id = uuid.uuid4().hex
@@ -196,7 +203,8 @@ class SoupCallback(TrainerCallback):
         self._args = args
         if self.needs_evaluation and self.evaluation is None and trainer is not None and trainer.eval_dataset is None:
             raise RecipeError(
-                f"SoupCallback(method={self.method!r}) scores candidates on validation data: give the Trainer "
+                f"SoupCallback(method={self.method!r}{', compare=True' if self.compare else ''}) scores on validation "
+                "data: give the Trainer "
                 "an eval_dataset, or SoupCallback(evaluation={...})"
             )
         if self.needs_evaluation and getattr(args, "world_size", 1) > 1:
@@ -459,7 +467,8 @@ class SoupCallback(TrainerCallback):
             )
         with staged_directory(destination, self.overwrite) as staging:
             result = soup([str(folder) for folder, _ in chosen], self.method, staging, evaluation=evaluation,
-                          dtype=self.dtype, overwrite=True, seed=self.seed, **self.method_params)
+                          dtype=self.dtype, overwrite=True, seed=self.seed, compare=self.compare,
+                          **self.method_params)
             report = _annotate(result.report, chosen, candidates, training, destination)
             write_report(staging, report)
             _write_card(staging)

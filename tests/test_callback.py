@@ -381,3 +381,20 @@ def test_sweep_trials_with_checkpoints_are_linked_and_top_k_kept(tmp_path, digit
     soup = load_file(str(result.output_dir / "model.safetensors"))
     trial = load_file(str(trials / best / "model.safetensors"))
     assert all(np.array_equal(soup[key], trial[key]) for key in trial)
+
+
+def test_push_failure_keeps_the_local_soup(tmp_path, digits, caplog, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing can be pushed: the push fails, the soup stays
+    callback = SoupCallback(push_to_hub={"repo_id": "me/digits-soup", "private": True})
+    trainer = Trainer(tiny_vit(), training_args(tmp_path / "run", max_steps=10, eval_strategy="no"),
+                      train_dataset=digits["train"], callbacks=[callback])
+    with caplog.at_level(logging.ERROR, logger="hf_soup"):
+        trainer.train()
+
+    assert trainer.state.global_step == 10
+    assert callback.error is not None and callback.result is not None
+    assert any("pushing the soup to me/digits-soup failed" in r.getMessage() for r in caplog.records)
+    assert [row["label"] for row in read_report(tmp_path / "run" / "soup")["ingredients"]] == [
+        "checkpoint-5", "checkpoint-10"]
+    with pytest.raises(RecipeError, match="repo_id"):
+        SoupCallback(push_to_hub={"private": True})
