@@ -36,7 +36,7 @@ How it works:
   absolute path, as Ray changes the workers' working directory), and ``soup_sweep()`` is
   called on the driver as with optuna. A trial a Ray scheduler stops (ASHA, PBT...) is
   killed without ``on_train_end``, so only trials that finish, or that saved a final
-  model before, are registered. wandb sweeps work as optuna does (same process).
+  model before, are registered. (wandb sweeps run trials in-process like optuna; untested.)
 * Data-driven methods (``greedy``, ``radin``) score candidates with ``evaluation`` when
   given, else with the Trainer's ``eval_dataset``, ``data_collator`` and ``compute_metrics``,
   ranking by ``args.metric_for_best_model`` / ``args.greater_is_better`` (default: eval
@@ -92,7 +92,8 @@ class SoupCallback(TrainerCallback):
         compare: also score the ingredients, their uniform soup and their logit ensemble on the
             evaluation data and record the comparison in the report (as ``hf_soup.soup(compare=True)``).
         dtype, seed: as in :func:`hf_soup.soup`.
-        **method_params: the method's parameters (``weights=[...]`` for ``weighted``...).
+        **method_params: the method's parameters (``weights=[...]`` for ``weighted``: one per
+            ingredient, in soup order — checkpoints by step; sweep trials best first).
 
     After training, ``callback.result`` is the :class:`~hf_soup.SoupResult` (main process),
     ``callback.error`` the last failure or ``None``.
