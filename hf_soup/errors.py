@@ -68,3 +68,11 @@ class EvaluationError(HfSoupError):
 
 class HubError(HfSoupError):
     """A Hub operation (pull or push) failed; the message says how to retry."""
+
+
+class RevisionNotFoundError(IngredientNotFoundError):
+    """A Hub ingredient's repo exists but the branch, tag or commit named after ``@`` does not."""
+
+
+class IngredientAccessError(IngredientError, PermissionError):
+    """A Hub ingredient is gated or the token was refused; the message says how to get access."""

@@ -1,0 +1,147 @@
+"""Render a soup's README.md from ``soup_report.json`` with ``ModelCard.from_template`` (Jinja).
+
+>>> card = render_card(read_report("./soup"), repo_id="me/my-soup")  # doctest: +SKIP
+>>> card.data.base_model  # doctest: +SKIP
+['org/run-1', 'org/run-2']
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from huggingface_hub import ModelCard
+
+from ..errors import HfSoupError, RecipeError
+from .metadata import card_data, kept_ingredients
+
+TEMPLATE_DIR_NAME = "model_card_templates"
+DEFAULT_TEMPLATE = "default.md"
+# Written at the end of a card rendered from the default template, so a push can re-render it
+# with the repo ID (the "use it" snippet then names the repo).
+DEFAULT_MARKER = "<!-- hf-soup card: default template -->"
+_PAPER_TITLES = {
+    "https://arxiv.org/abs/2203.05482": "Model soups: averaging weights of multiple fine-tuned models improves "
+                                        "accuracy without increasing inference time (Wortsman et al., 2022)",
+}
+
+
+def default_template() -> Path:
+    """The default template: shipped inside the package, or at the top of a source checkout."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / TEMPLATE_DIR_NAME / DEFAULT_TEMPLATE, here.parent / TEMPLATE_DIR_NAME / DEFAULT_TEMPLATE):
+        if candidate.is_file():
+            return candidate
+    raise HfSoupError(f"the default model card template {TEMPLATE_DIR_NAME}/{DEFAULT_TEMPLATE} is missing; reinstall hf-soup")
+
+
+def _method_info(name: str | None) -> tuple[str, str | None]:
+    """A one-paragraph description of the method and its paper URL."""
+    try:
+        from ..methods.registry import get_method_class
+
+        cls = get_method_class(name or "")
+    except (HfSoupError, ImportError):
+        return f"The `{name}` soup method.", None
+    module_doc = (__import__(cls.__module__, fromlist=["_"]).__doc__ or "").strip()
+    doc = (module_doc or cls.__doc__ or f"The `{name}` soup method.").strip().split("\n\n")[0]
+    return " ".join(doc.split()), getattr(cls, "paper", None)
+
+
+def _load_code(report: dict[str, Any], model_id: str) -> str:
+    architectures = (report.get("model") or {}).get("architectures") or []
+    if architectures:
+        cls = architectures[0]
+        return f'from transformers import {cls}\n\nmodel = {cls}.from_pretrained("{model_id}")'
+    return (
+        "from huggingface_hub import snapshot_download\nfrom safetensors.torch import load_file\n\n"
+        f'folder = snapshot_download("{model_id}")\n'
+        'state_dict = load_file(f"{folder}/model.safetensors")  # sharded: see model.safetensors.index.json'
+    )
+
+
+def _comparison(report: dict[str, Any]) -> list[tuple[str, float | None]]:
+    comparison = report.get("comparison")
+    if isinstance(comparison, dict):
+        return [(str(k), v if isinstance(v, (int, float)) else (v or {}).get("score")) for k, v in comparison.items()]
+    if isinstance(comparison, list):
+        return [(str(item.get("name")), item.get("score")) for item in comparison if isinstance(item, dict)]
+    return []
+
+
+def _dump(value: Any) -> str:
+    return yaml.safe_dump(json.loads(json.dumps(value, default=str)), sort_keys=False).strip() if value else "{}"
+
+
+def template_context(report: dict[str, Any], model_id: str) -> dict[str, Any]:
+    """The variables a template sees (besides ``card_data``, the YAML metadata)."""
+    evaluation = report.get("evaluation") if isinstance(report.get("evaluation"), dict) else {}
+    dataset = evaluation.get("dataset")
+    description, paper = _method_info(report.get("method"))
+    rows = [dict(row, score=row.get("score"), weight=row.get("weight"), kept=row.get("kept", True))
+            for row in report.get("ingredients", [])]
+    return {
+        "model_name": model_id.rstrip("/").rsplit("/", 1)[-1] if "/" in model_id else model_id,
+        "repo_id": model_id,
+        "method": report.get("method"),
+        "method_description": description,
+        "paper_url": paper,
+        "paper_title": _PAPER_TITLES.get(paper or "", "paper"),
+        "ingredients": rows,
+        "kept_count": len(kept_ingredients(report)),
+        "show_scores": any(row["score"] is not None for row in rows),
+        "score": report.get("score"),
+        "metric": evaluation.get("metric") or "accuracy",
+        "dataset": (dataset.get("path") if isinstance(dataset, dict) else dataset),
+        "split": evaluation.get("split"),
+        "num_full_evaluations": report.get("num_full_evaluations") or 0,
+        "parameters_yaml": _dump(report.get("parameters")),
+        "recipe_yaml": _dump(report.get("recipe")),
+        "comparison": _comparison(report),
+        "load_code": _load_code(report, model_id),
+        "hf_soup_version": report.get("hf_soup_version", ""),
+        "report": report,
+    }
+
+
+def render_card(report: dict[str, Any], template_path: str | Path | None = None, *,
+                repo_id: str | None = None) -> ModelCard:
+    """Render the card of a soup from its report (``template_path``: your own Jinja template).
+
+    ``repo_id`` names the soup in the card and its loading snippet (default: ``./soup``).
+    """
+    if template_path is not None and not Path(template_path).is_file():
+        raise RecipeError(f"card template {template_path} does not exist; give a Jinja Markdown file")
+    model_id = repo_id or "./soup"
+    data = card_data(report, model_id)
+    path = Path(template_path) if template_path is not None else default_template()
+    card = ModelCard.from_template(data, template_path=str(path), **template_context(report, model_id))
+    if template_path is None:
+        card.text = card.text.rstrip() + "\n\n" + DEFAULT_MARKER + "\n"
+    return card
+
+
+def write_card(output_dir: str | Path, template_path: str | Path | None = None, *,
+               repo_id: str | None = None) -> Path:
+    """Write ``README.md`` into a soup directory from its ``soup_report.json``; return its path.
+
+    >>> write_card("./soup")  # doctest: +SKIP
+    PosixPath('soup/README.md')
+    """
+    from ..report import REPORT_FILE, read_report
+
+    output_dir = Path(output_dir)
+    if not (output_dir / REPORT_FILE).is_file():
+        raise HfSoupError(f"{output_dir}: no {REPORT_FILE}; give the folder `hf-soup merge` wrote")
+    card = render_card(read_report(output_dir), template_path, repo_id=repo_id)
+    path = output_dir / "README.md"
+    path.write_text(str(card), encoding="utf-8")
+    return path
+
+
+def is_default_card(readme: str | Path) -> bool:
+    """Whether a README.md was rendered by hf-soup from the default template (and may be re-rendered)."""
+    path = Path(readme)
+    return path.is_file() and DEFAULT_MARKER in path.read_text(encoding="utf-8")

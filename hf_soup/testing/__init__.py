@@ -1,0 +1,12 @@
+"""Test helpers shipped with hf_soup: a local Hugging Face Hub for tests and the offline demo.
+
+>>> from hf_soup.testing import LocalHub
+>>> with LocalHub("/tmp/hub") as hub:  # doctest: +SKIP
+...     hub.publish("./my-model", "org/my-model")
+
+Needs ``olah`` (``pip install 'hf-soup[test]'``) and ``git``.
+"""
+
+from .hub_server import DEFAULT_TOKEN, LocalHub
+
+__all__ = ["DEFAULT_TOKEN", "LocalHub"]
