@@ -102,6 +102,9 @@ def test_run_soups_every_checkpoint_despite_rotation(tmp_path, digits):
     assert training["kind"] == "checkpoints" and training["metric"] == "eval_loss" and not training["greater_is_better"]
     assert [e["label"] for e in training["entries"] if e["used"]] == [row["label"] for row in rows]
     assert report["recipe"]["output"]["dir"] == str(soup_dir.resolve())
+    card = (soup_dir / "README.md").read_text()
+    for step in (5, 10, 15, 20):  # the model card lists every checkpoint that went in
+        assert f"| checkpoint-{step} | {step} |" in card
 
     # the soup is the mean of the four checkpoints, and loads as a model
     soup = load_file(str(soup_dir / "model.safetensors"))
@@ -297,6 +300,10 @@ def test_sweep_greedy_soup_scores_at_least_the_best_trial(tmp_path, digits):
         assert 0.0 <= entry["score"] <= 1.0 and entry["objective"] == pytest.approx(entry["score"])
     assert {row["label"] for row in report["ingredients"]} == {"run-0", "run-2"}
     assert any(row["kept"] for row in report["ingredients"])
+    card = (result.output_dir / "README.md").read_text()
+    assert "| run-1 |" in card and "no (pruned)" in card
+    for name, entry in entries.items():  # each trial's hyperparameters and score are on the card
+        assert f"`seed={entry['params']['seed']}`" in card and f"{entry['score']:.4f}" in card
 
     # on the validation split, the greedy soup is at least as good as every trial
     trial_scores = {name: validation_accuracy(tmp_path / "sweep" / "soup-trials" / name, digits["validation"])
