@@ -50,7 +50,6 @@ How it works:
 
 from __future__ import annotations
 
-import inspect
 import logging
 import shutil
 import uuid
@@ -62,13 +61,14 @@ from transformers import TrainerCallback
 from .errors import HfSoupError, NothingToSoupError, RecipeError
 from .methods.registry import build_method, get_method_class
 from .training.harvest import commit, harvest_checkpoint, partial_path, prepare_target, read_records, write_record
+from .training.report import annotate
+from .training.runtime import called_from, checkpoint_dir, find_trainer, in_sweep, is_main, wait_for_everyone
 from .training.trainer_evaluation import evaluation_from_trainer, metric_of
 
 logger = logging.getLogger("hf_soup")
 
 RUN_HARVEST = "soup-ingredients"
 SWEEP_HARVEST = "soup-trials"
-_INGREDIENT_FIELDS = ("label", "step", "epoch", "params", "objective", "pruned", "metrics")
 
 
 class SoupCallback(TrainerCallback):
@@ -188,17 +188,17 @@ class SoupCallback(TrainerCallback):
             )
         args = self._args
         try:
-            if not _is_main(args):
+            if not is_main(args):
                 return None
             self.result = self._soup_sweep(args, Path(output_dir) if output_dir else None)
             return self.result
         finally:
-            _wait_for_everyone(args)
+            wait_for_everyone(args)
 
     # ---- Trainer events ---------------------------------------------------------------
 
     def on_init_end(self, args, state, control, **kwargs):
-        trainer = self._trainer or _find_trainer(self)
+        trainer = self._trainer or find_trainer(self)
         if trainer is not None:
             self.bind(trainer)
         self._args = args
@@ -222,7 +222,7 @@ class SoupCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if self._trainer is None:
-            trainer = _find_trainer(self)
+            trainer = find_trainer(self)
             if trainer is not None:
                 self.bind(trainer)
         self._args = args
@@ -235,7 +235,7 @@ class SoupCallback(TrainerCallback):
             with self._guard("preparing the evaluation from the Trainer"):
                 self._trainer_evaluation = None
                 self._trainer_evaluation = evaluation_from_trainer(self._trainer)
-        if not _in_sweep(state) and state.is_world_process_zero:
+        if not in_sweep(state) and state.is_world_process_zero:
             with self._guard("cleaning the harvest folder"):
                 self._forget_checkpoints_after(self._root(args, sweep=False), state.global_step)
 
@@ -252,13 +252,13 @@ class SoupCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         self._last_save_step = state.global_step
-        if _in_sweep(state) or not state.is_world_process_zero:
+        if in_sweep(state) or not state.is_world_process_zero:
             return
         with self._guard(f"harvesting checkpoint-{state.global_step}"):
             self._harvest(args, state)
 
     def on_train_end(self, args, state, control, **kwargs):
-        if _in_sweep(state):
+        if in_sweep(state):
             self._register_trial(args, state, kwargs.get("model"))
             return
         try:
@@ -266,12 +266,12 @@ class SoupCallback(TrainerCallback):
                 with self._guard("souping the checkpoints"):
                     self.result = self._soup_run(args)
         finally:
-            _wait_for_everyone(args)
+            wait_for_everyone(args)
 
     # ---- one run ----------------------------------------------------------------------
 
     def _harvest(self, args, state) -> None:
-        checkpoint = _checkpoint_dir(self._run_dir(args), state.global_step)
+        checkpoint = checkpoint_dir(self._run_dir(args), state.global_step)
         if checkpoint is None:
             logger.warning("SoupCallback: checkpoint-%d was not found on disk; it is left out of the soup",
                            state.global_step)
@@ -352,7 +352,7 @@ class SoupCallback(TrainerCallback):
             "params": state.trial_params,
             "step": state.global_step,
             "epoch": state.epoch,
-            "pruned": _called_from("_report_to_hp_search"),
+            "pruned": called_from("_report_to_hp_search"),
             "stopped_early": state.global_step < state.max_steps,
             "metrics": metrics,
             "score": metrics.get(key) if metrics else None,
@@ -380,13 +380,13 @@ class SoupCallback(TrainerCallback):
                     self._open_trial = target
                     logger.info("SoupCallback: registered trial %s from %s (score %s)", name, final_checkpoint.name,
                                 record["score"])
-            _wait_for_everyone(args)
+            wait_for_everyone(args)
             return
         partial = partial_path(target)
         if main:
             with self._guard(f"preparing the folder of trial {name}"):
                 prepare_target(target)
-        _wait_for_everyone(args)
+        wait_for_everyone(args)
         saved = False
         with self._guard(f"saving the final model of trial {name}"):
             if trainer is not None and getattr(trainer, "model", None) is not None:
@@ -394,7 +394,7 @@ class SoupCallback(TrainerCallback):
             elif main and model is not None:
                 model.save_pretrained(str(partial))
             saved = True
-        _wait_for_everyone(args)
+        wait_for_everyone(args)
         if main and saved:
             with self._guard(f"registering trial {name}"):
                 write_record(partial, record)
@@ -456,6 +456,7 @@ class SoupCallback(TrainerCallback):
 
     def _soup(self, chosen, candidates, training: dict[str, Any], destination: Path):
         from .api import soup
+        from .card import write_card
         from .io.staging import staged_directory
         from .pipeline import SoupResult
         from .report import write_report
@@ -470,9 +471,9 @@ class SoupCallback(TrainerCallback):
             result = soup([str(folder) for folder, _ in chosen], self.method, staging, evaluation=evaluation,
                           dtype=self.dtype, overwrite=True, seed=self.seed, compare=self.compare,
                           **self.method_params)
-            report = _annotate(result.report, chosen, candidates, training, destination)
+            report = annotate(result.report, chosen, candidates, training, destination)
             write_report(staging, report)
-            _write_card(staging)
+            write_card(staging)
         result = SoupResult(destination, report)
         if self.push_to_hub is not None:
             with self._guard(f"pushing the soup to {self.push_to_hub['repo_id']}"):
@@ -518,42 +519,6 @@ class _Guard:
         return True
 
 
-def _annotate(report, chosen, candidates, training, destination: Path) -> dict[str, Any]:
-    """Add the checkpoints' / trials' metadata to the soup report (rows and a ``training`` key)."""
-    rows = report["ingredients"]
-    for row, (_, record) in zip(rows, chosen):
-        row.update({k: record[k] for k in _INGREDIENT_FIELDS if record.get(k) is not None})
-        if row.get("score") is None and record.get("score") is not None:
-            row["score"] = record["score"]
-    position = {str(folder): n for n, (folder, _) in enumerate(chosen)}
-    entries = []
-    for folder, record in candidates:
-        n = position.get(str(folder))
-        entry = {k: v for k, v in record.items() if k not in ("sweep_id", "source", "kind")}
-        entry["used"] = n is not None
-        entry["kept"] = bool(rows[n]["kept"]) if n is not None else False
-        if n is not None:
-            entry["weight"] = rows[n]["weight"]
-        elif record.get("pruned"):
-            entry["reason"] = "pruned"
-        else:
-            entry["reason"] = "not selected"
-        entries.append(entry)
-    report["training"] = {**training, "entries": entries}
-    recipe_output = report.get("recipe", {}).get("output")
-    if isinstance(recipe_output, dict) and "dir" in recipe_output:
-        recipe_output["dir"] = str(destination)
-    return report
-
-
-def _write_card(directory: Path) -> None:
-    try:
-        from .card import write_card
-    except ImportError:  # the model card module is optional until the Hub work lands
-        return
-    write_card(directory)
-
-
 def _rank_key(score: float | None, greater: bool) -> tuple[bool, float]:
     if score is None:
         return (True, 0.0)
@@ -565,53 +530,3 @@ def _number(value: Any) -> float | None:
         return float(value) if value is not None else None
     except (TypeError, ValueError):
         return None
-
-
-def _in_sweep(state) -> bool:
-    return getattr(state, "trial_params", None) is not None
-
-
-def _is_main(args) -> bool:
-    return getattr(args, "process_index", 0) == 0
-
-
-def _wait_for_everyone(args) -> None:
-    if getattr(args, "world_size", 1) > 1:
-        from accelerate import PartialState
-
-        PartialState().wait_for_everyone()
-
-
-def _checkpoint_dir(run_dir: Path, step: int) -> Path | None:
-    path = Path(run_dir) / f"checkpoint-{step}"
-    return path if path.is_dir() else None
-
-
-def _find_trainer(callback: SoupCallback) -> Any:
-    """The Trainer whose callback handler holds ``callback``, found on the call stack of an event."""
-    frame = inspect.currentframe()
-    try:
-        for _ in range(16):
-            frame = frame.f_back if frame is not None else None
-            if frame is None:
-                return None
-            candidate = frame.f_locals.get("self")
-            handler = getattr(candidate, "callback_handler", None)
-            if handler is not None and any(cb is callback for cb in getattr(handler, "callbacks", [])):
-                return candidate
-        return None
-    finally:
-        del frame
-
-
-def _called_from(function_name: str) -> bool:
-    """Whether ``function_name`` is on the call stack (how a pruned trial's ``on_train_end`` is told apart)."""
-    frame = inspect.currentframe()
-    try:
-        while frame is not None:
-            if frame.f_code.co_name == function_name:
-                return True
-            frame = frame.f_back
-        return False
-    finally:
-        del frame
