@@ -405,3 +405,23 @@ def test_push_failure_keeps_the_local_soup(tmp_path, digits, caplog, monkeypatch
         "checkpoint-5", "checkpoint-10"]
     with pytest.raises(RecipeError, match="repo_id"):
         SoupCallback(push_to_hub={"private": True})
+
+
+@pytest.mark.skipif("greedy" not in __import__("hf_soup").available_methods(), reason="greedy soup not built yet")
+def test_configured_evaluation_wins_over_the_trainers(tmp_path, digits):
+    from transformers import default_data_collator
+
+    evaluation = {"dataset": digits["validation"], "collate_fn": default_data_collator, "metric": "accuracy"}
+    callback = SoupCallback(method="greedy", evaluation=evaluation)
+    trainer = Trainer(tiny_vit(), training_args(tmp_path / "run", eval_strategy="no"), train_dataset=digits["train"],
+                      callbacks=[callback])  # no eval_dataset: the configured evaluation is enough
+    trainer.train()
+
+    assert callback.error is None
+    report = read_report(tmp_path / "run" / "soup")
+    assert report["evaluation"]["metric"] == "accuracy" and report["evaluation"]["higher_is_better"] is True
+    assert report["details"]["higher_is_better"] is True  # greedy ranked by accuracy, not by the Trainer's eval loss
+    rows = report["ingredients"]
+    assert len(rows) == 4 and all(0.0 <= row["score"] <= 1.0 for row in rows)
+    best = max(rows, key=lambda row: row["score"])
+    assert best["kept"] and report["score"] >= best["score"]
