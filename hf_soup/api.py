@@ -22,6 +22,9 @@ def soup(
     overwrite: bool = False,
     on_missing: str = "error",
     config_from: int = 0,
+    base_model: str | None = None,
+    output_format: str = "model",
+    adapter_rank: int | str = "concat",
     push_to_hub: str | Mapping[str, Any] | None = None,
     token: str | None = None,
     seed: int = 0,
@@ -36,16 +39,21 @@ def soup(
     'uniform'
 
     Method parameters are keyword arguments (``weights=[...]`` for ``weighted``).
+    PEFT adapters are ingredients too (``base_model`` overrides the base they name);
+    ``output_format="adapter"`` writes a LoRA adapter (``adapter_rank``: ``"concat"`` or an int).
     """
     data: dict[str, Any] = {
         "ingredients": list(ingredients),
         "method": {"name": method, "params": params},
         "output": {"dir": str(output_dir) if output_dir is not None else None, "dtype": dtype,
-                   "max_shard_size": max_shard_size, "overwrite": overwrite, "config_from": config_from},
+                   "max_shard_size": max_shard_size, "overwrite": overwrite, "config_from": config_from,
+                   "format": output_format, "rank": adapter_rank},
         "on_missing": on_missing,
         "seed": seed,
         "compare": compare,
     }
+    if base_model is not None:
+        data["base_model"] = base_model
     if evaluation is not None:
         data["evaluation"] = evaluation
     if push_to_hub is not None:
@@ -88,7 +96,7 @@ def merge_state_dicts(
         sources = {i: stack.enter_context(ing.open()) for i, ing in enumerate(ingredients)}
         alignment = align(list(sources.values()), [i.name for i in ingredients], on_missing=on_missing,
                           dtype=recipe.output.dtype)
-        merger.setup(MergeContext(len(ingredients), [i.name for i in ingredients]))
+        merger.setup(MergeContext(len(ingredients), [i.name for i in ingredients], extra={"alignment": alignment}))
         sink = StateDictSink()
         execute(merger, alignment.tensors, sources, list(range(len(ingredients))), lambda _: sink)
     return sink.state_dict

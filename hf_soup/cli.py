@@ -38,11 +38,22 @@ def _add_merge(sub) -> None:
     p.add_argument("--max-shard-size", help="largest safetensors shard, e.g. 2GB (default 5GB)")
     p.add_argument("--on-missing", choices=["error", "skip", "first"], help="what to do with keys some ingredients lack")
     p.add_argument("--config-from", type=int, help="index of the ingredient whose config/tokenizer files are copied")
+    p.add_argument("--base-model", metavar="REF", help="base model of PEFT adapter ingredients (default: the one they name)")
+    p.add_argument("--format", dest="output_format", choices=["model", "adapter"],
+                   help="write a full model (default) or, for adapter soups, a LoRA adapter")
+    p.add_argument("--rank", help="adapter output rank: concat (exact, default) or an integer (truncated SVD)")
     p.add_argument("--seed", type=int, help="random seed for methods that draw or shuffle")
+    p.add_argument("--eval-dataset", metavar="DATASET",
+                   help="evaluation data: Hub dataset ID, save_to_disk folder or csv/json/parquet file")
+    p.add_argument("-e", "--eval", action="append", default=[], type=_key_value, metavar="KEY=VALUE",
+                   help="evaluation setting, e.g. split=test, text_column=sentence, metric=loss; repeatable")
+    p.add_argument("--compare", action="store_true", default=None,
+                   help="also score the best ingredient, uniform and greedy soups and the logit ensemble")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="push the soup to this Hub repo")
     p.add_argument("--private", action="store_true", default=None, help="create the pushed repo as private")
     p.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
+    p.add_argument("--card-template", metavar="PATH", help="Jinja template for the soup's README.md (default: hf-soup's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=merge_command)
 
@@ -73,11 +84,28 @@ def _recipe_data(args) -> dict[str, Any]:
                        ("config_from", args.config_from)):
         if value is not None:
             output[key] = value
+    if args.output_format:
+        output["format"] = args.output_format
+    if args.rank:
+        output["rank"] = int(args.rank) if args.rank.isdigit() else args.rank
     if args.overwrite:
         output["overwrite"] = True
+    if args.card_template:
+        output["card_template"] = args.card_template
     data["output"] = output
+    if args.eval_dataset or args.eval:
+        evaluation = data.get("evaluation") or {}
+        evaluation = dict(evaluation) if isinstance(evaluation, dict) else {"dataset": evaluation}
+        if args.eval_dataset:
+            evaluation["dataset"] = args.eval_dataset
+        evaluation.update(dict(args.eval))
+        data["evaluation"] = evaluation
+    if args.compare:
+        data["compare"] = True
     if args.on_missing:
         data["on_missing"] = args.on_missing
+    if args.base_model:
+        data["base_model"] = args.base_model
     if args.seed is not None:
         data["seed"] = args.seed
     if args.push_to_hub:
@@ -98,6 +126,13 @@ def merge_command(args) -> int:
     report = result.report
     print(f"Soup written to {result.output_dir} ({report['method']}, {report['output']['num_parameters']:,} parameters, "
           f"{len(report['ingredients'])} ingredients, {report['timings']['total']:.2f}s)")
+    if report.get("score") is not None:
+        print(f"Validation {report['evaluation']['metric']}: {report['score']:.4f} "
+              f"({report['num_full_evaluations']} full evaluations)")
+    if report.get("comparison"):
+        from .evaluation.compare import comparison_markdown
+
+        print(comparison_markdown(report["comparison"]))
     if report.get("pushed_to"):
         print(f"Pushed to {report['pushed_to']}")
     return 0
@@ -109,6 +144,7 @@ def _add_inspect(sub) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--on-missing", choices=["error", "skip", "first"], default="error")
     p.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
+    p.add_argument("--base-model", metavar="REF", help="base model of PEFT adapter ingredients (default: the one they name)")
     p.set_defaults(handler=inspect_command)
 
 
@@ -119,6 +155,10 @@ def inspect_command(args) -> int:
     from .ingredients import resolve_ingredients
 
     ingredients = resolve_ingredients(args.refs, token=args.token)
+    if args.base_model or any(i.adapter is not None for i in ingredients):
+        from .adapters import attach_bases
+
+        attach_bases(ingredients, args.base_model, token=args.token)
     names = [i.name for i in ingredients]
     with ExitStack() as stack:
         sources = [stack.enter_context(i.open()) for i in ingredients]
@@ -168,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_merge(sub)
     _add_inspect(sub)
     _add_methods(sub)
+    from .demo import add_demo_parser
+    from .hub_cli import add_card_parser, add_push_parser
+
+    add_push_parser(sub)
+    add_card_parser(sub)
+    add_demo_parser(sub)
     return parser
 
 

@@ -120,7 +120,7 @@ def _soup_digits(hub, workdir: Path, count: int, say) -> dict[str, Any]:
                            image_size=8, patch_size=2, num_channels=1, num_labels=10)
         torch.manual_seed(0)
         base = ViTForImageClassification(config)
-        _train(base, images, labels, split["train"][:600], lr=3e-3, epochs=6, seed=0)
+        _train(base, images, labels, split["train"], lr=3e-3, epochs=10, seed=0)
         base_dir = workdir / "models" / "base"
         base.save_pretrained(base_dir)
         (base_dir / "README.md").write_text(_card(None))
@@ -160,6 +160,7 @@ def _soup_digits(hub, workdir: Path, count: int, say) -> dict[str, Any]:
     say(f"\nSoup pushed to {result.report['pushed_to']}")
     say(f"  repo {hub.endpoint}/{SOUP_REPO} at {pulled.sha}: {', '.join(hub.store.files(SOUP_REPO, pulled.sha))}")
     say(f"  local copy {result.output_dir}; pulled back into {pulled.directory}")
+    say(f"  stored as the git repo {hub.store.path(SOUP_REPO)} (everything is under {workdir})")
     say("  model card metadata:\n    " + card.split("---")[1].strip().replace("\n", "\n    "))
     return {"endpoint": hub.endpoint, "ingredients": repos, "soup_repo": SOUP_REPO, "sha": pulled.sha,
             "pushed_to": result.report["pushed_to"], "accuracy": accuracy, "mean_ingredient_accuracy": mean,

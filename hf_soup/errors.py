@@ -76,3 +76,19 @@ class RevisionNotFoundError(IngredientNotFoundError):
 
 class IngredientAccessError(IngredientError, PermissionError):
     """A Hub ingredient is gated or the token was refused; the message says how to get access."""
+
+
+class AdapterError(IngredientError):
+    """A PEFT adapter ingredient cannot be used (its files, its base or its options)."""
+
+
+class UnsupportedAdapterError(AdapterError):
+    """The adapter uses a PEFT type or option whose merge hf_soup does not implement.
+
+    The message names the option (``use_dora``, ``bias``...) so the adapter is never
+    silently mis-merged.
+    """
+
+
+class AdapterBaseError(AdapterError):
+    """The base model of an adapter is missing, unreadable, or differs between adapters."""

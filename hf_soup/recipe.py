@@ -18,6 +18,7 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import RecipeError
+from .evaluation.spec import EvaluationSpec
 from .io import dtypes
 from .io.shards import parse_size
 from .methods.registry import build_method, format_validation_error
@@ -51,6 +52,8 @@ class OutputSpec(_Strict):
     config_from: int = 0
     overwrite: bool = False
     format: Literal["model", "adapter"] = "model"
+    card_template: str | None = None
+    rank: Union[Literal["concat"], int] = "concat"  # format adapter: stacked factors, or a truncated SVD rank
 
     @field_validator("dtype")
     @classmethod
@@ -62,6 +65,19 @@ class OutputSpec(_Strict):
     def _size(cls, value: int | str) -> int | str:
         parse_size(value)
         return value
+
+    @field_validator("rank")
+    @classmethod
+    def _rank(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be 'concat' or a positive integer rank")
+        return value
+
+    @model_validator(mode="after")
+    def _rank_needs_adapter(self) -> "OutputSpec":
+        if self.rank != "concat" and self.format != "adapter":
+            raise ValueError("output.rank applies to output.format: adapter only; remove it or set format: adapter")
+        return self
 
     @field_validator("config_from")
     @classmethod
@@ -86,9 +102,10 @@ class Recipe(_Strict):
 
     ingredients: list[Any] = Field(min_length=1)
     method: MethodSpec = Field(default_factory=MethodSpec)
-    evaluation: Any = None
+    evaluation: EvaluationSpec | None = None
     output: OutputSpec = Field(default_factory=OutputSpec)
     push_to_hub: PushSpec | None = None
+    base_model: str | None = None  # base of PEFT adapter ingredients (default: their base_model_name_or_path)
     on_missing: Literal["error", "skip", "first"] = "error"
     compare: bool = False
     seed: int = 0
@@ -108,6 +125,13 @@ class Recipe(_Strict):
             else:
                 parsed.append(value)
         return parsed
+
+    @field_validator("evaluation", mode="before")
+    @classmethod
+    def _evaluation(cls, value: Any) -> Any:
+        if value is None or isinstance(value, (dict, EvaluationSpec)):
+            return value
+        return {"dataset": value}  # a bare dataset ID, path or datasets.Dataset
 
     @field_validator("method", mode="before")
     @classmethod

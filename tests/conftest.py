@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# Two torch threads on a busy 2-core machine are many times slower than one.
+torch.set_num_threads(1)
+
 TINY = {
     "llama": lambda: __import__("transformers").LlamaConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

@@ -80,6 +80,15 @@ def eval_results(report: dict[str, Any], pipeline_tag: str | None) -> list[EvalR
     )]
 
 
+def adapter_card_metadata(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The fields a soup of PEFT adapters decides (``None`` when no adapter is involved)."""
+    if not report.get("adapters"):
+        return None
+    from ..adapters.card import card_metadata
+
+    return card_metadata(report)
+
+
 def card_data(report: dict[str, Any], model_name: str) -> ModelCardData:
     """Build the card metadata from a soup report."""
     rows = kept_ingredients(report)
@@ -94,6 +103,13 @@ def card_data(report: dict[str, Any], model_name: str) -> ModelCardData:
     extra: dict[str, Any] = {}
     if base_models:
         extra["base_model_relation"] = "merge"
+    adapter_fields = adapter_card_metadata(report)
+    if adapter_fields:
+        base_models = adapter_fields["base_model"] or []
+        library_name = adapter_fields.get("library_name", library_name)
+        tags = tags + adapter_fields["tags"]
+        relation = adapter_fields.get("base_model_relation") or ("adapter" if library_name == "peft" else None)
+        extra = {"base_model_relation": relation} if relation and base_models else {}
     return ModelCardData(
         base_model=base_models or None,
         license=_agreed(rows, "license"),

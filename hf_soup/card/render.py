@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ def _method_info(name: str | None) -> tuple[str, str | None]:
         cls = get_method_class(name or "")
     except (HfSoupError, ImportError):
         return f"The `{name}` soup method.", None
-    module_doc = (__import__(cls.__module__, fromlist=["_"]).__doc__ or "").strip()
+    module_doc = (inspect.getmodule(cls).__doc__ or "").strip()
     doc = (module_doc or cls.__doc__ or f"The `{name}` soup method.").strip().split("\n\n")[0]
     return " ".join(doc.split()), getattr(cls, "paper", None)
 
@@ -64,6 +65,8 @@ def _load_code(report: dict[str, Any], model_id: str) -> str:
 
 def _comparison(report: dict[str, Any]) -> list[tuple[str, float | None]]:
     comparison = report.get("comparison")
+    if isinstance(comparison, dict) and isinstance(comparison.get("rows"), list):
+        comparison = comparison["rows"]  # hf_soup.evaluation.compare's table
     if isinstance(comparison, dict):
         return [(str(k), v if isinstance(v, (int, float)) else (v or {}).get("score")) for k, v in comparison.items()]
     if isinstance(comparison, list):
@@ -97,9 +100,12 @@ def template_context(report: dict[str, Any], model_id: str) -> dict[str, Any]:
         "dataset": (dataset.get("path") if isinstance(dataset, dict) else dataset),
         "split": evaluation.get("split"),
         "num_full_evaluations": report.get("num_full_evaluations") or 0,
-        "parameters_yaml": _dump(report.get("parameters")),
+        # a method may add resolved values (defaults filled in, seeds...) as details["card_parameters"]
+        "parameters_yaml": _dump({**(report.get("parameters") or {}),
+                                  **((report.get("details") or {}).get("card_parameters") or {})}),
         "recipe_yaml": _dump(report.get("recipe")),
         "comparison": _comparison(report),
+        "comparison_plot": (report.get("comparison") or {}).get("plot") if isinstance(report.get("comparison"), dict) else None,
         "load_code": _load_code(report, model_id),
         "hf_soup_version": report.get("hf_soup_version", ""),
         "report": report,

@@ -41,8 +41,9 @@ def execute(
 
     Tensors are processed in the given order; ``sink_for(tensor)`` returns the sink that
     receives it, so the caller decides sharding. ``progress(n)`` is told elements done.
+    ``buffer_bytes`` bounds the read buffers (default: the method's ``buffer_bytes``, else 128 MiB).
     """
-    step = chunk_elements(len(indices), buffer_bytes or _chunks.DEFAULT_BUFFER_BYTES)
+    step = chunk_elements(len(indices), buffer_bytes or method.buffer_bytes or _chunks.DEFAULT_BUFFER_BYTES)
     merged = [t for t in tensors if t.action == "merge"]
     merged_chunks = iter_chunks(merged, [sources[i] for i in indices], indices, step)
     for tensor in tensors:

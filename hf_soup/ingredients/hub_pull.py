@@ -63,7 +63,7 @@ def pull_ingredient(
                 return Path(snapshot_download(ref.name, revision=info.sha, allow_patterns=patterns, token=token,
                                               cache_dir=cache, endpoint=endpoint))
 
-            files = select_files(names, lambda index: json.loads((fetch([index]) / index).read_text()), str(ref))
+            files = select_files(names, lambda index: json.loads((fetch([glob.escape(index)]) / index).read_text()), str(ref))
             directory = fetch([glob.escape(name) for name in files])
     except _Unreachable as unreachable:
         return _cache_fallback(ref, cache, unreachable)
@@ -177,6 +177,8 @@ def _translated(ref: IngredientRef, endpoint: str) -> Iterator[None]:
         if status is not None and status >= 500:
             raise HubError(f"{ref}: {endpoint} answered HTTP {status}; try again later") from None
         raise HubError(f"{ref}: the Hub request failed (HTTP {status}); check the repo ID and try again") from None
+    except hf.LocalEntryNotFoundError as error:  # snapshot_download lost the connection, nothing cached
+        raise _Unreachable(_first_line(error)) from None
     except hf.OfflineModeIsEnabled:
         raise _Unreachable("offline mode is enabled") from None
     except (ConnectionError, TimeoutError) as error:
@@ -185,6 +187,10 @@ def _translated(ref: IngredientRef, endpoint: str) -> Iterator[None]:
         if type(error).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore") and "Error" in type(error).__name__:
             raise _Unreachable(type(error).__name__) from None
         raise
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 def _from_cache(ref: IngredientRef, cache: str | None) -> Ingredient:

@@ -20,6 +20,9 @@ class Ingredient:
 
     ``directory`` holds its config / tokenizer files (``None`` for a bare weight file or
     a state dict); ``sha`` is the resolved Hub commit (``None`` for local ingredients).
+    A PEFT adapter has ``weight_format == "adapter"``, its LoRA config in ``adapter`` and,
+    once :func:`hf_soup.adapters.attach_bases` ran, its base model in ``base`` (and the
+    base's ``config`` and ``directory``); it then reads as the full model ``base + ΔW``.
     """
 
     ref: IngredientRef
@@ -28,6 +31,8 @@ class Ingredient:
     directory: Path | None = None
     sha: str | None = None
     config: dict[str, Any] | None = None
+    adapter: Any = None
+    base: "Ingredient | None" = None
 
     @property
     def name(self) -> str:
@@ -40,6 +45,10 @@ class Ingredient:
 
     def open(self) -> TensorSource:
         """Open the weights lazily; close the result (or use it as a context manager)."""
+        if self.weight_format == "adapter":
+            from ..adapters.source import AdapterSource
+
+            return AdapterSource.open(self)
         if self.weight_format == "state_dict":
             return StateDictSource(self.ref.state_dict, origin=self.name)
         if self.weight_format == "bin":

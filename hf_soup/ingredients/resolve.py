@@ -22,7 +22,14 @@ def resolve_local(ref: IngredientRef, directory: Path | None = None, sha: str | 
         if path.suffix in (".bin", ".pt", ".pth"):
             return Ingredient(ref, "bin", [path], sha=sha)
         raise NoWeightsError(f"{ref}: {path.name} is not a weight file; give a .safetensors/.bin file or a model folder")
-    weight_format, files = weight_files(path)
+    from ..adapters.resolve import is_adapter_folder, resolve_adapter
+
+    try:
+        weight_format, files = weight_files(path)
+    except NoWeightsError:
+        if is_adapter_folder(path):  # a PEFT adapter (full-model weights win when both are there, as on the Hub)
+            return resolve_adapter(ref, path, sha)
+        raise
     return Ingredient(ref, weight_format, files, directory=path, sha=sha, config=read_config(path))
 
 

@@ -72,7 +72,14 @@ class SoupMethod(ABC):
 
 
 class TensorMethod(SoupMethod):
-    """A data-free, elementwise merge of N aligned tensors."""
+    """A data-free, elementwise merge of N aligned tensors.
+
+    ``buffer_bytes``: the engine's total read-buffer size for this method (``None``: the
+    engine's default). A compute-bound method gains nothing from large read-ahead
+    buffers and can ask for smaller ones to lower peak memory.
+    """
+
+    buffer_bytes: ClassVar[int | None] = None
 
     @abstractmethod
     def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:

@@ -22,6 +22,10 @@ from .base import SoupMethod
 _BUILTIN: dict[str, str] = {
     "uniform": "hf_soup.methods.uniform:UniformSoup",
     "weighted": "hf_soup.methods.weighted:WeightedSoup",
+    "ame": "hf_soup.methods.ame:AmeSoup",
+    "ame_greedy": "hf_soup.methods.ame_greedy:GreedyAme",
+    "greedy": "hf_soup.methods.greedy:GreedySoup",
+    "radin": "hf_soup.methods.radin:RadinSoup",
 }
 _REGISTERED: dict[str, type[SoupMethod]] = {}
 

@@ -1,0 +1,125 @@
+"""Build the task model once from a config, and load candidate weights into it.
+
+Checkpoint keys on disk may differ from ``model.state_dict()`` keys in transformers 5
+(a ViT checkpoint stores ``vit.encoder.layer.0.attention.attention.query.weight``, the
+model calls it ``vit.layers.0.attention.q_proj.weight``). Soups are computed on
+checkpoint keys, so :func:`load_checkpoint_weights` loads them through transformers'
+own conversion (``get_model_conversion_mapping`` + ``convert_and_load_state_dict_in_model``),
+exactly as ``from_pretrained`` does — never through ``load_state_dict``.
+
+>>> model = build_task_model(config)                            # doctest: +SKIP
+>>> load_checkpoint_weights(model, soup_state_dict)             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
+
+from ..errors import EvaluationError
+
+TASKS = {
+    "ForSequenceClassification": "sequence-classification",
+    "ForImageClassification": "image-classification",
+    "ForCausalLM": "causal-lm",
+}
+
+
+def task_of(architecture: str) -> str | None:
+    """The task family of an architecture name (``BertForSequenceClassification`` -> ``sequence-classification``)."""
+    for suffix, task in TASKS.items():
+        if architecture.endswith(suffix):
+            return task
+    return None
+
+
+def architecture_of(config: Any) -> tuple[str, str]:
+    """``(architecture, task)`` from ``config.architectures``; raise ``EvaluationError`` if unusable."""
+    architectures = list(getattr(config, "architectures", None) or [])
+    for architecture in architectures:
+        task = task_of(architecture)
+        if task:
+            return architecture, task
+    raise EvaluationError(
+        f"evaluation: the ingredients' config.architectures is {architectures or 'missing'}; hf_soup evaluates "
+        "*ForSequenceClassification, *ForImageClassification and *ForCausalLM models. Save the ingredients with "
+        "save_pretrained from a task model, or give a collate_fn and a callable metric for another head"
+    )
+
+
+_AUTO_CLASSES = {
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "image-classification": "AutoModelForImageClassification",
+    "causal-lm": "AutoModelForCausalLM",
+}
+
+
+def build_task_model(config: Any, *, dtype: str = "float32", device: Any = "cpu", trust_remote_code: bool = False) -> Any:
+    """Instantiate ``config.architectures``' task class from ``config`` (random weights), in eval mode.
+
+    A class that transformers does not ship (custom code) is built through the task's
+    ``AutoModelFor...`` only with ``trust_remote_code=True``.
+    """
+    import torch
+    import transformers
+
+    architecture, task = architecture_of(config)
+    cls = getattr(transformers, architecture, None)
+    if cls is not None:
+        model = cls._from_config(config, dtype=getattr(torch, dtype))
+    elif trust_remote_code:
+        auto = getattr(transformers, _AUTO_CLASSES[task])
+        model = auto.from_config(config, trust_remote_code=True, dtype=getattr(torch, dtype))
+    else:
+        raise EvaluationError(
+            f"evaluation: transformers {transformers.__version__} has no class {architecture!r}; upgrade transformers, "
+            "or set evaluation.trust_remote_code: true if the ingredients ship their own modeling code"
+        )
+    return model.to(device).eval()
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def load_checkpoint_weights(model: Any, state_dict: Mapping[str, Any]) -> None:
+    """Load a checkpoint-keyed ``state_dict`` into ``model`` through transformers' key conversion.
+
+    Tensors are cast to the model's dtype and moved to its device; when they already
+    match, the model's parameters share memory with ``state_dict``'s tensors (no copy):
+    clone the tensors first if you will train the model in place. Tied weights are
+    re-tied afterwards. Raises :class:`EvaluationError` when a model weight is left
+    unloaded or a shape does not match — a candidate is never scored with stale or
+    random weights.
+    """
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import convert_and_load_state_dict_in_model
+    from transformers.modeling_utils import LoadStateDictConfig
+
+    device = next(model.parameters()).device
+    config = LoadStateDictConfig(device_map={"": device}, weight_mapping=get_model_conversion_mapping(model))
+    with _quiet_transformers():
+        info, _ = convert_and_load_state_dict_in_model(model, dict(state_dict), config)
+        model.tie_weights(missing_keys=info.missing_keys, recompute_mapping=False)
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    buffers = {name for name, _ in model.named_buffers()}
+    missing = sorted(k for k in info.missing_keys if k not in tied and k not in buffers)
+    if missing or info.mismatched_keys:
+        problems = [f"missing {k}" for k in missing[:5]] + [
+            f"{k}: checkpoint shape {tuple(a)} vs model {tuple(b)}" for k, a, b in list(info.mismatched_keys)[:5]
+        ]
+        raise EvaluationError(
+            f"evaluation: the candidate weights do not fit the {type(model).__name__} built from the config "
+            f"({len(missing)} missing, {len(info.mismatched_keys)} mismatched: {'; '.join(problems)}). "
+            "Check that every ingredient is a fine-tune of the same architecture and that on_missing is not 'skip'"
+        )
+    model.eval()
