@@ -261,7 +261,6 @@ def validation_accuracy(model_dir: Path, validation) -> float:
     return float((logits.argmax(-1).numpy() == np.array(validation["labels"])).mean())
 
 
-@pytest.mark.skipif("greedy" not in __import__("hf_soup").available_methods(), reason="greedy soup not built yet")
 def test_sweep_greedy_soup_scores_at_least_the_best_trial(tmp_path, digits):
     optuna = pytest.importorskip("optuna")
 
@@ -336,14 +335,12 @@ def test_multi_process_run_main_process_soups_others_wait(tmp_path):
     assert [row["label"] for row in report["ingredients"]] == ["checkpoint-5", "checkpoint-10"]
 
 
-@pytest.mark.skipif("greedy" not in __import__("hf_soup").available_methods(), reason="greedy soup not built yet")
 def test_greedy_without_validation_data_fails_when_the_trainer_is_built(tmp_path, digits):
     with pytest.raises(RecipeError, match="eval_dataset"):
         Trainer(tiny_vit(), training_args(tmp_path / "run", eval_strategy="no"), train_dataset=digits["train"],
                 callbacks=[SoupCallback(method="greedy")])
 
 
-@pytest.mark.skipif("greedy" not in __import__("hf_soup").available_methods(), reason="greedy soup not built yet")
 def test_evaluation_error_is_logged_and_training_finishes(tmp_path, digits, caplog):
     from hf_soup.errors import EvaluationError
 
@@ -407,7 +404,6 @@ def test_push_failure_keeps_the_local_soup(tmp_path, digits, caplog, monkeypatch
         SoupCallback(push_to_hub={"private": True})
 
 
-@pytest.mark.skipif("greedy" not in __import__("hf_soup").available_methods(), reason="greedy soup not built yet")
 def test_configured_evaluation_wins_over_the_trainers(tmp_path, digits):
     from transformers import default_data_collator
 
