@@ -156,6 +156,8 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
                     comparison["plot"] = None  # matplotlib is not installed
                 report["comparison"] = comparison
             write_report(staging, report)
+            for name, data in plan.files.items():  # e.g. a learned soup's coefficient plot
+                (staging / name).write_bytes(data)
             _write_card(staging, recipe.output.card_template)
     logger.info("soup written to %s", destination)
     result = SoupResult(destination, report)

@@ -96,11 +96,13 @@ class MergePlan:
 
     ``ingredients`` are indices into the resolved ingredient list; ``details`` goes
     into the report (scores, kept flags, candidates, ``num_full_evaluations``...).
+    ``files`` are extra files (name -> bytes, e.g. a plot) written next to the soup.
     """
 
     method: TensorMethod
     ingredients: list[int]
     details: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
 
 
 class PlanningMethod(SoupMethod):

@@ -26,6 +26,7 @@ _BUILTIN: dict[str, str] = {
     "ame_greedy": "hf_soup.methods.ame_greedy:GreedyAme",
     "greedy": "hf_soup.methods.greedy:GreedySoup",
     "radin": "hf_soup.methods.radin:RadinSoup",
+    "learned": "hf_soup.methods.learned:LearnedSoup",
 }
 _REGISTERED: dict[str, type[SoupMethod]] = {}
 
