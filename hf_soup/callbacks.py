@@ -457,6 +457,7 @@ class SoupCallback(TrainerCallback):
     def _soup(self, chosen, candidates, training: dict[str, Any], destination: Path):
         from .api import soup
         from .card import write_card
+        from .distributed import single_process
         from .io.staging import staged_directory
         from .pipeline import SoupResult
         from .report import write_report
@@ -467,7 +468,8 @@ class SoupCallback(TrainerCallback):
                 f"method {self.method!r} needs validation data and none could be taken from the Trainer "
                 "(see the earlier error); give SoupCallback(evaluation={...})"
             )
-        with staged_directory(destination, self.overwrite) as staging:
+        # process 0 soups alone while the other training processes wait at a barrier
+        with staged_directory(destination, self.overwrite) as staging, single_process():
             result = soup([str(folder) for folder, _ in chosen], self.method, staging, evaluation=evaluation,
                           dtype=self.dtype, overwrite=True, seed=self.seed, compare=self.compare,
                           **self.method_params)
