@@ -15,11 +15,11 @@ batches, rates) from a fresh optimizer state, which equals running AME on the wh
 flattened model at once, byte for byte. The steps run through torch's functional
 optimizers (``torch.optim.adam.adam``...) with exactly the state and arguments
 ``optimizer.step()`` uses (:mod:`~hf_soup.methods.ame_functional`): bit-identical, but
-without an ``Optimizer`` object, whose ``step`` imports ``torch._dynamo`` (~70 MB). On CPU a chunk is processed in cache-sized blocks (the
-whole schedule runs on one block before the next), blocks are multiples of 64 elements
-(the last one zero-padded) so that every element goes through the same vectorised
-kernels, and torch's fused kernels are used where they exist (SGD, Adam, AdamW, Adagrad).
-Memory: the engine's read buffers (32 MiB for AME) plus one output chunk and a block's
+without an ``Optimizer`` object, whose ``step`` imports ``torch._dynamo`` (~70 MB).
+On CPU a chunk is processed in cache-sized blocks (the whole schedule runs on one block
+before the next), blocks are multiples of 64 elements (the last one zero-padded) so
+that every element goes through the same vectorised kernels, and torch's fused kernels are used where they exist (SGD, Adam, AdamW, Adagrad).
+Memory: the engine's read buffers (16 MiB for AME) plus one output chunk and a block's
 optimizer state.
 
 Ordering by validation score and ``pivot: best`` need scores: ``MergeContext.scores`` or
@@ -185,7 +185,7 @@ class AmeSoup(TensorMethod):
     Params = AmeParams
     # AME is compute-bound (every element goes through epochs x N / batch_size optimizer
     # steps), so a smaller read-ahead than the engine's default costs no time and saves memory.
-    buffer_bytes = 32 * 1024 * 1024
+    buffer_bytes = 16 * 1024 * 1024
     paper = None  # Su Hyeong Lee & Richard Ngo, "On Defining Neural Averaging" (no stable link recorded)
 
     def __init__(self, params: AmeParams):
