@@ -58,6 +58,10 @@ class OutputExistsError(HfSoupError, FileExistsError):
     """The destination exists and ``overwrite`` was not given."""
 
 
+class NothingToSoupError(HfSoupError):
+    """A training run or sweep produced no checkpoint or trial model to soup."""
+
+
 class EvaluationError(HfSoupError):
     """An evaluation dataset or metric cannot be used with these ingredients."""
 

@@ -1,0 +1,1 @@
+"""Helpers of :class:`hf_soup.SoupCallback`: harvesting checkpoints and scoring with a Trainer."""
