@@ -11,8 +11,10 @@ load. Printed: median wall time, merge time (``soup_report.json`` timings) and p
 * peak RSS of AME <= 1.5 x the uniform soup's;
 * AME merge time <= 1.5 x epochs x the uniform soup's merge time.
 
-A third line measures the floor AME cannot go below: a Python process that imports torch
-and builds one ``torch.optim`` optimizer (which also imports ``torch._dynamo``).
+Floors, measured first: a Python process that imports torch; one that also runs one step of
+torch's functional optimizer (what AME runs, ``torch.optim.adam.adam``...); and, for
+comparison, one that builds and steps a ``torch.optim`` optimizer object, which imports
+``torch._dynamo`` (AME does not).
 """
 
 from __future__ import annotations
@@ -57,15 +59,25 @@ def main() -> None:
     paths = llama_ingredients(max(counts))
     ame_args = ["--method", "ame", "-p", f"optimizer={args.optimizer}", "-p", f"lr={args.lr}",
                 "-p", f"epochs={args.epochs}", "-p", f"batch_size={args.batch_size}"]
-    floor_code = ("import torch; p = torch.nn.Parameter(torch.zeros(2)); p.grad = torch.ones(2); "
-                  f"torch.optim.{'Adam' if args.optimizer == 'adam' else 'SGD'}([p], lr=0.1).step()")
-    floor = statistics.median(measure([sys.executable, "-c", floor_code], ENV)[1] for _ in range(args.runs))
+    optimizer_step = ("from hf_soup.methods.ame_functional import FunctionalOptimizer; "
+                      "from hf_soup.methods.ame_optim import optimizer_group; "
+                      f"FunctionalOptimizer({args.optimizer!r}, torch.zeros(2), torch.ones(2), "
+                      f"optimizer_group({args.optimizer!r}, 0.1, {{}})).step()")
+    class_step = ("from hf_soup.methods.ame_optim import resolve_optimizer; p = torch.nn.Parameter(torch.zeros(2)); "
+                  f"p.grad = torch.ones(2); resolve_optimizer({args.optimizer!r})([p], lr=0.1).step()")
+    floors = {"python + torch": "import torch",
+              "+ functional step (AME)": f"import torch; {optimizer_step}",
+              "+ Optimizer object step": f"import torch; {class_step}"}
+    floor_rss = {label: statistics.median(measure([sys.executable, "-c", code], ENV)[1] for _ in range(args.runs))
+                 for label, code in floors.items()}
+    floor = floor_rss["+ functional step (AME)"]
     work = Path(tempfile.mkdtemp(prefix="hf-soup-bench-ame-"))
     try:
         print(f"AME: {args.optimizer}, lr {args.lr}, {args.epochs} epochs, batch {args.batch_size}; "
               f"median of {args.runs} runs; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
         print(f"{'contender':<26} {'wall s':>8} {'merge s':>8} {'peak RSS MB':>12}")
-        print(f"{'python + torch + optim':<26} {'':>8} {'':>8} {floor:>12.0f}")
+        for label, rss in floor_rss.items():
+            print(f"{label:<26} {'':>8} {'':>8} {rss:>12.0f}")
         for count in counts:
             inputs = paths[:count]
             warm_cache(inputs)

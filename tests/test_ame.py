@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -376,3 +377,125 @@ def test_schedule_rates_batches_and_shuffles():
     assert all(sorted(e) == [0, 1, 2, 3, 4] for e in epochs) and len({tuple(e) for e in epochs}) > 1
     assert shuffled == build_schedule(5, shuffle=True, lr_schedule="constant", **common)
     assert shuffled != build_schedule(5, shuffle=True, lr_schedule="constant", **{**common, "seed": 12})
+
+
+# -- the functional optimizer path == torch's Optimizer.step(), bit for bit -----------------
+
+_OPTIMIZER_CASES = [
+    ("sgd", {}),
+    ("sgd", dict(momentum=0.9)),
+    ("sgd", dict(momentum=0.9, nesterov=True, weight_decay=0.01)),
+    ("sgd", dict(momentum=0.5, dampening=0.1, maximize=False)),
+    ("sgd", dict(momentum=0.9, weight_decay=0.1, fused=True)),
+    ("sgd", dict(momentum=0.9, foreach=True, maximize=True)),
+    ("adam", {}),
+    ("adam", dict(betas=(0.8, 0.99), weight_decay=0.1, amsgrad=True)),
+    ("adam", dict(weight_decay=0.05, amsgrad=True, fused=True)),
+    ("adam", dict(weight_decay=0.1, decoupled_weight_decay=True, maximize=False, foreach=True)),
+    ("adamw", {}),
+    ("adamw", dict(weight_decay=0.1, amsgrad=True)),
+    ("adamw", dict(betas=(0.5, 0.9), fused=True)),
+    ("adagrad", {}),
+    ("adagrad", dict(lr_decay=0.01, weight_decay=0.1, initial_accumulator_value=0.5)),
+    ("adagrad", dict(initial_accumulator_value=0.1, eps=1e-3, fused=True)),
+    ("adadelta", {}),
+    ("adadelta", dict(rho=0.5, weight_decay=0.1, eps=1e-4)),
+    ("rmsprop", {}),
+    ("rmsprop", dict(centered=True)),
+    ("rmsprop", dict(momentum=0.9, alpha=0.9)),
+    ("rmsprop", dict(centered=True, momentum=0.9, weight_decay=0.1, foreach=True)),
+    ("adamax", {}),
+    ("adamax", dict(betas=(0.8, 0.99), weight_decay=0.1)),
+    ("nadam", {}),
+    ("nadam", dict(weight_decay=0.1, decoupled_weight_decay=True, momentum_decay=0.01)),
+    ("radam", {}),
+    ("radam", dict(weight_decay=0.1, decoupled_weight_decay=True)),
+    ("asgd", {}),
+    ("asgd", dict(t0=2, lambd=0.01, alpha=0.5, weight_decay=0.1)),
+    ("rprop", {}),
+    ("rprop", dict(etas=(0.3, 1.5), step_sizes=(1e-4, 1.0))),
+]
+
+
+@pytest.mark.parametrize("name, kwargs", _OPTIMIZER_CASES, ids=lambda v: v if isinstance(v, str) else
+                         ",".join(f"{k}={w}" for k, w in v.items()) or "defaults")
+def test_functional_path_equals_optimizer_step_bit_for_bit(name, kwargs):
+    """Several steps at changing rates: same weights and same state as ``torch.optim.X.step()``."""
+    from hf_soup.methods.ame_functional import FunctionalOptimizer
+    from hf_soup.methods.ame_optim import optimizer_group, resolve_optimizer
+
+    g = torch.Generator().manual_seed(5)
+    start = torch.randn(1000, generator=g)
+    gradients = [torch.randn(1000, generator=g) for _ in range(6)]
+    gradients[3] = -gradients[2]  # a sign flip (Rprop's and AMSGrad's branches)
+    rates = [0.1, 0.05, 0.3, 0.02, 0.2, 0.01]
+
+    weights = torch.nn.Parameter(start.clone())
+    weights.grad = torch.empty(1000)
+    # built at another rate: the rate each step runs at is set in the group, as AME does
+    reference = resolve_optimizer(name)([weights], lr=1.0, **kwargs)
+    values, grad = start.clone(), torch.empty(1000)
+    ours = FunctionalOptimizer(name, values, grad, optimizer_group(name, 1.0, kwargs))
+    for gradient, rate in zip(gradients, rates):
+        weights.grad.copy_(gradient)
+        reference.param_groups[0]["lr"] = rate
+        reference.step()
+        grad.copy_(gradient)
+        ours.step(rate)
+        assert torch.equal(values, weights.detach())
+    assert not torch.equal(values, start)
+    theirs = reference.state[weights]
+    assert ours.state.keys() == theirs.keys()
+    for key, value in theirs.items():
+        assert torch.equal(ours.state[key], value), key
+        assert ours.state[key].dtype == value.dtype and ours.state[key].device == value.device, key
+
+
+def test_every_optimizer_argument_is_forwarded():
+    """Each group entry of the installed torch's optimizers is passed on by the functional path."""
+    from hf_soup.methods.ame_functional import FORWARDED, unforwarded
+    from hf_soup.methods.ame_optim import ELEMENTWISE, optimizer_group, resolve_optimizer
+
+    assert set(FORWARDED) == set(ELEMENTWISE)
+    for name in ELEMENTWISE:
+        weights = torch.nn.Parameter(torch.zeros(1))
+        group = resolve_optimizer(name)([weights], lr=0.1).param_groups[0]
+        assert unforwarded(name, group) == [], name
+        assert optimizer_group(name, 0.1, {}) == {k: v for k, v in group.items() if k != "params"}, name
+
+
+def test_optimizer_arguments_are_still_checked_by_torch():
+    from hf_soup.methods.ame_optim import check_optimizer
+
+    with pytest.raises(ValueError, match="Nesterov momentum requires a momentum"):
+        check_optimizer("sgd", 0.1, {"nesterov": True})
+    with pytest.raises(ValueError, match="Invalid eta values"):
+        check_optimizer("rprop", 0.1, {"etas": [1.5, 0.5]})
+    with pytest.raises(ValueError, match="fused.*foreach"):
+        check_optimizer("adam", 0.1, {"fused": True, "foreach": True})
+    assert check_optimizer("adagrad", 0.1, {"initial_accumulator_value": 0.5})["initial_accumulator_value"] == 0.5
+
+
+def test_ame_never_imports_torch_dynamo(llama_dirs, tmp_path):
+    """Neither the Python API nor the CLI builds a torch Optimizer (its step imports ~70 MB of dynamo)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import sys, torch, hf_soup\n"
+        "sds = [{'w': torch.randn(300, 70) + i, 'b': torch.randn(5)} for i in range(3)]\n"
+        "for options in [dict(optimizer='adam'), dict(optimizer='adamw', amsgrad=True, epochs=2, batch_size=2),\n"
+        "                dict(optimizer='sgd', momentum=0.9), dict(optimizer='rprop'), dict(optimizer='asgd')]:\n"
+        "    hf_soup.merge_state_dicts(sds, method='ame', **options)\n"
+        "assert 'torch._dynamo' not in sys.modules, 'merge_state_dicts imported torch._dynamo'\n"
+        "from hf_soup.cli import main\n"
+        f"args = ['merge', *[x for d in {llama_dirs!r} for x in ('-m', d)], '--method', 'ame', '-p', 'optimizer=adam',\n"
+        f"        '-p', 'epochs=2', '-o', {str(tmp_path / 'out')!r}, '--quiet']\n"
+        "assert main(args) == 0\n"
+        "assert 'torch._dynamo' not in sys.modules, 'the CLI merge imported torch._dynamo'\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "out" / "soup_report.json").exists()

@@ -44,6 +44,7 @@ def execute(
     ``buffer_bytes`` bounds the read buffers (default: the method's ``buffer_bytes``, else 128 MiB).
     """
     step = chunk_elements(len(indices), buffer_bytes or method.buffer_bytes or _chunks.DEFAULT_BUFFER_BYTES)
+    step = max(1, min(step, max((t.meta.numel for t in tensors), default=1)))  # no larger than needed
     merged = [t for t in tensors if t.action == "merge"]
     merged_chunks = iter_chunks(merged, [sources[i] for i in indices], indices, step)
     for tensor in tensors:

@@ -1,10 +1,12 @@
 """Measure the peak memory growth of a block of code, in this process (tests, benchmarks).
 
-Torch keeps no statistics for CPU memory, so :class:`PeakMemory` samples the process's
-resident set size (``/proc/self/statm``, or ``psutil``) from a background thread every
-``interval`` seconds and reports the peak above the level at entry. Before it starts,
-glibc's ``malloc_trim(0)`` hands freed heap pages back to the system, so memory freed
-by earlier code does not hide this block's growth. Long-lived allocations (the model
+Torch keeps no statistics for CPU memory, so :class:`PeakMemory` samples the bytes
+allocated through malloc (glibc's ``mallinfo2``: arena blocks in use plus mmapped
+blocks, which is where torch's CPU tensors live) from a background thread every
+``interval`` seconds and reports the peak above the level at entry. Live bytes, unlike
+the resident set size, do not depend on whether freed pages are reused, so earlier code
+in the same process does not hide this block's growth. Where ``mallinfo2`` is missing it
+falls back to the resident set size after ``malloc_trim(0)``. Long-lived allocations (the model
 copies a soup method holds) are caught reliably; spikes shorter than ``interval`` may
 be missed, so use it to compare methods, not to size machines.
 
@@ -22,6 +24,31 @@ import threading
 import time
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _mallinfo2():
+    try:
+        function = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    function.restype = _MallInfo2
+    return function
+
+
+_MALLINFO2 = _mallinfo2()
+
+
+def allocated_bytes() -> int:
+    """Bytes currently allocated through malloc (or the resident set size without glibc)."""
+    if _MALLINFO2 is not None:
+        info = _MALLINFO2()
+        return info.uordblks + info.hblkhd
+    return resident_bytes()
 
 
 def resident_bytes() -> int:
@@ -44,7 +71,7 @@ def trim_heap() -> None:
 
 
 class PeakMemory:
-    """Context manager: ``peak_bytes`` = peak RSS inside the block minus RSS at entry."""
+    """Context manager: ``peak_bytes`` = peak allocated bytes inside the block minus those at entry."""
 
     def __init__(self, interval: float = 0.0005):
         self.interval = interval
@@ -59,7 +86,7 @@ class PeakMemory:
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, resident_bytes())
+            self.peak = max(self.peak, allocated_bytes())
             time.sleep(self.interval)
 
     def __enter__(self) -> "PeakMemory":
@@ -67,13 +94,13 @@ class PeakMemory:
 
         gc.collect()
         trim_heap()
-        self.baseline = self.peak = resident_bytes()
+        self.baseline = self.peak = allocated_bytes()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.peak = max(self.peak, resident_bytes())
+        self.peak = max(self.peak, allocated_bytes())
         self._stop.set()
         if self._thread is not None:
             self._thread.join()

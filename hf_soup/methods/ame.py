@@ -11,12 +11,15 @@ harmonic rate lr/t and an adaptive pivot it gives the running mean (§3.1).
 
 The update is elementwise (App. A.1, "Compute Efficiency"), so the engine streams it
 tensor by tensor: each chunk of each tensor replays one seeded schedule (order, shuffles,
-batches, rates) from a fresh optimizer, which equals running AME on the whole flattened
-model at once, byte for byte. On CPU a chunk is processed in cache-sized blocks (the
-whole schedule runs on one block before the next), blocks are multiples of 64 elements
-(the last one zero-padded) so that every element goes through the same vectorised
-kernels, and torch's fused kernels are used where they exist (SGD, Adam, AdamW, Adagrad).
-Memory: the engine's read buffers (32 MiB for AME) plus one output chunk and a block's
+batches, rates) from a fresh optimizer state, which equals running AME on the whole
+flattened model at once, byte for byte. The steps run through torch's functional
+optimizers (``torch.optim.adam.adam``...) with exactly the state and arguments
+``optimizer.step()`` uses (:mod:`~hf_soup.methods.ame_functional`): bit-identical, but
+without an ``Optimizer`` object, whose ``step`` imports ``torch._dynamo`` (~70 MB).
+On CPU a chunk is processed in cache-sized blocks (the whole schedule runs on one block
+before the next), blocks are multiples of 64 elements (the last one zero-padded) so
+that every element goes through the same vectorised kernels, and torch's fused kernels are used where they exist (SGD, Adam, AdamW, Adagrad).
+Memory: the engine's read buffers (16 MiB for AME) plus one output chunk and a block's
 optimizer state.
 
 Ordering by validation score and ``pivot: best`` need scores: ``MergeContext.scores`` or
@@ -45,7 +48,8 @@ import numpy as np
 from pydantic import ConfigDict, field_serializer, field_validator, model_validator
 
 from ..errors import MethodParameterError, RecipeError
-from .ame_optim import check_optimizer, default_lr, optimizer_arguments, resolve_optimizer
+from .ame_functional import FunctionalOptimizer
+from .ame_optim import check_optimizer, default_lr, optimizer_group, resolve_optimizer
 from .ame_schedule import AmeStep, build_schedule, ingredient_order
 from .base import ChunkInfo, MergeContext, MethodParams, TensorMethod
 
@@ -181,7 +185,7 @@ class AmeSoup(TensorMethod):
     Params = AmeParams
     # AME is compute-bound (every element goes through epochs x N / batch_size optimizer
     # steps), so a smaller read-ahead than the engine's default costs no time and saves memory.
-    buffer_bytes = 32 * 1024 * 1024
+    buffer_bytes = 16 * 1024 * 1024
     paper = None  # Su Hyeong Lee & Richard Ngo, "On Defining Neural Averaging" (no stable link recorded)
 
     def __init__(self, params: AmeParams):
@@ -322,7 +326,7 @@ class AmeSoup(TensorMethod):
         self._schedule = list(steps)
 
     def _run_arguments(self, device: str) -> tuple[dict[str, Any], str]:
-        """The optimizer's keyword arguments, and which torch implementation runs.
+        """The optimizer's full parameter group, and which torch implementation runs.
 
         Unless ``fused`` or ``foreach`` is given, torch's fused kernel is used where it
         exists for this optimizer and device (SGD, Adam, AdamW, Adagrad): one pass per step
@@ -330,19 +334,20 @@ class AmeSoup(TensorMethod):
         """
         import torch
 
-        arguments = {k: (tuple(v) if isinstance(v, list) else v) for k, v in self.params.optimizer_kwargs.items()}
-        arguments["lr"] = self._lr
+        arguments = dict(self.params.optimizer_kwargs)
+        name = self.params.optimizer
+        group = optimizer_group(name, self._lr, arguments)
         if "fused" in arguments or "foreach" in arguments:
-            return arguments, "fused" if arguments.get("fused") else ("foreach" if arguments.get("foreach") else "for-loop")
-        if "fused" not in optimizer_arguments(self._optimizer_class):
-            return arguments, "for-loop"
-        probe = torch.nn.Parameter(torch.zeros(2, device=device))
-        probe.grad = torch.ones(2, device=device)
+            return group, "fused" if group.get("fused") else ("foreach" if group.get("foreach") else "for-loop")
+        if "fused" not in group:
+            return group, "for-loop"
         try:
-            self._optimizer_class([probe], **arguments, fused=True).step()
+            fused = optimizer_group(name, self._lr, {**arguments, "fused": True})
+            probe = torch.zeros(2, device=device)
+            FunctionalOptimizer(name, probe, torch.ones(2, device=device), fused).step()
         except (RuntimeError, ValueError, TypeError):
-            return arguments, "for-loop"
-        return {**arguments, "fused": True}, "fused"
+            return group, "for-loop"
+        return fused, "fused"
 
     # -- the elementwise merge ----------------------------------------------------------
 
@@ -401,18 +406,15 @@ class AmeSoup(TensorMethod):
         import torch
 
         self._fill_pivot(values, xs, info, offset, count)
-        weights = torch.nn.Parameter(values)  # shares ``values``' memory: updated in place
-        reference = None if self.params.adaptive_pivot else values.clone()
-        optimizer = self._optimizer_class([weights], **self._run_args)
-        group = optimizer.param_groups[0]
+        reference = values if self.params.adaptive_pivot else values.clone()
         grad = torch.empty_like(values)
-        weights.grad = grad
-        current = weights.detach()
+        # torch's functional optimizer, as ``optimizer.step()`` calls it (bit-identical), on
+        # ``values`` in place: no ``Optimizer`` object, so ``torch._dynamo`` is never imported.
+        optimizer = FunctionalOptimizer(self.params.optimizer, values, grad, self._run_args)
         num = len(xs)
         for step in self._schedule:
-            group["lr"] = step.lr
-            self._pseudogradient(grad, current if reference is None else reference, xs, step.batch, num)
-            optimizer.step()
+            self._pseudogradient(grad, reference, xs, step.batch, num)
+            optimizer.step(step.lr)
 
     def _fill_pivot(self, values: Any, xs: list[Any], info: ChunkInfo | None, offset: int, count: int) -> None:
         """Write w₀ for this block into ``values`` (its first ``count`` elements are real)."""

@@ -2,8 +2,12 @@
 
 AME runs tensor by tensor, in chunks, so only optimizers whose update of an element
 depends on that element alone (and on the step number) are allowed. Their arguments
-are checked by building the real optimizer once on a one-element parameter, so torch's
-own validation (``betas`` in [0, 1), ``eps`` ≥ 0...) runs before any work.
+are checked by running the real optimizer's constructor once on a one-element
+parameter, so torch's own validation (``betas`` in [0, 1), ``eps`` ≥ 0...) runs before
+any work. That construction skips the dynamo guard torch wraps around
+``Optimizer.add_param_group`` (it would import ``torch._dynamo``, ~70 MB); everything
+else is the class's own code. AME then steps with torch's functional optimizers
+(:mod:`hf_soup.methods.ame_functional`), never with an ``Optimizer`` object.
 
 >>> resolve_optimizer("AdamW").__name__
 'AdamW'
@@ -76,6 +80,41 @@ def _normalise(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+def construct_without_dynamo(cls: type, params: Any, **kwargs: Any) -> Any:
+    """``cls(params, **kwargs)``, built without importing ``torch._dynamo``.
+
+    Runs the class's own ``__init__`` (all of torch's checks and defaults); only the
+    dynamo-disabling wrapper around ``Optimizer.add_param_group`` is peeled off
+    (``inspect.unwrap``). The object is for reading ``defaults``/``param_groups``: its
+    ``step`` would still import dynamo.
+    """
+    from torch.optim.optimizer import Optimizer
+
+    optimizer = cls.__new__(cls)
+    add_param_group = inspect.unwrap(Optimizer.add_param_group)
+    optimizer.add_param_group = add_param_group.__get__(optimizer)  # instance attribute: found first
+    cls.__init__(optimizer, params, **kwargs)
+    del optimizer.add_param_group
+    return optimizer
+
+
+def optimizer_group(name: str, lr: float, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The complete parameter group ``torch.optim.<name>(params, lr=lr, **kwargs)`` would hold.
+
+    Every hyper-parameter, defaults filled in by torch (implementation flags included),
+    without the ``params`` entry. Raises what the constructor raises.
+
+    >>> optimizer_group("adamw", 0.01, {})["decoupled_weight_decay"]
+    True
+    """
+    import torch
+
+    cls = resolve_optimizer(name)
+    arguments = {key: _normalise(value) for key, value in kwargs.items()}
+    probe = construct_without_dynamo(cls, [torch.zeros(1)], lr=lr, **arguments)
+    return {k: v for k, v in probe.param_groups[0].items() if k != "params"}
+
+
 def check_optimizer(name: str, lr: float, kwargs: Mapping[str, Any],
                     method_fields: Sequence[str] = ()) -> dict[str, Any]:
     """Validate ``kwargs`` for optimizer ``name``; return every argument it will run with.
@@ -95,9 +134,15 @@ def check_optimizer(name: str, lr: float, kwargs: Mapping[str, Any],
             own = f" nor an AME parameter ({', '.join(method_fields)})" if method_fields else ""
             raise ValueError(f"unknown parameter {key!r}: not an argument of torch.optim.{cls.__name__} "
                              f"(lr, {choices}){own}; check the spelling or the optimizer")
-    arguments = {key: _normalise(value) for key, value in kwargs.items()}
     try:
-        probe = cls([torch.nn.Parameter(torch.zeros(1))], lr=lr, **arguments)
+        group = optimizer_group(name, lr, kwargs)
     except (ValueError, TypeError, RuntimeError) as error:
         raise ValueError(f"torch.optim.{cls.__name__} rejects these arguments: {error}") from None
-    return {k: v for k, v in probe.defaults.items() if k not in _IMPLEMENTATION_FLAGS}
+    from .ame_functional import unforwarded
+
+    ignored = [key for key in unforwarded(name, group) if group[key] != accepted.get(key)]
+    if ignored:
+        raise ValueError(f"argument(s) {', '.join(ignored)} of torch.optim.{cls.__name__} (torch "
+                         f"{torch.__version__}) are not passed on by AME's functional optimizer path; "
+                         "leave them at their defaults")
+    return {k: v for k, v in group.items() if k not in _IMPLEMENTATION_FLAGS}
