@@ -12,7 +12,6 @@ from typing import Any
 from .align import align
 from .errors import RecipeError
 from .ingredients import Ingredient, resolve_ingredients
-from .io.shards import parse_size
 from .methods.base import MergeContext, MergePlan, PlanningMethod, TensorMethod
 from .methods.registry import build_method
 from .recipe import Recipe
@@ -74,125 +73,166 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
     share the work; see :mod:`hf_soup.distributed`.
     """
     from .distributed import get_dist
-    from .engine.device import on_device
-    from .io.staging import check_destination
-    from .output import copy_sidecars, shard_plan, write_index
 
     if not recipe.output.dir:
         raise RecipeError("output.dir: required; say where to write the soup (-o DIR)")
-    dist = get_dist(recipe.device)
-    with dist.stage("checking the recipe"):
-        destination = check_destination(recipe.output.dir, recipe.output.overwrite)
-        timer = _Timer()
-        method = build_method(recipe.method.name, recipe.method.params)
-        adapter_output = recipe.output.format == "adapter"
-        if adapter_output:
+    run = _Run(recipe, get_dist(recipe.device), token, progress)
+    with run.dist.stage("checking the recipe"):
+        run.check()
+    run.resolve()
+    with ExitStack() as stack:
+        run.plan(stack)
+        report = run.write()
+    logger.info("soup written to %s", run.destination)
+    with run.dist.stage("pushing the soup"):
+        if recipe.push_to_hub is not None and run.dist.is_main:
+            report["pushed_to"] = SoupResult(run.destination, report).push_to_hub(
+                token=token, **recipe.push_to_hub.model_dump())
+    return SoupResult(run.destination, run.dist.broadcast(report), is_main_process=run.dist.is_main)
+
+
+class _Run:
+    """The state of one recipe run, step by step: check, resolve, plan, write."""
+
+    def __init__(self, recipe: Recipe, dist: Any, token: str | None, progress: bool):
+        self.recipe, self.dist, self.token, self.progress = recipe, dist, token, progress
+        self.timer = _Timer()
+        self.adapter_output = recipe.output.format == "adapter"
+        self.evaluator = None
+        self.comparison: dict[str, Any] | None = None
+
+    def check(self) -> None:
+        """Validate everything that needs no download: destination, method, evaluation."""
+        from .io.staging import check_destination
+
+        recipe = self.recipe
+        self.destination = check_destination(recipe.output.dir, recipe.output.overwrite)
+        self.method = build_method(recipe.method.name, recipe.method.params)
+        if self.adapter_output:
             from .adapters.output import check_adapter_method
 
-            check_adapter_method(method)
-        if dist.is_main:  # header-only check of Hub ingredients before any download; one process suffices
+            check_adapter_method(self.method)
+        if self.dist.is_main:  # header-only check of Hub ingredients before any download; one process suffices
             from .ingredients.hub_headers import precheck_hub_alignment
 
-            precheck_hub_alignment(recipe.ingredients, token=token, on_missing=recipe.on_missing)
-        needs_evaluation = method.needs_evaluation or recipe.compare
-        if needs_evaluation and recipe.evaluation is None:
-            reason = "compare: true" if recipe.compare else f"method {method.name!r}"
+            precheck_hub_alignment(recipe.ingredients, token=self.token, on_missing=recipe.on_missing)
+        self.needs_evaluation = self.method.needs_evaluation or recipe.compare
+        if self.needs_evaluation and recipe.evaluation is None:
+            reason = "compare: true" if recipe.compare else f"method {self.method.name!r}"
             raise RecipeError(f"evaluation: {reason} needs an evaluation dataset; add evaluation: {{dataset: ...}} "
                               "(--eval-dataset on the command line, evaluation=... in Python)")
 
-    def resolve() -> tuple[list[Ingredient], Any]:
-        resolved = resolve_ingredients(recipe.ingredients, token=token)
-        return resolved, _attach_bases(resolved, recipe, token)
+    def resolve(self) -> None:
+        """Download / locate the ingredients (main process of each node first), build the evaluator."""
+        recipe, dist = self.recipe, self.dist
 
-    ingredients, base = dist.local_main_first(resolve)
-    dist.agree_on_revisions(ingredients)
-    timer.lap("resolve")
-    logger.info("resolved %d ingredients: %s", len(ingredients), ", ".join(i.name for i in ingredients))
-    evaluator = None
-    if needs_evaluation:  # loads and checks the data and builds the model before any merge work
-        from .evaluation.evaluator import Evaluator
+        def resolve() -> tuple[list[Ingredient], Any]:
+            resolved = resolve_ingredients(recipe.ingredients, token=self.token)
+            return resolved, _attach_bases(resolved, recipe, self.token)
 
-        dist.preload("transformers", "datasets")
-        evaluator = dist.local_main_first(lambda: Evaluator.for_ingredients(
-            recipe.evaluation, ingredients, device=dist.device, progress=progress and dist.is_main, token=token),
-            "preparing the evaluation")
-        timer.lap("evaluation_setup")
-    with ExitStack() as stack:
+        self.ingredients, self.base = dist.local_main_first(resolve)
+        dist.agree_on_revisions(self.ingredients)
+        self.timer.lap("resolve")
+        logger.info("resolved %d ingredients: %s", len(self.ingredients), ", ".join(i.name for i in self.ingredients))
+        if self.needs_evaluation:  # loads and checks the data and builds the model before any merge work
+            from .evaluation.evaluator import Evaluator
+
+            dist.preload("transformers", "datasets")
+            self.evaluator = dist.local_main_first(lambda: Evaluator.for_ingredients(
+                recipe.evaluation, self.ingredients, device=dist.device, progress=self.progress and dist.is_main,
+                token=self.token), "preparing the evaluation")
+            self.timer.lap("evaluation_setup")
+
+    def plan(self, stack: ExitStack) -> None:
+        """Open the ingredients, align them, let the method decide, and run the comparison."""
+        recipe, dist, ingredients = self.recipe, self.dist, self.ingredients
         with dist.stage("aligning the ingredients"):
-            sources = {i: stack.enter_context(ing.open()) for i, ing in enumerate(ingredients)}
-            alignment = align(list(sources.values()), [i.name for i in ingredients], [i.config for i in ingredients],
-                              on_missing=recipe.on_missing, dtype=recipe.output.dtype, reference=recipe.output.config_from)
-        timer.lap("align")
-        logger.info("aligned %d tensors (%d parameters)", len(alignment.tensors), alignment.num_parameters)
+            self.sources = {i: stack.enter_context(ing.open()) for i, ing in enumerate(ingredients)}
+            self.alignment = align(list(self.sources.values()), [i.name for i in ingredients],
+                                   [i.config for i in ingredients], on_missing=recipe.on_missing,
+                                   dtype=recipe.output.dtype, reference=recipe.output.config_from)
+        self.timer.lap("align")
+        logger.info("aligned %d tensors (%d parameters)", len(self.alignment.tensors), self.alignment.num_parameters)
         context = MergeContext(len(ingredients), [i.name for i in ingredients], device=dist.device,
-                               extra={"seed": recipe.seed, "alignment": alignment})
-        if evaluator is not None:
-            context.evaluator = evaluator.bind(alignment.tensors, sources)
-            context.higher_is_better = evaluator.higher_is_better
+                               extra={"seed": recipe.seed, "alignment": self.alignment})
+        if self.evaluator is not None:
+            context.evaluator = self.evaluator.bind(self.alignment.tensors, self.sources)
+            context.higher_is_better = self.evaluator.higher_is_better
         with dist.stage("planning the merge"):
-            plan = _plan(method, context, ingredients)
-            if adapter_output:
+            self.merge_plan = _plan(self.method, context, ingredients)
+            if self.adapter_output:
                 from .adapters.output import check_adapter_plan
 
-                check_adapter_plan(plan, ingredients)
-        dist.agree_on_plan(plan)
-        timer.lap("plan")
-        logger.info("plan: %s over ingredients %s", plan.method.name, plan.ingredients)
-        comparison = None
+                check_adapter_plan(self.merge_plan, ingredients)
+        dist.agree_on_plan(self.merge_plan)
+        self.timer.lap("plan")
+        logger.info("plan: %s over ingredients %s", self.merge_plan.method.name, self.merge_plan.ingredients)
         if recipe.compare:
             from .evaluation.compare import compare_soups
 
             with dist.stage("comparing the soups"):
-                comparison = compare_soups(evaluator, method.name, plan, context.refs)
-            plan.details.setdefault("scores", comparison["ingredient_scores"])
-            plan.details.setdefault("score", comparison["chosen_score"])
-            timer.lap("compare")
-        shards = [] if adapter_output else shard_plan(alignment.tensors, parse_size(recipe.output.max_shard_size))
+                self.comparison = compare_soups(self.evaluator, self.method.name, self.merge_plan, context.refs)
+            self.merge_plan.details.setdefault("scores", self.comparison["ingredient_scores"])
+            self.merge_plan.details.setdefault("score", self.comparison["chosen_score"])
+            self.timer.lap("compare")
+
+    def write(self) -> dict[str, Any] | None:
+        """Write the soup into a staged directory and publish it; return the report (process 0)."""
+        from .engine.device import on_device
+        from .io.shards import parse_size
+        from .output import shard_plan
+
+        recipe, dist, plan = self.recipe, self.dist, self.merge_plan
+        shards = [] if self.adapter_output else shard_plan(self.alignment.tensors, parse_size(recipe.output.max_shard_size))
         report = None
-        with dist.staged_directory(destination, recipe.output.overwrite) as staging:
-            if not adapter_output:
+        with dist.staged_directory(self.destination, recipe.output.overwrite) as staging:
+            if not self.adapter_output:
                 mine = dist.my_shards(shards)
-                bar = _progress_bar(sum(meta.numel for s in mine for _, meta in s.entries), progress and dist.is_main)
-                dist.write_shards(staging, shards, alignment.tensors, on_device(plan.method, dist.device), sources,
-                                  plan.ingredients, progress=bar.update if bar else None)
+                bar = _progress_bar(sum(meta.numel for s in mine for _, meta in s.entries), self.progress and dist.is_main)
+                dist.write_shards(staging, shards, self.alignment.tensors, on_device(plan.method, dist.device),
+                                  self.sources, plan.ingredients, progress=bar.update if bar else None)
                 if bar:
                     bar.close()
             if dist.is_main:
-                if adapter_output:  # small: process 0 writes it alone
-                    from .adapters.output import write_adapter_soup
+                report = self._finish(staging, shards)
+        return report
 
-                    written = write_adapter_soup(staging, ingredients, sources, plan, base, recipe.output.rank,
-                                                 recipe.output.dtype)
-                else:
-                    write_index(staging, shards)
-                    copy_sidecars(staging, ingredients[recipe.output.config_from], recipe.output.dtype)
-                    written = {"format": "model"}
-                timer.lap("merge")
-                report = _report(recipe, method, plan, ingredients, alignment, shards, timer)
-                report["output"].update(written)
-                if base is not None:
-                    from .adapters import adapters_report
+    def _finish(self, staging: Path, shards: list) -> dict[str, Any]:
+        """Process 0: index or adapter files, config files, report, plots and model card."""
+        from .output import copy_sidecars, write_index
 
-                    report["adapters"] = adapters_report(ingredients, base)
-                if evaluator is not None:
-                    report["evaluation"] = evaluator.describe()
-                if comparison is not None:
-                    from .evaluation.compare import plot_comparison
+        recipe, plan = self.recipe, self.merge_plan
+        if self.adapter_output:  # small: process 0 writes it alone
+            from .adapters.output import write_adapter_soup
 
-                    if not plot_comparison(comparison, context.refs, staging / comparison["plot"]):
-                        comparison["plot"] = None  # matplotlib is not installed
-                    report["comparison"] = comparison
-                if dist.report():
-                    report["distributed"] = dist.report()
-                write_report(staging, report)
-                for name, data in plan.files.items():  # e.g. a learned soup's coefficient plot
-                    (staging / name).write_bytes(data)
-                _write_card(staging, recipe.output.card_template)
-    logger.info("soup written to %s", destination)
-    with dist.stage("pushing the soup"):
-        if recipe.push_to_hub is not None and dist.is_main:
-            report["pushed_to"] = SoupResult(destination, report).push_to_hub(token=token, **recipe.push_to_hub.model_dump())
-    return SoupResult(destination, dist.broadcast(report), is_main_process=dist.is_main)
+            written = write_adapter_soup(staging, self.ingredients, self.sources, plan, self.base, recipe.output.rank,
+                                         recipe.output.dtype)
+        else:
+            write_index(staging, shards)
+            copy_sidecars(staging, self.ingredients[recipe.output.config_from], recipe.output.dtype)
+            written = {"format": "model"}
+        self.timer.lap("merge")
+        report = _report(recipe, self.method, plan, self.ingredients, self.alignment, shards, self.timer)
+        report["output"].update(written)
+        if self.base is not None:
+            from .adapters import adapters_report
+
+            report["adapters"] = adapters_report(self.ingredients, self.base)
+        if self.evaluator is not None:
+            report["evaluation"] = self.evaluator.describe()
+        if self.comparison is not None:
+            from .evaluation.compare import plot_comparison
+
+            if not plot_comparison(self.comparison, [i.name for i in self.ingredients], staging / self.comparison["plot"]):
+                self.comparison["plot"] = None  # matplotlib is not installed
+            report["comparison"] = self.comparison
+        if self.dist.report():
+            report["distributed"] = self.dist.report()
+        write_report(staging, report)
+        for name, data in plan.files.items():  # e.g. a learned soup's coefficient plot
+            (staging / name).write_bytes(data)
+        _write_card(staging, recipe.output.card_template)
+        return report
 
 
 def _attach_bases(ingredients: list[Ingredient], recipe: Recipe, token: str | None):
@@ -213,10 +253,8 @@ def _progress_bar(total: int, enabled: bool):
 
 
 def _write_card(directory: Path, template: str | None = None) -> None:
-    try:
-        from .card import write_card
-    except ImportError:  # the model card module is optional until the Hub work lands
-        return
+    from .card import write_card
+
     write_card(directory, template)
 
 
