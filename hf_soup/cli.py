@@ -130,11 +130,14 @@ def merge_command(args) -> int:
     report = result.report
     if not result.is_main_process:  # torchrun / accelerate launch: process 0 speaks for all
         return 0
+    rows = report["ingredients"]
+    kept = sum(1 for row in rows if row.get("kept", True))
+    used = _plural(len(rows), "ingredient") if kept == len(rows) else f"{kept} of {len(rows)} ingredients kept"
     print(f"Soup written to {result.output_dir} ({report['method']}, {report['output']['num_parameters']:,} parameters, "
-          f"{len(report['ingredients'])} ingredients, {report['timings']['total']:.2f}s)")
+          f"{used}, {report['timings']['total']:.2f}s)")
     if report.get("score") is not None:
         print(f"Validation {report['evaluation']['metric']}: {report['score']:.4f} "
-              f"({report['num_full_evaluations']} full evaluations)")
+              f"({_plural(report['num_full_evaluations'], 'full evaluation')})")
     if report.get("comparison"):
         from .evaluation.compare import comparison_markdown
 
@@ -142,6 +145,10 @@ def merge_command(args) -> int:
     if report.get("pushed_to"):
         print(f"Pushed to {report['pushed_to']}")
     return 0
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _add_inspect(sub) -> None:
@@ -160,11 +167,17 @@ def inspect_command(args) -> int:
     from .align import align
     from .ingredients import resolve_ingredients
 
-    ingredients = resolve_ingredients(args.refs, token=args.token)
-    if args.base_model or any(i.adapter is not None for i in ingredients):
-        from .adapters import attach_bases
+    try:
+        ingredients = resolve_ingredients(args.refs, token=args.token)
+        if args.base_model or any(i.adapter is not None for i in ingredients):
+            from .adapters import attach_bases
 
-        attach_bases(ingredients, args.base_model, token=args.token)
+            attach_bases(ingredients, args.base_model, token=args.token)
+    except HfSoupError as error:
+        if args.json:  # scripts get JSON on stdout for every failure; the error also goes to stderr
+            print(json.dumps({"ok": False, "ingredients": list(args.refs), "error": str(error),
+                              "error_type": type(error).__name__, "differences": []}, indent=2))
+        raise
     names = [i.name for i in ingredients]
     with ExitStack() as stack:
         sources = [stack.enter_context(i.open()) for i in ingredients]

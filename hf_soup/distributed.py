@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 import traceback
 from contextlib import contextmanager
@@ -310,14 +309,14 @@ class ProcessGroupDist(Dist):
 
     @contextmanager
     def staged_directory(self, destination: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
-        from .io.staging import check_destination, publish
+        from .io.staging import check_destination, make_staging_dir, publish
 
         created = None
         with self.stage("creating the staging directory"):
             path = check_destination(destination, overwrite)
             if self.is_main:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                created = tempfile.mkdtemp(prefix=f".{path.name}.hf-soup-", dir=path.parent)
+                created = str(make_staging_dir(path))
         staging = Path(self.broadcast(created))
         try:
             with self.stage("finding the staging directory"):

@@ -62,8 +62,14 @@ def _plan(method, context: MergeContext, ingredients: list[Ingredient]) -> Merge
 
 
 def _weights_of(plan: MergePlan) -> list[float] | None:
+    """Each planned ingredient's weight, or ``None`` when the soup is no fixed linear combination (AME)."""
+    from .methods.uniform import UniformSoup
+
+    n = len(plan.ingredients)
+    if isinstance(plan.method, UniformSoup):
+        return [1.0 / n] * n
     weights = plan.method.report().get("weights")
-    return list(weights) if weights is not None and len(weights) == len(plan.ingredients) else None
+    return list(weights) if weights is not None and len(weights) == n else None
 
 
 def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = False) -> SoupResult:
@@ -107,6 +113,10 @@ class _Run:
 
         recipe = self.recipe
         self.destination = check_destination(recipe.output.dir, recipe.output.overwrite)
+        if recipe.output.card_template is not None:
+            from .card.render import check_template
+
+            check_template(recipe.output.card_template)
         self.method = build_method(recipe.method.name, recipe.method.params)
         if self.adapter_output:
             from .adapters.output import check_adapter_method
@@ -292,5 +302,5 @@ def _pinned_recipe(recipe: Recipe, ingredients: list[Ingredient], method=None) -
         {"model": i.repo_id, "revision": i.sha} if i.repo_id and i.sha else i.name for i in ingredients
     ]
     if recipe.evaluation is not None:
-        dump["evaluation"] = recipe.evaluation.describe()
+        dump["evaluation"] = recipe.evaluation.as_recipe()  # keys a recipe accepts, so the card's recipe runs
     return {"ingredients": dump.pop("ingredients"), **dump}

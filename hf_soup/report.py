@@ -13,7 +13,11 @@ REPORT_FILE = "soup_report.json"
 
 def ingredient_entries(ingredients: Sequence[Any], plan_indices: Sequence[int], weights: Sequence[float] | None,
                        scores: Sequence[float | None] | None = None) -> list[dict[str, Any]]:
-    """One report row per ingredient: ref, repo ID, resolved sha, kept flag, weight, score."""
+    """One report row per ingredient: ref, repo ID, resolved sha, kept flag, weight, score.
+
+    ``weights`` (one per planned ingredient) is ``None`` for a method whose soup is no fixed
+    weighted average; the kept rows then have ``weight: None``.
+    """
     rows = []
     position = {index: n for n, index in enumerate(plan_indices)}
     for index, ingredient in enumerate(ingredients):
@@ -23,7 +27,8 @@ def ingredient_entries(ingredients: Sequence[Any], plan_indices: Sequence[int], 
             "repo_id": ingredient.repo_id,
             "sha": ingredient.sha,
             "kept": kept,
-            "weight": (weights[position[index]] if weights is not None else 1.0 / len(plan_indices)) if kept else 0.0,
+            # None: the method has no per-ingredient weight (AME's optimizer steps are not a fixed average)
+            "weight": (weights[position[index]] if weights is not None else None) if kept else 0.0,
         }
         if scores is not None and scores[index] is not None:
             row["score"] = scores[index]
@@ -79,4 +84,13 @@ def write_report(directory: Path, report: dict[str, Any]) -> Path:
 
 def read_report(directory: str | Path) -> dict[str, Any]:
     """Read ``soup_report.json`` from a soup directory."""
-    return json.loads((Path(directory) / REPORT_FILE).read_text())
+    from .errors import HfSoupError
+
+    path = Path(directory) / REPORT_FILE
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise HfSoupError(f"{path} is not valid JSON ({error}); restore it, or merge the soup again") from None
+    if not isinstance(report, dict):
+        raise HfSoupError(f"{path} holds no soup report (a JSON object); restore it, or merge the soup again")
+    return report

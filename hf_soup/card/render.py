@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import yaml
 from huggingface_hub import ModelCard
 
@@ -112,6 +113,25 @@ def template_context(report: dict[str, Any], model_id: str) -> dict[str, Any]:
     }
 
 
+def template_error(error: Exception) -> str:
+    """A one-line description of a Jinja error, with its line when known."""
+    line = getattr(error, "lineno", None)
+    return f"{'line ' + str(line) + ': ' if line else ''}{type(error).__name__}: {str(error).rstrip('.')}"
+
+
+def check_template(template_path: str | Path | None) -> None:
+    """Fail early (before any merge work) when a card template is missing or not valid Jinja."""
+    if template_path is None:
+        return
+    path = Path(template_path)
+    if not path.is_file():
+        raise RecipeError(f"card template {template_path} does not exist; give a Jinja Markdown file")
+    try:
+        jinja2.Environment().parse(path.read_text(encoding="utf-8"))
+    except jinja2.TemplateSyntaxError as error:
+        raise RecipeError(f"card template {path}: {template_error(error)}; fix the template") from None
+
+
 def render_card(report: dict[str, Any], template_path: str | Path | None = None, *,
                 repo_id: str | None = None) -> ModelCard:
     """Render the card of a soup from its report (``template_path``: your own Jinja template).
@@ -123,7 +143,11 @@ def render_card(report: dict[str, Any], template_path: str | Path | None = None,
     model_id = repo_id or "./soup"
     data = card_data(report, model_id)
     path = Path(template_path) if template_path is not None else default_template()
-    card = ModelCard.from_template(data, template_path=str(path), **template_context(report, model_id))
+    try:
+        card = ModelCard.from_template(data, template_path=str(path), **template_context(report, model_id))
+    except jinja2.TemplateError as error:
+        raise RecipeError(f"card template {path}: {template_error(error)}; fix the template "
+                          "(the variables it can use are listed in hf_soup.card.render.template_context)") from None
     if template_path is None:
         card.text = card.text.rstrip() + "\n\n" + DEFAULT_MARKER + "\n"
     return card

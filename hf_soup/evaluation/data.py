@@ -76,7 +76,20 @@ def _load_files(files: list[str]) -> Any:
             raise EvaluationError(f"evaluation.dataset: {file} does not exist; check the path")
     builder = suffixes.pop()
     kwargs = {"delimiter": "\t"} if builder == "csv" and all(f.lower().endswith(".tsv") for f in files) else {}
-    return datasets.load_dataset(builder, data_files=[str(Path(f).expanduser()) for f in files], split="train", **kwargs)
+    try:
+        return datasets.load_dataset(builder, data_files=[str(Path(f).expanduser()) for f in files], split="train", **kwargs)
+    except Exception as error:  # datasets raises ValueError (no rows), ArrowInvalid, DatasetGenerationError...
+        if "corresponds to no data" in str(error):
+            raise EvaluationError(f"evaluation.dataset: {', '.join(files)} holds no rows; give a file with data") from None
+        raise EvaluationError(
+            f"evaluation.dataset: cannot read {', '.join(files)} as {builder} ({_first_line(error)}); check the file's format"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    cause = error.__cause__ or error.__context__  # DatasetGenerationError hides the parser's message in its cause
+    text = str(cause if cause is not None and type(error).__name__ == "DatasetGenerationError" else error)
+    return (text.strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 def _load_folder(folder: Path, spec: EvaluationSpec) -> Any:

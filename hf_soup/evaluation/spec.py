@@ -154,6 +154,33 @@ class EvaluationSpec(BaseModel):
         return {k: v for k, v in out.items() if v is not None}
 
 
+    def as_recipe(self) -> dict[str, Any]:
+        """The ``evaluation:`` mapping of a recipe that reproduces this spec (only keys off their default).
+
+        Unlike :meth:`describe`, every key is one the recipe accepts. What YAML cannot hold
+        (an in-memory dataset, a callable metric or collate function) becomes a ``<...>``
+        placeholder saying what to put there.
+
+        >>> EvaluationSpec(dataset="./val.csv", metric="loss").as_recipe()
+        {'dataset': './val.csv', 'metric': 'loss'}
+        """
+        out: dict[str, Any] = {}
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            if name == "higher_is_better":
+                inferred = not (isinstance(self.metric, str) and self.metric in _LOWER_IS_BETTER)
+                if value != inferred:
+                    out[name] = value
+            elif name == "dataset" and not isinstance(value, (str, list)):
+                out[name] = f"<in-memory {type(value).__name__}: save it with save_to_disk and give the folder>"
+            elif callable(value):
+                label = getattr(value, "__name__", "function")
+                out[name] = f"<Python callable {label}: pass it from Python>"
+            elif value is not None and value != field.default:
+                out[name] = value
+        return out
+
+
 def parse_evaluation(value: Any) -> EvaluationSpec | None:
     """Accept an :class:`EvaluationSpec`, a mapping, or a bare dataset (ID, path or object).
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import IngredientNotFoundError, NoWeightsError
+from ..errors import HubError, IngredientAccessError, IngredientNotFoundError, NoWeightsError, RevisionNotFoundError
 from .files import weight_files
 from .ingredient import Ingredient, read_config
 from .ref import IngredientRef, parse_ref
+
+logger = logging.getLogger("hf_soup")
 
 
 def resolve_local(ref: IngredientRef, directory: Path | None = None, sha: str | None = None) -> Ingredient:
@@ -41,10 +44,43 @@ def resolve_ingredient(value: Any, index: int = 0, revision: str | None = None, 
     if ref.kind == "hub":
         from .hub_pull import pull_ingredient
 
-        return pull_ingredient(ref, **hub_options)
+        try:
+            return pull_ingredient(ref, **hub_options)
+        except (IngredientNotFoundError, HubError) as error:
+            hint = _local_path_hint(ref)
+            if hint is None or isinstance(error, (RevisionNotFoundError, IngredientAccessError)):
+                raise
+            raise type(error)(f"{error}. {hint}") from None
     return resolve_local(ref)
 
 
+def _local_path_hint(ref: IngredientRef) -> str | None:
+    """When ``org/name`` failed on the Hub but ``org`` is a local folder, the user likely mistyped a path."""
+    folder, _, name = ref.name.partition("/")
+    parent = Path(folder).expanduser()
+    if not name or not parent.is_dir():
+        return None
+    entries = sorted(p.name for p in parent.iterdir() if not p.name.startswith("."))[:8]
+    return (f"If you meant a local folder: {parent / name} does not exist ({folder}/ holds "
+            f"{', '.join(entries) or 'nothing'}); check the path, or write it as ./{ref.name}")
+
+
 def resolve_ingredients(values: Sequence[Any], **hub_options: Any) -> list[Ingredient]:
-    """Resolve every reference, in order."""
-    return [resolve_ingredient(value, index, **hub_options) for index, value in enumerate(values)]
+    """Resolve every reference, in order; warn when two of them are the same checkpoint."""
+    ingredients = [resolve_ingredient(value, index, **hub_options) for index, value in enumerate(values)]
+    _warn_duplicates(ingredients)
+    return ingredients
+
+
+def _warn_duplicates(ingredients: Sequence[Ingredient]) -> None:
+    """A checkpoint given twice counts twice in the soup: usually a copy-paste slip, so say so."""
+    seen: dict[Any, int] = {}
+    for index, ingredient in enumerate(ingredients):
+        files = tuple(str(Path(f).resolve()) for f in ingredient.files or [])
+        if not files:
+            continue
+        if files in seen:
+            logger.warning("ingredients[%d] (%s) is the same checkpoint as ingredients[%d]; it counts twice in the soup",
+                           index, ingredient.name, seen[files])
+        else:
+            seen[files] = index

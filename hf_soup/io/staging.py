@@ -25,6 +25,19 @@ def check_destination(destination: str | os.PathLike, overwrite: bool) -> Path:
     return path
 
 
+def make_staging_dir(path: Path) -> Path:
+    """A new empty sibling of ``path`` to build the output in, with the permissions ``mkdir`` would give.
+
+    ``tempfile.mkdtemp`` creates mode 0700; the published soup must be readable like any
+    folder the user makes (others on a shared filesystem, a web server, other nodes).
+    """
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.hf-soup-", dir=path.parent))
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)
+    return staging
+
+
 @contextmanager
 def staged_directory(destination: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``destination``; on success swap it into place.
@@ -34,7 +47,7 @@ def staged_directory(destination: str | os.PathLike, overwrite: bool = False) ->
     """
     path = check_destination(destination, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.hf-soup-", dir=path.parent))
+    staging = make_staging_dir(path)
     try:
         yield staging
         publish(staging, path, overwrite)

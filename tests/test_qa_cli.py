@@ -1,0 +1,182 @@
+"""What a user trips over on the command line: every failure is one clean ``hf-soup: error:`` line,
+interrupted runs leave nothing behind, and what a soup says about itself (summary line, report,
+card, the card's recipe) is true and usable."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hf_soup.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _flags(paths) -> list[str]:
+    return sum((["-m", str(p)] for p in paths), [])
+
+
+def test_output_directory_gets_the_permissions_mkdir_would_give(make_ingredients, tmp_path):
+    paths = make_ingredients("bert", 2)
+    old = os.umask(0o022)
+    try:
+        assert main(["merge", *_flags(paths), "-o", str(tmp_path / "soup")]) == 0
+    finally:
+        os.umask(old)
+    # tempfile.mkdtemp makes 0700: nobody else (other nodes, a web server, colleagues) could read the soup
+    assert stat.S_IMODE((tmp_path / "soup").stat().st_mode) == 0o755
+
+
+def test_ame_rows_claim_no_weights_they_do_not_have(make_ingredients, tmp_path, capsys):
+    paths = make_ingredients("bert", 3)
+    assert main(["merge", *_flags(paths), "--method", "ame", "-p", "optimizer=adam", "-o", str(tmp_path / "ame")]) == 0
+    report = json.loads((tmp_path / "ame" / "soup_report.json").read_text())
+    # Adam over pseudogradients is no fixed average: a weight of 1/3 per ingredient would be made up
+    assert [row["weight"] for row in report["ingredients"]] == [None, None, None]
+    card = (tmp_path / "ame" / "README.md").read_text()
+    assert "| yes |" in card and "| — | yes |" in card
+    assert main(["merge", *_flags(paths), "-o", str(tmp_path / "uniform")]) == 0
+    uniform = json.loads((tmp_path / "uniform" / "soup_report.json").read_text())
+    assert [row["weight"] for row in uniform["ingredients"]] == pytest.approx([1 / 3] * 3)
+
+
+def test_broken_card_template_fails_before_any_work_and_card_command_is_clean(make_ingredients, tmp_path, capsys):
+    paths = make_ingredients("bert", 2)
+    broken = tmp_path / "broken.md"
+    broken.write_text("# {{ model_name }\n")
+    assert main(["merge", *_flags(paths), "--card-template", str(broken), "-o", str(tmp_path / "soup")]) == 2
+    err = capsys.readouterr().err
+    assert "hf-soup: error: card template" in err and "line 1" in err and "Traceback" not in err
+    assert not (tmp_path / "soup").exists() and not list(tmp_path.glob(".soup.hf-soup-*"))
+
+    assert main(["merge", *_flags(paths), "-o", str(tmp_path / "soup")]) == 0
+    assert main(["card", str(tmp_path / "soup"), "--template", str(broken)]) == 2
+    assert "card template" in capsys.readouterr().err
+    undefined = tmp_path / "undefined.md"
+    undefined.write_text("{{ no_such_variable.attribute }}\n")
+    assert main(["card", str(tmp_path / "soup"), "--template", str(undefined)]) == 2
+    assert "'no_such_variable' is undefined" in capsys.readouterr().err
+    (tmp_path / "soup" / "soup_report.json").write_text('{"method": ')
+    assert main(["card", str(tmp_path / "soup")]) == 1
+    assert "soup_report.json is not valid JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, message", [
+    ("text,label\n", "holds no rows"),
+    ("", "cannot read"),
+    ('text,label\n"unterminated,1\n', "cannot read"),
+])
+def test_unreadable_evaluation_csv_is_an_evaluation_error(content, message, tmp_path):
+    from hf_soup.errors import EvaluationError
+    from hf_soup.evaluation.data import load_split
+    from hf_soup.evaluation.spec import EvaluationSpec
+
+    path = tmp_path / "val.csv"
+    path.write_text(content)
+    with pytest.raises(EvaluationError, match=message):
+        load_split(EvaluationSpec(dataset=str(path)))
+
+
+def test_inspect_json_prints_json_for_an_ingredient_error(make_ingredients, tmp_path, capsys):
+    paths = make_ingredients("bert", 1)
+    tokenizer_only = tmp_path / "tokenizer"
+    tokenizer_only.mkdir()
+    (tokenizer_only / "tokenizer_config.json").write_text("{}")
+    assert main(["inspect", str(paths[0]), str(tokenizer_only), "--json"]) == 1
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert summary["ok"] is False and summary["error_type"] == "NoWeightsError" and "no weights" in summary["error"]
+    assert "hf-soup: error:" in err
+
+
+def test_mistyped_local_path_that_looks_like_a_repo_id_gets_a_path_hint(make_ingredients, tmp_path, monkeypatch, capsys):
+    paths = make_ingredients("bert", 1)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "run-a").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: no network needed
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    assert main(["merge", "-m", str(paths[0]), "-m", "runs/run-b", "-o", "soup"]) == 1
+    err = capsys.readouterr().err
+    assert "If you meant a local folder: runs/run-b does not exist (runs/ holds run-a)" in err
+    assert not (tmp_path / "soup").exists()
+
+
+def test_same_checkpoint_twice_is_warned_about(make_ingredients, tmp_path, caplog):
+    paths = make_ingredients("bert", 2)
+    with caplog.at_level("WARNING", logger="hf_soup"):
+        assert main(["merge", "-m", str(paths[0]), "-m", str(paths[1]), "-m", f"{paths[0]}/",
+                     "-o", str(tmp_path / "soup")]) == 0
+    assert "ingredients[2]" in caplog.text and "same checkpoint as ingredients[0]" in caplog.text
+
+
+_BLOCKING_CHILD = """
+import sys, time
+from pathlib import Path
+import hf_soup.output as output
+real = output.write_index
+def blocked(*args, **kwargs):  # the shards are written into the staging folder; wait for Ctrl-C here
+    Path(sys.argv[1]).write_text("ready")
+    time.sleep(60)
+output.write_index = blocked
+from hf_soup.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_ctrl_c_mid_merge_exits_130_and_leaves_nothing(make_ingredients, tmp_path):
+    paths = make_ingredients("bert", 2)
+    ready = tmp_path / "ready"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    child = subprocess.Popen([sys.executable, "-c", _BLOCKING_CHILD, str(ready), "merge", *_flags(paths),
+                              "-o", str(tmp_path / "out" / "soup")], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):
+            if ready.exists() or child.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert ready.exists(), "the merge never reached the shard index"
+        assert list((tmp_path / "out").glob(".soup.hf-soup-*")), "expected a staging folder mid-merge"
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 130
+    assert "hf-soup: interrupted" in err and "Traceback" not in err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+from fixtures_classifiers import digit_bert  # noqa: E402,F401  (session fixture, trained once)
+
+
+def test_the_cards_recipe_reproduces_an_evaluated_soup(digit_bert, tmp_path, capsys):
+    csv = tmp_path / "val.csv"
+    digit_bert.validation.select(range(48)).to_csv(str(csv), index=False)
+    first = tmp_path / "greedy"
+    argv = ["merge", *_flags(digit_bert.dirs[:3]), "--method", "greedy", "--eval-dataset", str(csv),
+            "-e", "batch_size=16", "-o", str(first)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    report = json.loads((first / "soup_report.json").read_text())
+    kept = sum(row["kept"] for row in report["ingredients"])
+    assert (f"{kept} of 3 ingredients kept" if kept < 3 else "3 ingredients,") in out
+    assert f"({report['num_full_evaluations']} full evaluations)" in out
+
+    # the "Reproduce this soup" recipe of the card must run as written and give the same soup
+    card = (first / "README.md").read_text()
+    recipe_yaml = card.split("## Reproduce this soup")[1].split("```yaml\n")[1].split("```")[0]
+    assert yaml.safe_load(recipe_yaml) == report["recipe"]
+    assert report["recipe"]["evaluation"] == {"dataset": str(csv), "batch_size": 16}
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(recipe_yaml)
+    assert main(["merge", str(recipe), "-o", str(tmp_path / "again")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "again" / "model.safetensors").read_bytes() == (first / "model.safetensors").read_bytes()
