@@ -141,6 +141,7 @@ class _Run:
             return resolved, _attach_bases(resolved, recipe, self.token)
 
         self.ingredients, self.base = dist.local_main_first(resolve)
+        _check_inputs_outside(self.destination, recipe, self.ingredients)
         dist.agree_on_revisions(self.ingredients)
         self.timer.lap("resolve")
         logger.info("resolved %d ingredients: %s", len(self.ingredients), ", ".join(i.name for i in self.ingredients))
@@ -243,6 +244,28 @@ class _Run:
             (staging / name).write_bytes(data)
         _write_card(staging, recipe.output.card_template)
         return report
+
+
+def _check_inputs_outside(destination: Path, recipe: Recipe, ingredients: list[Ingredient]) -> None:
+    """The output directory must not be (or hold) an ingredient, its base, the data or the card template."""
+    from .io.staging import check_not_an_input
+
+    inputs: list[Any] = []
+    for ingredient in ingredients:
+        for item in (ingredient, ingredient.base):
+            if item is not None:
+                inputs += [*item.files, *([item.directory] if item.directory else [])]
+    evaluation = recipe.evaluation
+    if evaluation is not None:
+        for value in ([evaluation.dataset] if isinstance(evaluation.dataset, str) else
+                      evaluation.dataset if isinstance(evaluation.dataset, list) else []):
+            if Path(value).expanduser().exists():
+                inputs.append(value)
+        if evaluation.processor_from:
+            inputs.append(evaluation.processor_from)
+    if recipe.output.card_template:
+        inputs.append(recipe.output.card_template)
+    check_not_an_input(destination, inputs)
 
 
 def _attach_bases(ingredients: list[Ingredient], recipe: Recipe, token: str | None):

@@ -180,3 +180,21 @@ def test_the_cards_recipe_reproduces_an_evaluated_soup(digit_bert, tmp_path, cap
     recipe.write_text(recipe_yaml)
     assert main(["merge", str(recipe), "-o", str(tmp_path / "again")]) == 0, capsys.readouterr().err
     assert (tmp_path / "again" / "model.safetensors").read_bytes() == (first / "model.safetensors").read_bytes()
+
+
+def test_overwrite_never_deletes_the_ingredients_or_the_data(make_ingredients, tmp_path, capsys):
+    from conftest import tree_digest
+
+    paths = make_ingredients("bert", 2)  # tmp_path/run-bert-0, tmp_path/run-bert-1
+    for output in (paths[1], tmp_path):  # an ingredient itself, and the folder that holds both
+        assert main(["merge", *_flags(paths), "-o", str(output), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert "hf-soup: error: output.dir:" in err and "which this soup reads" in err
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "val.csv").write_text("text,label\np1 p2,0\n")
+    before = tree_digest(tmp_path)
+    assert main(["merge", *_flags(paths), "--method", "greedy", "--eval-dataset", str(data / "val.csv"),
+                 "-o", str(data), "--overwrite"]) == 2
+    assert "val.csv, which this soup reads" in capsys.readouterr().err
+    assert tree_digest(tmp_path) == before

@@ -7,9 +7,9 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
-from ..errors import OutputExistsError
+from ..errors import OutputExistsError, RecipeError
 
 
 def check_destination(destination: str | os.PathLike, overwrite: bool) -> Path:
@@ -23,6 +23,24 @@ def check_destination(destination: str | os.PathLike, overwrite: bool) -> Path:
             "pass --overwrite (overwrite=True) to replace it, or choose another directory"
         )
     return path
+
+
+def check_not_an_input(destination: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
+    """Refuse a destination that is, or holds, a file or folder the run reads.
+
+    With ``overwrite`` the old destination is deleted once the soup is complete, so
+    ``-o ./runs --overwrite`` with ingredients under ``./runs`` would delete them.
+
+    >>> check_not_an_input("/data/soup", ["/data/run-1/model.safetensors"])  # fine
+    """
+    target = Path(destination).expanduser().resolve()
+    for item in inputs:
+        path = Path(item).expanduser().resolve()
+        if path == target or target in path.parents:
+            raise RecipeError(
+                f"output.dir: {target} is or holds {path}, which this soup reads; writing the soup there "
+                "would replace it. Choose an output directory outside the ingredients and data"
+            )
 
 
 def make_staging_dir(path: Path) -> Path:
