@@ -96,6 +96,18 @@ class PushSpec(_Strict):
     commit_message: str | None = None
     create_pr: bool = False
 
+    @field_validator("repo_id")
+    @classmethod
+    def _repo_id(cls, value: str) -> str:  # checked before the merge, not when the push fails after it
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(value)
+        except HFValidationError:
+            raise ValueError(f"{value!r} is not a Hub repo ID; write it as name or org/name (letters, digits, -, _ "
+                             "and ., at most 96 characters, not starting or ending with - or .)") from None
+        return value
+
 
 class Recipe(_Strict):
     """A complete soup recipe."""
@@ -175,7 +187,7 @@ def load_recipe(path: str | Path) -> Recipe:
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise RecipeError(f"recipe {path} does not exist") from None
+        raise RecipeError(f"recipe {path} does not exist; check the path (or give the ingredients with -m REF)") from None
     except yaml.YAMLError as error:
         raise RecipeError(f"{path}: not valid YAML ({error})") from None
     return parse_recipe(data, str(path))

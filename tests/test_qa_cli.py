@@ -198,3 +198,21 @@ def test_overwrite_never_deletes_the_ingredients_or_the_data(make_ingredients, t
                  "-o", str(data), "--overwrite"]) == 2
     assert "val.csv, which this soup reads" in capsys.readouterr().err
     assert tree_digest(tmp_path) == before
+
+
+def test_bad_push_repo_id_fails_before_the_merge(make_ingredients, tmp_path, capsys):
+    paths = make_ingredients("bert", 2)
+    assert main(["merge", *_flags(paths), "-o", str(tmp_path / "soup"), "--push-to-hub", "my soup"]) == 2
+    err = capsys.readouterr().err
+    assert "push_to_hub.repo_id: 'my soup' is not a Hub repo ID" in err
+    assert not (tmp_path / "soup").exists()  # not merged first and then refused by the Hub
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--config-from", "5"], "hf-soup: error: command line: output.config_from: 5 is not an ingredient index"),
+    (["--rank", "16"], "hf-soup: error: command line: output.rank applies to output.format: adapter only"),
+])
+def test_recipe_level_errors_name_the_field_once(flags, message, make_ingredients, tmp_path, capsys):
+    paths = make_ingredients("bert", 2)
+    assert main(["merge", *_flags(paths), *flags, "-o", str(tmp_path / "soup")]) == 2
+    assert message in capsys.readouterr().err

@@ -11,6 +11,8 @@ torch; third-party methods register with the :func:`register_method` decorator::
 
 from __future__ import annotations
 
+import re
+
 import importlib
 from typing import Any, Mapping
 
@@ -66,7 +68,8 @@ def format_validation_error(error: ValidationError, prefix: str) -> str:
             message = "unknown key (check the spelling; see the documentation for the accepted keys)"
         elif message.startswith("Value error, "):
             message = message[len("Value error, "):]
-        lines.append(f"{loc}: {message}")
+        names_field = message.startswith(f"{loc}.") or (loc == "recipe" and re.match(r"[A-Za-z_][\w.]*: ", message))
+        lines.append(message if names_field else f"{loc}: {message}")  # no "output: output.rank ..."
     return "; ".join(lines)
 
 
