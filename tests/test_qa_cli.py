@@ -216,3 +216,16 @@ def test_recipe_level_errors_name_the_field_once(flags, message, make_ingredient
     paths = make_ingredients("bert", 2)
     assert main(["merge", *_flags(paths), *flags, "-o", str(tmp_path / "soup")]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_card_heading_grammar_and_paper_links_read_right(make_ingredients, tmp_path):
+    from hf_soup.card.render import template_context
+
+    paths = make_ingredients("bert", 1)
+    assert main(["merge", "-m", str(paths[0]), "-o", str(tmp_path / "my-bert-soup")]) == 0
+    card = (tmp_path / "my-bert-soup" / "README.md").read_text()
+    assert "\n# my-bert-soup\n" in card  # not "# soup" for every local soup
+    assert "the weights of 1 fine-tuned checkpoint (" in card
+    learned = template_context({"method": "learned"}, "./soup")
+    assert learned["paper_title"].startswith("Scalable Learned Model Soup on a Single GPU")
+    assert template_context({"method": "radin"}, "me/soup")["model_name"] == "soup"

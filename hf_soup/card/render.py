@@ -27,6 +27,8 @@ DEFAULT_MARKER = "<!-- hf-soup card: default template -->"
 _PAPER_TITLES = {
     "https://arxiv.org/abs/2203.05482": "Model soups: averaging weights of multiple fine-tuned models improves "
                                         "accuracy without increasing inference time (Wortsman et al., 2022)",
+    "https://github.com/nblt/MEHL-Soup": "Scalable Learned Model Soup on a Single GPU: An Efficient Subspace "
+                                         "Training Strategy (Li et al., ECCV 2024), code and paper",
 }
 
 
@@ -79,6 +81,14 @@ def _dump(value: Any) -> str:
     return yaml.safe_dump(json.loads(json.dumps(value, default=str)), sort_keys=False).strip() if value else "{}"
 
 
+def _title(report: dict[str, Any], model_id: str) -> str:
+    """The card's heading: the repo's name, or (not pushed) the name of the folder the soup was written to."""
+    output_dir = ((report.get("recipe") or {}).get("output") or {}).get("dir")
+    if model_id == "./soup" and isinstance(output_dir, str) and Path(output_dir).name not in ("", ".", ".."):
+        return Path(output_dir).name
+    return model_id.rstrip("/").rsplit("/", 1)[-1] if "/" in model_id else model_id
+
+
 def template_context(report: dict[str, Any], model_id: str) -> dict[str, Any]:
     """The variables a template sees (besides ``card_data``, the YAML metadata)."""
     evaluation = report.get("evaluation") if isinstance(report.get("evaluation"), dict) else {}
@@ -87,12 +97,12 @@ def template_context(report: dict[str, Any], model_id: str) -> dict[str, Any]:
     rows = [dict(row, score=row.get("score"), weight=row.get("weight"), kept=row.get("kept", True))
             for row in report.get("ingredients", [])]
     return {
-        "model_name": model_id.rstrip("/").rsplit("/", 1)[-1] if "/" in model_id else model_id,
+        "model_name": _title(report, model_id),
         "repo_id": model_id,
         "method": report.get("method"),
         "method_description": description,
         "paper_url": paper,
-        "paper_title": _PAPER_TITLES.get(paper or "", "paper"),
+        "paper_title": _PAPER_TITLES.get(paper or "", paper or "paper"),  # an unknown link shows its URL
         "ingredients": rows,
         "kept_count": len(kept_ingredients(report)),
         "show_scores": any(row["score"] is not None for row in rows),
