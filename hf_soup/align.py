@@ -230,7 +230,8 @@ def align(
         raise AlignmentError(
             f"{len(missing_problems)} key(s) are not in every ingredient (first {len(shown)}):\n"
             + "\n".join(lines)
-            + "\nSet on_missing: skip (leave them out) or first (copy from the first ingredient that has them).",
+            + "\nSet on_missing: skip (leave them out) or first (copy from the first ingredient that has them); "
+            "on the command line: --on-missing skip|first.",
             missing_problems,
         )
     if not alignment.tensors:

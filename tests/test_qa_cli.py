@@ -229,3 +229,16 @@ def test_card_heading_grammar_and_paper_links_read_right(make_ingredients, tmp_p
     learned = template_context({"method": "learned"}, "./soup")
     assert learned["paper_title"].startswith("Scalable Learned Model Soup on a Single GPU")
     assert template_context({"method": "radin"}, "me/soup")["model_name"] == "soup"
+
+
+def test_gpt2_lm_head_model_is_a_causal_lm_for_evaluation_and_the_card(make_ingredients, tmp_path):
+    from transformers import GPT2Config
+
+    from hf_soup.card.metadata import pipeline_from_architectures
+    from hf_soup.evaluation.task_model import architecture_of, task_of
+
+    # GPT2LMHeadModel is what GPT-2 fine-tunes are saved as; it is no *ForCausalLM by name
+    config = GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64, architectures=["GPT2LMHeadModel"])
+    assert architecture_of(config) == ("GPT2LMHeadModel", "causal-lm")
+    assert task_of("LlamaForCausalLM") == "causal-lm" and task_of("T5WithLMHeadModel") is None
+    assert pipeline_from_architectures(["GPT2LMHeadModel"]) == "text-generation"

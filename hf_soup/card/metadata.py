@@ -21,6 +21,7 @@ _PIPELINES = [
     ("ForQuestionAnswering", "question-answering"),
     ("ForMaskedLM", "fill-mask"),
     ("ForCausalLM", "text-generation"),
+    ("LMHeadModel", "text-generation"),  # GPT2LMHeadModel and other causal LMs named before *ForCausalLM
     ("ForConditionalGeneration", "text2text-generation"),
     ("ForSeq2SeqLM", "text2text-generation"),
     ("ForSpeechSeq2Seq", "automatic-speech-recognition"),

@@ -151,7 +151,7 @@ def render_card(report: dict[str, Any], template_path: str | Path | None = None,
     if template_path is not None and not Path(template_path).is_file():
         raise RecipeError(f"card template {template_path} does not exist; give a Jinja Markdown file")
     model_id = repo_id or "./soup"
-    data = card_data(report, model_id)
+    data = card_data(report, model_id if repo_id else _title(report, model_id))  # model-index name
     path = Path(template_path) if template_path is not None else default_template()
     try:
         card = ModelCard.from_template(data, template_path=str(path), **template_context(report, model_id))

@@ -30,7 +30,19 @@ def task_of(architecture: str) -> str | None:
     for suffix, task in TASKS.items():
         if architecture.endswith(suffix):
             return task
+    if architecture.endswith("LMHeadModel") and architecture in _causal_lm_classes():  # GPT2LMHeadModel, ...
+        return "causal-lm"
     return None
+
+
+def _causal_lm_classes() -> set[str]:
+    """The classes transformers' ``AutoModelForCausalLM`` builds (some predate the ``*ForCausalLM`` naming)."""
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    except ImportError:  # pragma: no cover - a transformers without the mapping
+        return set()
+    return {name for value in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+            for name in ([value] if isinstance(value, str) else value)}
 
 
 def architecture_of(config: Any) -> tuple[str, str]:
@@ -42,7 +54,7 @@ def architecture_of(config: Any) -> tuple[str, str]:
             return architecture, task
     raise EvaluationError(
         f"evaluation: the ingredients' config.architectures is {architectures or 'missing'}; hf_soup evaluates "
-        "*ForSequenceClassification, *ForImageClassification and *ForCausalLM models. Save the ingredients with "
+        "*ForSequenceClassification, *ForImageClassification and causal LM (*ForCausalLM, GPT2LMHeadModel...) models. Save the ingredients with "
         "save_pretrained from a task model, or give a collate_fn and a callable metric for another head"
     )
 
