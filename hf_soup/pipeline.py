@@ -295,11 +295,16 @@ def _report(recipe, method, plan, ingredients, alignment, shards, timer) -> dict
     details = {**plan.method.report(), **plan.details}
     if plan.method is not method:
         details.setdefault("plan_method", plan.method.name)
+    rows = ingredient_entries(ingredients, plan.ingredients, _weights_of(plan), details.get("scores"))
+    if isinstance(details.get("kept"), list):  # a method that reads ingredients it rejects (greedy AME)
+        for index, row in enumerate(rows):
+            if index not in details["kept"]:
+                row.update(kept=False, weight=0.0)
     return build_report(
         method=method.name,
         parameters=method.params.model_dump(mode="json"),
         details=details,
-        ingredients=ingredient_entries(ingredients, plan.ingredients, _weights_of(plan), details.get("scores")),
+        ingredients=rows,
         config=ingredients[recipe.output.config_from].config,
         output={
             "dtypes": sorted({t.dtype for t in alignment.tensors}),

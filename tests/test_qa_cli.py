@@ -242,3 +242,19 @@ def test_gpt2_lm_head_model_is_a_causal_lm_for_evaluation_and_the_card(make_ingr
     assert architecture_of(config) == ("GPT2LMHeadModel", "causal-lm")
     assert task_of("LlamaForCausalLM") == "causal-lm" and task_of("T5WithLMHeadModel") is None
     assert pipeline_from_architectures(["GPT2LMHeadModel"]) == "text-generation"
+
+
+@pytest.mark.parametrize("pivot", ["first", "soup"])
+def test_greedy_ame_report_keeps_only_the_ingredients_its_result_depends_on(pivot, digit_bert, tmp_path):
+    import hf_soup
+
+    result = hf_soup.soup([str(d) for d in digit_bert.dirs[:3]], method="ame_greedy", pivot=pivot, order="descending",
+                          output_dir=tmp_path / "soup",
+                          evaluation={"dataset": digit_bert.validation.select(range(48)), **digit_bert.columns})
+    details = result.report["details"]
+    accepted = {s["step"] for s in details["steps"] if s["kept"]}
+    used = {i for s in details["steps"] if s["step"] in accepted for i in s["batch"]}
+    expected = used | ({details["pivot_ingredient"]} if pivot == "first" else {0, 1, 2})
+    rows = result.report["ingredients"]
+    assert {i for i, row in enumerate(rows) if row["kept"]} == expected
+    assert all(row["weight"] == 0.0 for row in rows if not row["kept"])

@@ -108,6 +108,8 @@ class GreedyAme(PlanningMethod):
             "scores": scores,
             "steps": trials,
             "accepted_steps": [s.step for s in accepted],
+            # the ingredients the result depends on: the pivot (all of them for the soup pivot) and accepted batches
+            "kept": sorted((set(indices) if pivot is None else {pivot}) | {i for s in accepted for i in s.batch}),
             "score": current,
             "higher_is_better": higher,
             "strict": self.params.strict,
