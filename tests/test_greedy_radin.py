@@ -129,6 +129,13 @@ def test_radin_parameter_errors(digit_vit, tmp_path):
         hf_soup.soup(refs, method="radin", budgt=3, output_dir=tmp_path / "a", evaluation={"dataset": digit_vit.validation})
     with pytest.raises(MethodParameterError, match="method.budget"):
         hf_soup.soup(refs, method="radin", budget=0, output_dir=tmp_path / "a", evaluation={"dataset": digit_vit.validation})
+    # explicit subset sizes that cannot be drawn are refused, not silently reduced to the uniform soup
+    with pytest.raises(MethodParameterError, match="method.max_size: 3 is more than the 2 ingredients"):
+        hf_soup.soup(refs, method="radin", max_size=3, output_dir=tmp_path / "a",
+                     evaluation={"dataset": digit_vit.validation})
+    with pytest.raises(MethodParameterError, match="method.min_size: 3 is larger than max_size 2"):
+        hf_soup.soup(refs, method="radin", min_size=3, max_size=2, output_dir=tmp_path / "a",
+                     evaluation={"dataset": digit_vit.validation})
     assert not (tmp_path / "a").exists()
 
 
