@@ -310,6 +310,29 @@ def test_soup_api_writes_the_learned_soup_with_coefficients_and_plot(sharded_dig
     assert evaluator.evaluate_model(model) == pytest.approx(details["score"], abs=1e-9)
 
 
+def test_compare_with_a_test_split_scores_the_table_on_the_held_out_split(sharded_digits, tmp_path):
+    """The coefficients are fitted on the validation split: ``compare`` then uses ``test_split``."""
+    from transformers import ViTForImageClassification
+
+    import hf_soup
+    from hf_soup.evaluation import EvaluationSpec, Evaluator
+
+    dirs, dataset = sharded_digits
+    evaluation = {"dataset": dataset, "split": "validation", "batch_size": 64}
+    report = hf_soup.soup([str(d) for d in dirs], method="learned", output_dir=tmp_path / "soup", compare=True,
+                          evaluation=evaluation, model_batch=2, inner_steps=2, test_split="test").report
+    comparison, details = report["comparison"], report["details"]
+    rows = {row["name"]: row for row in comparison["rows"]}
+    assert comparison["split"] == "test"
+    test = Evaluator(EvaluationSpec(**{**evaluation, "split": "test"}), config=dirs[0], processor_dir=dirs[0])
+    assert comparison["ingredient_scores"] == [test.evaluate_model(ViTForImageClassification.from_pretrained(d))
+                                               for d in dirs]
+    chosen = rows["learned soup (chosen)"]["score"]
+    assert chosen == test.evaluate_model(ViTForImageClassification.from_pretrained(tmp_path / "soup"))
+    assert chosen == pytest.approx(details["test_score"], abs=1e-9)
+    assert report["score"] == details["score"]  # the validation score stays the method's own
+
+
 def test_soup_api_rejects_bad_learned_parameters_before_any_output(sharded_digits, tmp_path):
     import hf_soup
     from hf_soup.errors import RecipeError

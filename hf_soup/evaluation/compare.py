@@ -38,8 +38,15 @@ def _greedy_ensemble(cache: Any, scores: Sequence[float], metric: Any) -> tuple[
     return best, members
 
 
-def compare_soups(evaluator: Any, method_name: str, plan: Any, refs: Sequence[str]) -> dict[str, Any]:
-    """Score the references and the chosen plan on ``evaluator``'s split; return the report entry."""
+def compare_soups(evaluator: Any, method_name: str, plan: Any, refs: Sequence[str], *,
+                  plan_split: bool = True) -> dict[str, Any]:
+    """Score the references and the chosen plan on ``evaluator``'s split; return the report entry.
+
+    ``plan_split``: ``evaluator`` is the one the method scored its plan on, so the scores
+    in ``plan.details`` are reused; ``False`` (e.g. a learned soup's ``test_split``)
+    scores every row, the chosen soup included, afresh on ``evaluator``'s split. The
+    selection of greedy / greedy ensemble rows is then made on that split too.
+    """
     from ..methods.greedy import GreedySoup
     from ..methods.base import MergeContext
 
@@ -55,7 +62,7 @@ def compare_soups(evaluator: Any, method_name: str, plan: Any, refs: Sequence[st
         {"name": "mean of ingredients", "kind": "ingredient", "score": sum(scores) / n, "num_models": 1,
          "num_full_evaluations": n},
     ]
-    details = plan.details or {}
+    details = (plan.details or {}) if plan_split else {}
     if method_name == "uniform":
         uniform = details.get("score")
     else:
@@ -94,6 +101,7 @@ def compare_soups(evaluator: Any, method_name: str, plan: Any, refs: Sequence[st
     return {
         "metric": metric.name,
         "higher_is_better": metric.higher_is_better,
+        "split": evaluator.spec.split,
         "num_examples": evaluator.num_examples,
         "ingredient_scores": scores,
         "rows": rows,
