@@ -204,3 +204,80 @@ def test_state_dict_ingredients_take_config_and_tokenizer_from_processor_from(di
                              evaluation=evaluation).report
     assert from_dicts["details"]["scores"] == from_dirs["details"]["scores"]
     assert from_dicts["score"] == from_dirs["score"] and from_dicts["details"]["kept"] == from_dirs["details"]["kept"]
+
+
+class _FakeCache:
+    """Averaged-logit scores given by a formula (RADIN's eq. 3 stand-in)."""
+
+    def __init__(self, n, approx):
+        self.scores = {i: approx((i,)) for i in range(n)}
+        self.approx = approx
+
+    def score(self, subset):
+        return self.approx(tuple(subset))
+
+
+class _FakeEvaluator:
+    """Just enough of ``Evaluator`` for ``RadinSoup.plan``: a logit cache and counted full evaluations."""
+
+    def __init__(self, n, approx, real, metric="accuracy"):
+        from hf_soup.evaluation.metrics import Metric
+
+        self.metric = Metric.from_spec(metric)
+        self.higher_is_better = self.metric.higher_is_better
+        self.builder = object()
+        self.cache = _FakeCache(n, approx)
+        self.real = real
+        self.num_full_evaluations = n  # the N logit passes
+        self.num_logit_passes = n
+        self.evaluated = []
+
+    def logit_cache(self):
+        return self.cache
+
+    def evaluate_soup(self, indices, description=None):
+        self.num_full_evaluations += 1
+        self.evaluated.append(tuple(indices))
+        return self.real(tuple(indices))
+
+
+def _radin_plan(evaluator, n, **params):
+    from hf_soup.methods.base import MergeContext
+    from hf_soup.methods.registry import build_method
+
+    method = build_method("radin", params)
+    context = MergeContext(n, [f"m{i}" for i in range(n)], evaluator=evaluator, extra={"seed": 0})
+    method.setup(context)
+    return method.plan(context, [])
+
+
+def test_radin_evaluates_the_top_budget_by_approximation_and_returns_the_best_real_score():
+    """Recipe 2: top-B by eq. 3-4, then the best by the *real* score, not the best approximation."""
+    n = 6
+    approx = lambda s: 0.5 + 0.01 * sum(s) / len(s)  # noqa: E731  (prefers high indices)
+    ranked = sorted(sample_subsets(n, 20, 2, n - 1, seed=0), key=lambda s: (-approx(s)))
+    third = ranked[2]
+    real = lambda s: 0.9 if s == third else 0.6 - 0.001 * ranked.index(s)  # noqa: E731
+    evaluator = _FakeEvaluator(n, approx, real)
+    plan = _radin_plan(evaluator, n, candidates=20, budget=3, include_uniform=False)
+    assert evaluator.evaluated == ranked[:3]  # exactly the top B, in ranking order
+    assert tuple(plan.ingredients) == third and plan.details["score"] == 0.9
+    assert plan.details["approx_score"] == approx(third) and plan.details["num_full_evaluations"] == 3
+    # with B = 2 the real best is never evaluated: the best of the two evaluated wins (not the real optimum)
+    evaluator = _FakeEvaluator(n, approx, real)
+    plan = _radin_plan(evaluator, n, candidates=20, budget=2, include_uniform=False)
+    assert tuple(plan.ingredients) == ranked[0] and evaluator.evaluated == ranked[:2]
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "loss"])
+def test_radin_prior_adds_lambda_times_size_in_the_favourable_direction(metric):
+    """Eq. 4: ranking = approx ± λ·|S|, the sign making larger soups rank higher for either direction."""
+    n = 5
+    flat = 0.3
+    evaluator = _FakeEvaluator(n, lambda s: flat, lambda s: flat, metric=metric)
+    plan = _radin_plan(evaluator, n, candidates=1000, budget=1, prior=0.01, include_uniform=True)
+    assert plan.ingredients == [0, 1, 2, 3, 4]  # equal approximations: the prior alone decides
+    uniform = next(c for c in plan.details["evaluated_candidates"] if c["size"] == n)
+    sign = 1 if metric == "accuracy" else -1
+    assert uniform["ranking_score"] == pytest.approx(flat + sign * 0.01 * n)
+    assert uniform["approx_score"] == flat
