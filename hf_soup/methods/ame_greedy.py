@@ -7,7 +7,9 @@ The pivot's score is its validation score (``context.scores`` or the evaluator's
 those scores must come from the same evaluation as the candidates'. Each
 optimizer step of the AME schedule is tried; when the candidate model does not score
 better than the current one, the step is rejected and the previous model *and optimizer
-state* are restored. Every other parameter is AME's (optimizer, rate schedule, epochs,
+state* are restored. The learning-rate schedule is not rewound: step t keeps the rate
+η_t of its place in the schedule (the paper does not say; the optimizer's own step
+count, e.g. Adam's bias correction, counts accepted steps only). Every other parameter is AME's (optimizer, rate schedule, epochs,
 batching...).
 
     method: {name: ame_greedy, optimizer: adamw, lr: 0.01, epochs: 2, order: descending}
