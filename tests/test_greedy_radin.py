@@ -151,6 +151,9 @@ def test_compare_report_table_and_plot(digit_vit, tmp_path):
     assert rows["best ingredient"]["score"] == max(scores) and rows["greedy soup"]["score"] >= max(scores)
     assert rows["radin soup (chosen)"]["score"] == report["score"] == result.report["score"]
     assert rows["greedy logit ensemble"]["score"] >= max(scores)
+    gap = comparison["ensemble_gap"]  # accuracy: the ensemble's lead is ensemble - soup
+    assert gap["uniform soup"] == rows["logit ensemble"]["score"] - rows["uniform soup"]["score"]
+    assert gap["chosen"] == rows["logit ensemble"]["score"] - rows["radin soup (chosen)"]["score"]
     assert comparison["plot"] == "soup_comparison.png"
     assert (tmp_path / "s" / "soup_comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # RADIN's N logit passes also give the ingredient scores: greedy adds its N - 1 candidates, uniform 1
@@ -182,6 +185,7 @@ def test_cli_greedy_with_csv_evaluation_and_compare(digit_bert, tmp_path, capsys
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "Validation accuracy:" in out and "| greedy soup (chosen) |" in out
+    assert "Logit ensemble ahead of the uniform soup by" in out
     report = json.loads((tmp_path / "soup" / "soup_report.json").read_text())
     assert report["parameters"] == {"order": "descending", "strict": True}
     assert report["evaluation"]["batch_size"] == 16 and report["recipe"]["evaluation"]["dataset"].endswith("val.csv")
