@@ -27,7 +27,8 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 def _add_merge(sub) -> None:
     p = sub.add_parser("merge", help="merge ingredients into a soup", description="Merge checkpoints into a soup.")
-    p.add_argument("recipe", nargs="?", help="YAML recipe; the flags below override it")
+    p.add_argument("recipe", nargs="?",
+                   help="YAML recipe; the flags below override it (relative paths in it are read from the current directory)")
     p.add_argument("-m", "--model", action="append", default=[], metavar="REF",
                    help="ingredient: Hub repo ID (org/name[@revision]) or local path; repeat for each")
     p.add_argument("--method", help="soup method (see `hf-soup methods`); default uniform")
@@ -153,9 +154,10 @@ def _plural(count: int, noun: str) -> str:
 
 def _add_inspect(sub) -> None:
     p = sub.add_parser("inspect", help="check that ingredients can be souped", description="Print the alignment of ingredients.")
-    p.add_argument("refs", nargs="+", metavar="REF")
+    p.add_argument("refs", nargs="+", metavar="REF", help="ingredient: Hub repo ID (org/name[@revision]) or local path")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--on-missing", choices=["error", "skip", "first"], default="error")
+    p.add_argument("--on-missing", choices=["error", "skip", "first"], default="error",
+                   help="keys some ingredients lack: error (default), skip them, or copy them from the first that has them")
     p.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
     p.add_argument("--base-model", metavar="REF", help="base model of PEFT adapter ingredients (default: the one they name)")
     p.set_defaults(handler=inspect_command)
@@ -216,7 +218,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def _add_methods(sub) -> None:
-    p = sub.add_parser("methods", help="list the soup methods")
+    p = sub.add_parser("methods", help="list the soup methods",
+                       description="List the soup methods (see `hf-soup merge --method NAME -p KEY=VALUE`).")
     p.set_defaults(handler=methods_command)
 
 

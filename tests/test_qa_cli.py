@@ -258,3 +258,13 @@ def test_greedy_ame_report_keeps_only_the_ingredients_its_result_depends_on(pivo
     rows = result.report["ingredients"]
     assert {i for i, row in enumerate(rows) if row["kept"]} == expected
     assert all(row["weight"] == 0.0 for row in rows if not row["kept"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--method", "weigthed"], "unknown soup method 'weigthed' (did you mean 'weighted'?)"),
+    (["--method", "weighted", "-p", "weight=[1,2]"], "method.weight: unknown key (did you mean 'weights'?)"),
+])
+def test_typos_get_a_suggestion(flags, message, make_ingredients, tmp_path, capsys):
+    paths = make_ingredients("bert", 2)
+    assert main(["merge", *_flags(paths), *flags, "-o", str(tmp_path / "soup")]) == 2
+    assert message in capsys.readouterr().err

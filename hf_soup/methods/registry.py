@@ -50,7 +50,8 @@ def get_method_class(name: str) -> type[SoupMethod]:
         return _REGISTERED[name]
     if name not in _BUILTIN:
         raise UnknownMethodError(
-            f"method: unknown soup method {name!r}; choose one of {', '.join(available_methods())}"
+            f"method: unknown soup method {name!r}{did_you_mean(name, available_methods())}; "
+            f"choose one of {', '.join(available_methods())}"
         )
     module_name, _, class_name = _BUILTIN[name].partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
@@ -58,14 +59,24 @@ def get_method_class(name: str) -> type[SoupMethod]:
     return cls
 
 
-def format_validation_error(error: ValidationError, prefix: str) -> str:
-    """Turn a pydantic error into ``prefix.field: message`` lines."""
+def did_you_mean(name: Any, choices: Any) -> str:
+    """`` (did you mean 'weights'?)`` for a close match among ``choices``, else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.7)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def format_validation_error(error: ValidationError, prefix: str, known: Any = ()) -> str:
+    """Turn a pydantic error into ``prefix.field: message`` lines (``known``: accepted keys, for suggestions)."""
     lines = []
     for item in error.errors():
         loc = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "") or "recipe"
         message = item["msg"]
         if item["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; see the documentation for the accepted keys)"
+            hint = did_you_mean(item["loc"][-1], known) if item["loc"] else ""
+            message = (f"unknown key{hint}" if hint else
+                       "unknown key (check the spelling; see the documentation for the accepted keys)")
         elif message.startswith("Value error, "):
             message = message[len("Value error, "):]
         names_field = message.startswith(f"{loc}.") or (loc == "recipe" and re.match(r"[A-Za-z_][\w.]*: ", message))
@@ -83,5 +94,5 @@ def build_method(name: str, params: Mapping[str, Any] | None = None) -> SoupMeth
     try:
         validated = cls.Params.model_validate(dict(params or {}))
     except ValidationError as error:
-        raise MethodParameterError(format_validation_error(error, "method")) from None
+        raise MethodParameterError(format_validation_error(error, "method", cls.Params.model_fields)) from None
     return cls(validated)
