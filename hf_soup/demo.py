@@ -86,9 +86,13 @@ def run_demo(workdir: str | Path | None = None, *, ingredients: int = 3, serve: 
     """Run the demo in ``workdir`` (a new temporary folder by default); return what it measured."""
     from .testing.hub_server import LocalHub
 
+    from .errors import RecipeError
+
     if not 2 <= ingredients <= len(_FINE_TUNES):
-        raise ValueError(f"--ingredients: between 2 and {len(_FINE_TUNES)}")
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="hf-soup-demo-")).resolve()
+        raise RecipeError(f"--ingredients: {ingredients} is out of range; give a number between 2 and {len(_FINE_TUNES)}")
+    if workdir is not None and Path(workdir).expanduser().exists() and not Path(workdir).expanduser().is_dir():
+        raise RecipeError(f"--workdir: {workdir} is a file; give a folder (it is created if missing)")
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="hf-soup-demo-")).expanduser().resolve()
     say = lambda text="": print(text, file=out, flush=True)  # noqa: E731
     with LocalHub(workdir / "hub", token=DEMO_TOKEN, user=USER) as hub, _environment(
         {"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(workdir / "hf-home"), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}

@@ -268,3 +268,14 @@ def test_typos_get_a_suggestion(flags, message, make_ingredients, tmp_path, caps
     paths = make_ingredients("bert", 2)
     assert main(["merge", *_flags(paths), *flags, "-o", str(tmp_path / "soup")]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--ingredients", "10"], "--ingredients: 10 is out of range; give a number between 2 and"),
+    (["--workdir", "FILE"], "is a file; give a folder"),
+])
+def test_demo_bad_options_are_clean_errors(flags, message, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert main(["demo", *[str(afile) if f == "FILE" else f for f in flags]]) == 2
+    assert message in capsys.readouterr().err
