@@ -127,6 +127,9 @@ class _Run:
 
             precheck_hub_alignment(recipe.ingredients, token=self.token, on_missing=recipe.on_missing)
         self.needs_evaluation = self.method.needs_evaluation or recipe.compare
+        if recipe.evaluation is not None and not self.needs_evaluation and self.dist.is_main:
+            logger.warning("the evaluation is not used: method %r is data-free and compare is off; add --compare "
+                           "(compare: true) to score the soup against its ingredients", self.method.name)
         if self.needs_evaluation and recipe.evaluation is None:
             reason = "compare: true" if recipe.compare else f"method {self.method.name!r}"
             raise RecipeError(f"evaluation: {reason} needs an evaluation dataset; add evaluation: {{dataset: ...}} "

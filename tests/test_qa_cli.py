@@ -279,3 +279,11 @@ def test_demo_bad_options_are_clean_errors(flags, message, tmp_path, capsys):
     afile.write_text("")
     assert main(["demo", *[str(afile) if f == "FILE" else f for f in flags]]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_evaluation_a_data_free_soup_ignores_is_warned_about(make_ingredients, tmp_path, caplog):
+    paths = make_ingredients("bert", 2)
+    (tmp_path / "val.csv").write_text("text,label\nhello,0\n")
+    with caplog.at_level("WARNING", logger="hf_soup"):
+        assert main(["merge", *_flags(paths), "--eval-dataset", str(tmp_path / "val.csv"), "-o", str(tmp_path / "s")]) == 0
+    assert "the evaluation is not used: method 'uniform' is data-free" in caplog.text
