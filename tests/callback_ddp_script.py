@@ -38,4 +38,5 @@ line = json.dumps({
     "errors": [repr(error) for error in callback.errors],
 })
 # one write of the line and its newline: print() writes them apart, and the two ranks share the pipe
+sys.stdout.flush()
 os.write(1, (line + "\n").encode())
