@@ -82,7 +82,8 @@ def _recipe_data(args) -> dict[str, Any]:
         method = {"name": args.method}
     method.update(dict(args.param))
     data["method"] = method
-    output = dict(data.get("output") or {})
+    output = data.get("output") or {}
+    output = {"dir": output} if isinstance(output, str) else dict(output)  # output: ./soup is short for output: {dir: ./soup}
     for key, value in (("dir", args.output), ("dtype", args.dtype), ("max_shard_size", args.max_shard_size),
                        ("config_from", args.config_from)):
         if value is not None:

@@ -146,6 +146,11 @@ class Recipe(_Strict):
             return value
         return {"dataset": value}  # a bare dataset ID, path or datasets.Dataset
 
+    @field_validator("output", mode="before")
+    @classmethod
+    def _output(cls, value: Any) -> Any:
+        return {"dir": value} if isinstance(value, str) else value  # output: ./soup, like method: uniform
+
     @field_validator("method", mode="before")
     @classmethod
     def _method(cls, value: Any) -> Any:

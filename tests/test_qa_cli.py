@@ -287,3 +287,11 @@ def test_an_evaluation_a_data_free_soup_ignores_is_warned_about(make_ingredients
     with caplog.at_level("WARNING", logger="hf_soup"):
         assert main(["merge", *_flags(paths), "--eval-dataset", str(tmp_path / "val.csv"), "-o", str(tmp_path / "s")]) == 0
     assert "the evaluation is not used: method 'uniform' is data-free" in caplog.text
+
+
+def test_output_may_be_written_as_a_bare_folder_in_a_recipe(make_ingredients, tmp_path):
+    paths = make_ingredients("bert", 2)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"ingredients": [str(p) for p in paths], "output": str(tmp_path / "soup")}))
+    assert main(["merge", str(recipe), "--dtype", "bfloat16"]) == 0  # with a flag that edits output
+    assert (tmp_path / "soup" / "model.safetensors").is_file()
