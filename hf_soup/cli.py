@@ -115,7 +115,8 @@ def _recipe_data(args) -> dict[str, Any]:
     if args.device:
         data["device"] = args.device
     if args.push_to_hub:
-        push = dict(data.get("push_to_hub") or {})
+        push = data.get("push_to_hub") or {}
+        push = {"repo_id": push} if isinstance(push, str) else dict(push)
         push["repo_id"] = args.push_to_hub
         if args.private is not None:
             push["private"] = args.private

@@ -151,6 +151,11 @@ class Recipe(_Strict):
     def _output(cls, value: Any) -> Any:
         return {"dir": value} if isinstance(value, str) else value  # output: ./soup, like method: uniform
 
+    @field_validator("push_to_hub", mode="before")
+    @classmethod
+    def _push(cls, value: Any) -> Any:
+        return {"repo_id": value} if isinstance(value, str) else value  # push_to_hub: me/my-soup
+
     @field_validator("method", mode="before")
     @classmethod
     def _method(cls, value: Any) -> Any:

@@ -295,3 +295,9 @@ def test_output_may_be_written_as_a_bare_folder_in_a_recipe(make_ingredients, tm
     recipe.write_text(yaml.safe_dump({"ingredients": [str(p) for p in paths], "output": str(tmp_path / "soup")}))
     assert main(["merge", str(recipe), "--dtype", "bfloat16"]) == 0  # with a flag that edits output
     assert (tmp_path / "soup" / "model.safetensors").is_file()
+
+
+def test_push_to_hub_may_be_a_bare_repo_id_in_a_recipe():
+    from hf_soup.recipe import parse_recipe
+
+    assert parse_recipe({"ingredients": ["./a"], "push_to_hub": "me/my-soup"}).push_to_hub.repo_id == "me/my-soup"
