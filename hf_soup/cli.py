@@ -266,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hf-soup: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("hf-soup: interrupted; nothing was written to the output directory", file=sys.stderr)
+        print("hf-soup: interrupted; an unfinished soup is never left in the output directory", file=sys.stderr)
         return 130
 
 
