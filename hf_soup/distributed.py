@@ -315,8 +315,7 @@ class ProcessGroupDist(Dist):
         with self.stage("creating the staging directory"):
             path = check_destination(destination, overwrite)
             if self.is_main:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                created = str(make_staging_dir(path))
+                created = str(make_staging_dir(path))  # creates the parent folders too
         staging = Path(self.broadcast(created))
         try:
             with self.stage("finding the staging directory"):

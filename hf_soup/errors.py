@@ -58,6 +58,10 @@ class OutputExistsError(HfSoupError, FileExistsError):
     """The destination exists and ``overwrite`` was not given."""
 
 
+class OutputNotWritableError(HfSoupError, OSError):
+    """The output directory (or the folder it goes in) cannot be created or written."""
+
+
 class NothingToSoupError(HfSoupError):
     """A training run or sweep produced no checkpoint or trial model to soup."""
 

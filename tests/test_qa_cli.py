@@ -301,3 +301,15 @@ def test_push_to_hub_may_be_a_bare_repo_id_in_a_recipe():
     from hf_soup.recipe import parse_recipe
 
     assert parse_recipe({"ingredients": ["./a"], "push_to_hub": "me/my-soup"}).push_to_hub.repo_id == "me/my-soup"
+
+
+def test_output_that_cannot_be_created_is_a_clean_error(make_ingredients, tmp_path, capsys):
+    paths = make_ingredients("bert", 2)
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert main(["merge", *_flags(paths), "-o", str(afile / "soup")]) == 1
+    assert f"{afile} is a file, not a folder" in capsys.readouterr().err
+    if Path("/proc/self").is_dir():  # Linux: nothing can be created in /proc, not even by root
+        assert main(["merge", *_flags(paths), "-o", "/proc/hf-soup-test"]) == 1
+        err = capsys.readouterr().err
+        assert "hf-soup: error: cannot create the output directory /proc/hf-soup-test" in err and "Traceback" not in err

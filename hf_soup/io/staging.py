@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ..errors import OutputExistsError, RecipeError
+from ..errors import OutputExistsError, OutputNotWritableError, RecipeError
 
 
 def check_destination(destination: str | os.PathLike, overwrite: bool) -> Path:
@@ -17,6 +17,9 @@ def check_destination(destination: str | os.PathLike, overwrite: bool) -> Path:
     path = Path(destination).expanduser().resolve()
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"output {path} exists and is a file; choose a directory path")
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise OutputNotWritableError(f"output {path}: {blocker} is a file, not a folder; choose another output path")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise OutputExistsError(
             f"output directory {path} already exists and is not empty; "
@@ -49,7 +52,13 @@ def make_staging_dir(path: Path) -> Path:
     ``tempfile.mkdtemp`` creates mode 0700; the published soup must be readable like any
     folder the user makes (others on a shared filesystem, a web server, other nodes).
     """
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.hf-soup-", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.hf-soup-", dir=path.parent))
+    except OSError as error:
+        raise OutputNotWritableError(
+            f"cannot create the output directory {path} ({error.strerror or error}); choose a folder you can write to"
+        ) from None
     umask = os.umask(0o022)
     os.umask(umask)
     os.chmod(staging, 0o777 & ~umask)
@@ -64,7 +73,6 @@ def staged_directory(destination: str | os.PathLike, overwrite: bool = False) ->
     exactly as it was.
     """
     path = check_destination(destination, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
     staging = make_staging_dir(path)
     try:
         yield staging
