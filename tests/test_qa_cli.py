@@ -313,3 +313,24 @@ def test_output_that_cannot_be_created_is_a_clean_error(make_ingredients, tmp_pa
         assert main(["merge", *_flags(paths), "-o", "/proc/hf-soup-test"]) == 1
         err = capsys.readouterr().err
         assert "hf-soup: error: cannot create the output directory /proc/hf-soup-test" in err and "Traceback" not in err
+
+
+def test_a_split_a_single_split_source_cannot_have_is_warned_about(tmp_path, caplog):
+    from hf_soup.evaluation.data import load_split
+    from hf_soup.evaluation.spec import EvaluationSpec
+
+    (tmp_path / "val.csv").write_text("text,label\nhello,0\n")
+    with caplog.at_level("WARNING", logger="hf_soup"):
+        assert len(load_split(EvaluationSpec(dataset=str(tmp_path / "val.csv"), split="test"))) == 1
+    assert "evaluation.split: 'test' is ignored" in caplog.text
+
+
+def test_learned_test_split_of_a_single_split_dataset_is_refused(digit_bert, tmp_path, capsys):
+    folder = tmp_path / "val"
+    digit_bert.validation.select(range(32)).save_to_disk(str(folder))  # a Dataset: one split only
+    argv = ["merge", *_flags(digit_bert.dirs[:2]), "--method", "learned", "-p", "test_split=test",
+            "--eval-dataset", str(folder), "-o", str(tmp_path / "soup")]
+    assert main(argv) == 1
+    # before: the "held-out test" score was computed on the very rows the coefficients were trained on
+    assert "split 'test' cannot be taken from the evaluation dataset: it has a single split" in capsys.readouterr().err
+    assert not (tmp_path / "soup").exists()

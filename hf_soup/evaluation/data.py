@@ -7,12 +7,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import EvaluationError
 from .spec import DATA_FILE_SUFFIXES, EvaluationSpec
+
+logger = logging.getLogger("hf_soup")
 
 DEFAULT_SPLIT = "validation"
 _MAX_TOKENIZER_LENGTH = 512
@@ -39,9 +42,9 @@ def load_split(spec: EvaluationSpec, token: str | None = None) -> Any:
     if isinstance(source, datasets.DatasetDict):
         split = _pick_split(source, spec, "the DatasetDict given")
     elif isinstance(source, datasets.Dataset):
-        split = source
+        split = _single_split(source, spec)
     elif isinstance(source, list) or Path(str(source)).suffix.lower() in DATA_FILE_SUFFIXES:
-        split = _load_files([source] if isinstance(source, str) else source)
+        split = _single_split(_load_files([source] if isinstance(source, str) else source), spec)
     elif Path(source).expanduser().is_dir():
         split = _load_folder(Path(source).expanduser(), spec)
     elif Path(source).expanduser().exists():
@@ -57,6 +60,26 @@ def load_split(spec: EvaluationSpec, token: str | None = None) -> Any:
             f"evaluation.dataset: the evaluation split of {_name(spec)} is empty; choose another split or dataset"
         )
     return split
+
+
+def is_single_split(spec: EvaluationSpec) -> bool:
+    """Whether ``spec.dataset`` has one split only (a ``Dataset``, data files, a ``Dataset`` save_to_disk folder)."""
+    source = spec.dataset
+    if isinstance(source, list) or (isinstance(source, str) and Path(source).suffix.lower() in DATA_FILE_SUFFIXES):
+        return True
+    if isinstance(source, str):
+        folder = Path(source).expanduser()
+        return folder.is_dir() and not (folder / "dataset_dict.json").is_file() and (
+            (folder / "state.json").is_file() or (folder / "dataset_info.json").is_file())
+    return type(source).__name__ == "Dataset"
+
+
+def _single_split(dataset: Any, spec: EvaluationSpec) -> Any:
+    """A source with one split: a ``split`` the user asked for cannot apply, so say it is ignored."""
+    if spec.split is not None:
+        logger.warning("evaluation.split: %r is ignored: %s is a single split (all its rows are used); give a "
+                       "DatasetDict folder or a Hub dataset to choose a split", spec.split, _name(spec))
+    return dataset
 
 
 def _name(spec: EvaluationSpec) -> str:
@@ -98,7 +121,7 @@ def _load_folder(folder: Path, spec: EvaluationSpec) -> Any:
     if (folder / "dataset_dict.json").is_file():
         return _pick_split(datasets.load_from_disk(str(folder)), spec, str(folder))
     if (folder / "state.json").is_file() or (folder / "dataset_info.json").is_file():
-        return datasets.load_from_disk(str(folder))
+        return _single_split(datasets.load_from_disk(str(folder)), spec)
     try:
         return _pick_split(datasets.load_dataset(str(folder)), spec, str(folder))
     except EvaluationError:

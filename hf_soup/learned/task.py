@@ -197,8 +197,12 @@ def check_other_split(evaluator: Any, split: str) -> None:
 
 
 def _load_other_split(evaluator: Any, split: str) -> Any:
-    from ..evaluation.data import check_split, load_split
+    from ..evaluation.data import check_split, is_single_split, load_split
 
+    if is_single_split(evaluator.spec):  # else the "held-out" split would silently be the same rows
+        raise EvaluationError(
+            f"method: split {split!r} cannot be taken from the evaluation dataset: it has a single split; give a "
+            "DatasetDict save_to_disk folder or a Hub dataset that has it, or drop train_split / test_split")
     spec = evaluator.spec.model_copy(update={"split": split})
     data = load_split(spec)
     check_split(data, spec, evaluator.task, evaluator.config)
