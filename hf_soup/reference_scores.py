@@ -82,7 +82,7 @@ def evaluate(
     """
     spec, methods = _check(ingredients, evaluation, soups)
     from .align import align
-    from .evaluation.compare import ensemble_rows, score_plan
+    from .evaluation.compare import ensemble_rows, score_written
     from .evaluation.evaluator import Evaluator
     from .ingredients import resolve_ingredients
     from .methods.base import MergeContext
@@ -113,7 +113,9 @@ def evaluate(
                 context = MergeContext(n, refs, higher_is_better=evaluator.higher_is_better, evaluator=evaluator,
                                        extra={"seed": seed, "alignment": alignment})
                 plan = _plan(method, context, resolved)
-                score, kept = score_plan(evaluator, plan, f"{method.name} soup"), list(plan.ingredients)
+                score, kept = (plan.details or {}).get("score"), list(plan.ingredients)
+                if score is None:  # a data-free method: score exactly what it would write
+                    score = score_written(evaluator, plan, f"{method.name} soup")
                 cost = (plan.details or {}).get("num_full_evaluations", 1)
             soup_scores[method.name] = score
             rows.append({"name": f"{method.name} soup", "kind": "soup", "score": score, "num_models": len(kept),

@@ -62,13 +62,9 @@ def ensemble_rows(evaluator: Any, *, selection: Any = None) -> list[dict[str, An
     ]
 
 
-def score_plan(evaluator: Any, plan: Any, description: str) -> float:
-    """The plan's own score when its method measured one, else the score of exactly what it writes."""
-    score = (plan.details or {}).get("score")
-    if score is None:  # a data-free method: merge as the writer would, then one full evaluation
-        state_dict = evaluator.builder.merge(plan.method, list(plan.ingredients))
-        score = evaluator.evaluate_state_dict(state_dict, description)
-    return score
+def score_written(evaluator: Any, plan: Any, description: str) -> float:
+    """The score of exactly what ``plan`` writes: merged as the writer would, one full evaluation."""
+    return evaluator.evaluate_state_dict(evaluator.builder.merge(plan.method, list(plan.ingredients)), description)
 
 
 def compare_soups(evaluator: Any, method_name: str, plan: Any, refs: Sequence[str], *,
@@ -122,8 +118,8 @@ def compare_soups(evaluator: Any, method_name: str, plan: Any, refs: Sequence[st
     rows.extend(ensemble_rows(evaluator, selection=select))
     if method_name not in ("uniform", "greedy"):
         score = details.get("score")
-        if score is None:
-            score = score_plan(evaluator, plan, f"compare: {method_name}")
+        if score is None:  # a data-free method (or a held-out split): score what the plan writes
+            score = score_written(evaluator, plan, f"compare: {method_name}")
         rows.append({"name": f"{method_name} soup (chosen)", "kind": "soup", "score": score,
                      "num_models": len(plan.ingredients), "ingredients": list(plan.ingredients),
                      "num_full_evaluations": details.get("num_full_evaluations", 1)})
