@@ -123,3 +123,18 @@ def test_bad_evaluation_input_fails_clearly(digit_vit):
         hf_soup.evaluate(dirs, evaluation={"dataset": digit_vit.validation}, soups=["ensemble"])
     with pytest.raises(EvaluationError, match="nope"):
         hf_soup.evaluate(dirs, evaluation={"dataset": digit_vit.validation, "image_column": "nope"})
+
+
+def test_cli_bad_evaluation_key_exits_2_before_any_work(digit_vit, capsys):
+    assert main(["evaluate", str(digit_vit.dirs[0]), "--eval-dataset", "./val.csv", "-e", "bogus=1"]) == 2
+    assert "evaluation.bogus: unknown key" in capsys.readouterr().err
+
+
+def test_without_the_ensemble_no_logit_passes(digit_vit):
+    dirs = [str(d) for d in digit_vit.dirs[:2]]
+    result = hf_soup.evaluate(dirs, evaluation={"dataset": digit_vit.validation}, ensemble=False, device="cpu")
+    logits, labels = _hand_logits(digit_vit.dirs[:2])
+    assert result["ensemble_score"] is None and result["greedy_ensemble_score"] is None
+    assert result["ingredient_scores"] == pytest.approx([_accuracy(l, labels) for l in logits], abs=1e-9)
+    assert result["num_full_evaluations"] == 2 + 1  # one pass per ingredient + the uniform soup
+    assert [row["kind"] for row in result["rows"]] == ["ingredient", "ingredient", "soup"]
