@@ -512,3 +512,28 @@ def test_adapter_output_when_one_adapter_saves_a_module_another_adapts(vit, tmp_
     assert result.report["output"]["modules_to_save"] == ["classifier.bias", "classifier.weight"]
     torch.testing.assert_close(_peft_logits(vit["base"], tmp_path / "adapter", vit["images"]),
                                _vit_logits(tmp_path / "model", vit["images"]), rtol=0, atol=1e-5)
+
+
+def test_greedy_soup_of_adapters_is_scored_as_base_plus_delta(vit, tmp_path):
+    import datasets
+    import numpy as np
+
+    images, labels = _digits()
+    rows = slice(384, 512)
+    validation = datasets.Dataset.from_dict({"pixel_values": images[rows].numpy(), "label": labels[rows].numpy()})
+
+    def collate(batch):
+        return {"pixel_values": torch.tensor(np.stack([row["pixel_values"] for row in batch]), dtype=torch.float32),
+                "labels": torch.tensor([row["label"] for row in batch])}
+
+    adapters = [str(a) for a in vit["adapters"]]
+    result = soup(adapters, "greedy", tmp_path / "greedy",
+                  evaluation={"dataset": validation, "collate_fn": collate, "label_column": "label"})
+    report = result.report
+    scores = [row["score"] for row in report["ingredients"]]
+    for adapter, score in zip(adapters, scores):  # each adapter is scored as base + its ΔW
+        logits = _logits(_merged(vit["base"], Path(adapter)), images[rows])
+        assert score == pytest.approx((logits.argmax(-1) == labels[rows]).float().mean().item())
+    assert report["score"] >= max(scores) and report["num_full_evaluations"] == 2 * len(adapters) - 1
+    written = _vit_logits(tmp_path / "greedy", images[rows])
+    assert report["score"] == pytest.approx((written.argmax(-1) == labels[rows]).float().mean().item())
