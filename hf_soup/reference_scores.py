@@ -89,6 +89,10 @@ def evaluate(
     from .pipeline import _plan
 
     resolved = resolve_ingredients(list(ingredients), token=token)
+    if any(i.weight_format == "adapter" for i in resolved):  # LoRA adapters stand for base + ΔW
+        from .adapters import attach_bases
+
+        attach_bases(resolved, token=token)
     evaluator = Evaluator.for_ingredients(spec, resolved, device=device, progress=progress, token=token)
     refs = [i.name for i in resolved]
     n = len(resolved)

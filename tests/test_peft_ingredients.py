@@ -537,3 +537,24 @@ def test_greedy_soup_of_adapters_is_scored_as_base_plus_delta(vit, tmp_path):
     assert report["score"] >= max(scores) and report["num_full_evaluations"] == 2 * len(adapters) - 1
     written = _vit_logits(tmp_path / "greedy", images[rows])
     assert report["score"] == pytest.approx((written.argmax(-1) == labels[rows]).float().mean().item())
+
+
+def test_reference_scores_of_adapters(vit):
+    import datasets
+    import numpy as np
+
+    import hf_soup
+
+    images, labels = _digits()
+    rows = slice(384, 448)
+    validation = datasets.Dataset.from_dict({"pixel_values": images[rows].numpy(), "label": labels[rows].numpy()})
+
+    def collate(batch):
+        return {"pixel_values": torch.tensor(np.stack([row["pixel_values"] for row in batch]), dtype=torch.float32),
+                "labels": torch.tensor([row["label"] for row in batch])}
+
+    adapters = [str(a) for a in vit["adapters"]]
+    scores = hf_soup.evaluate(adapters, {"dataset": validation, "collate_fn": collate, "label_column": "label"})
+    merged = [_logits(_merged(vit["base"], Path(a)), images[rows]) for a in adapters]
+    ensemble = torch.stack(merged).mean(0)
+    assert scores["ensemble_score"] == pytest.approx((ensemble.argmax(-1) == labels[rows]).float().mean().item())
