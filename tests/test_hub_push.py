@@ -175,3 +175,26 @@ def test_a_sharded_soup_round_trips_through_its_index(hub, publish_model, repo_n
         local.update(load_file(result.output_dir / name))
         remote.update(load_file(pulled.directory / name))
     assert local.keys() == remote.keys() and all(torch.equal(local[k], remote[k]) for k in local)
+
+
+def test_pushing_a_new_soup_over_an_old_one_leaves_no_stale_weights(hub, publish_model, repo_name, tmp_path):
+    a, _ = publish_model(seed=27, arch="llama")
+    b, _ = publish_model(seed=28, arch="llama")
+    target = repo_name("replaced", org="soup-user")
+    old = hf_soup.soup([a, b], output_dir=tmp_path / "old", max_shard_size="40KB").output_dir
+    push_soup(old, target, token=WRITE_TOKEN)
+    hub.commit_files(target, {"LICENSE": b"my own file\n"})
+    assert "model.safetensors.index.json" in hub.store.files(target)
+
+    new = hf_soup.soup([a, b], output_dir=tmp_path / "new", method="weighted",
+                       weights=[0.9, 0.1]).output_dir
+    push_soup(new, target, token=WRITE_TOKEN)
+
+    remote = set(hub.store.files(target))
+    assert not any(name.startswith("model-0") for name in remote)
+    assert "model.safetensors.index.json" not in remote
+    assert {"model.safetensors", "LICENSE", "soup_report.json"} <= remote
+    pulled = resolve_ingredient(target)
+    assert [p.name for p in pulled.files] == ["model.safetensors"]
+    local, remote_tensors = load_file(new / "model.safetensors"), load_file(pulled.files[0])
+    assert all(torch.equal(local[k], remote_tensors[k]) for k in local)
