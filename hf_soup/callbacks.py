@@ -130,10 +130,17 @@ class SoupCallback(TrainerCallback):
         if push_to_hub is not None:
             from .recipe import PushSpec
 
+            from pydantic import ValidationError
+
+            from .methods.registry import format_validation_error
+
             try:
                 push_to_hub = PushSpec(**dict(push_to_hub)).model_dump()
-            except Exception as error:  # pydantic's message names the field
-                raise RecipeError(f"SoupCallback(push_to_hub=...): {error}") from None
+            except ValidationError as error:  # never pydantic's own text: it echoes the values (a token...)
+                hint = ("; the push uses HF_TOKEN or the stored login (`hf auth login`), never a token given here"
+                        if "token" in dict(push_to_hub) else "")
+                raise RecipeError("SoupCallback(push_to_hub=...): "
+                                  + format_validation_error(error, "push_to_hub") + hint) from None
         self.method = method
         self.method_params = dict(method_params)
         self.evaluation = evaluation

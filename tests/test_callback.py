@@ -449,3 +449,11 @@ def test_peft_trainer_with_epoch_saves_and_best_model_soups_its_adapters(tmp_pat
     assert report["adapters"]["base_model"]["ref"] == str(tmp_path / "base")
     merged = ViTForImageClassification.from_pretrained(named.result.output_dir)
     assert merged.config.num_labels == 10
+
+
+def test_a_token_given_in_push_to_hub_is_refused_without_being_echoed():
+    secret = "hf_callbackSECRETtoken0123456789"
+    with pytest.raises(RecipeError) as raised:
+        SoupCallback(push_to_hub={"repo_id": "me/soup", "token": secret})
+    assert secret not in str(raised.value) and secret not in repr(raised.value)
+    assert "push_to_hub.token: unknown key" in str(raised.value) and "HF_TOKEN" in str(raised.value)
