@@ -214,8 +214,8 @@ class ProcessGroupDist(Dist):
         from .engine.device import resolve_device
 
         resolved = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
-        timeout = os.environ.get(TIMEOUT_VARIABLE)
-        kwargs = {"timeout": timedelta(seconds=float(timeout))} if timeout else {}
+        timeout = _timeout_seconds()
+        kwargs = {"timeout": timedelta(seconds=timeout)} if timeout else {}
         self.state = PartialState(cpu=resolved == "cpu", **kwargs)
         if not td.is_available() or not td.is_initialized():
             raise DistributedError(
@@ -313,11 +313,16 @@ class ProcessGroupDist(Dist):
         from .io.staging import check_destination, publish
 
         created = None
-        with self.stage("creating the staging directory"):
-            path = check_destination(destination, overwrite)
-            if self.is_main:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                created = tempfile.mkdtemp(prefix=f".{path.name}.hf-soup-", dir=path.parent)
+        try:
+            with self.stage("creating the staging directory"):
+                path = check_destination(destination, overwrite)
+                if self.is_main:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    created = tempfile.mkdtemp(prefix=f".{path.name}.hf-soup-", dir=path.parent)
+        except BaseException:  # another process refused the destination: remove what process 0 created
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            raise
         staging = Path(self.broadcast(created))
         try:
             with self.stage("finding the staging directory"):
@@ -367,6 +372,21 @@ class ProcessGroupDist(Dist):
             "shards_per_process": self._shares,
             "merge_seconds": [round(s, 4) for s in self._all_merge_seconds],
         }
+
+
+def _timeout_seconds() -> float | None:
+    """``HF_SOUP_DIST_TIMEOUT`` as a positive number of seconds (``None`` when unset)."""
+    value = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise DistributedError(f"{TIMEOUT_VARIABLE}={value!r}: expected a positive number of seconds, e.g. "
+                               f"{TIMEOUT_VARIABLE}=1800; fix or unset it")
+    return seconds
 
 
 def _describe(error: BaseException, rank: int, stage: str) -> dict[str, Any]:

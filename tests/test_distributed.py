@@ -292,3 +292,31 @@ def test_the_main_process_downloads_and_the_other_reads_its_cache(hub, publish_m
     report = json.loads((tmp_path / "soup" / "soup_report.json").read_text())
     assert [row["sha"] for row in report["ingredients"]] == [sha for _, sha in published]
     assert all(report["distributed"]["shards_per_process"])
+
+
+def test_a_card_failure_on_process_0_keeps_the_old_soup_and_stops_both(ingredients, tmp_path):
+    from conftest import tree_digest
+
+    output = tmp_path / "soup"
+    _single(_merge_args(ingredients[:2], output))
+    before = tree_digest(output)
+    template = tmp_path / "broken.md"
+    template.write_text("---\n{{ card_data }}\n---\n{% for row in ingredients %}never closed\n")
+
+    results = _spawn(_merge_args(ingredients, output, "--overwrite", "--card-template", str(template)))
+
+    codes = [code for code, _, _ in results]
+    assert all(code != 0 for code in codes), codes
+    assert "TemplateSyntaxError" in results[0][2]
+    assert "process 0 of 2 failed (writing the soup)" in results[1][2]
+    assert tree_digest(output) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".soup.hf-soup")]
+
+
+def test_a_bad_timeout_setting_is_refused_before_any_work(ingredients, tmp_path):
+    results = _spawn(_merge_args(ingredients, tmp_path / "soup"),
+                     rank_env={0: {"HF_SOUP_DIST_TIMEOUT": "ten"}, 1: {"HF_SOUP_DIST_TIMEOUT": "ten"}})
+    for code, _, err in results:
+        assert code != 0
+        assert "hf-soup: error:" in err and "HF_SOUP_DIST_TIMEOUT='ten'" in err and "Traceback" not in err
+    _no_trace(tmp_path / "soup")
