@@ -34,15 +34,15 @@ def stale_soup_files(remote: list[str], local: set[str]) -> list[str]:
                   and (name in _SOUP_NAMES or name.endswith(_SOUP_SUFFIXES)))
 
 
-def _remote_files(api, repo_id: str, revision: str | None) -> tuple[list[str], str | None]:
-    """The files at ``revision`` of ``repo_id`` and its commit (``[], None`` for an empty repo)."""
+def _remote_state(api, repo_id: str, revision: str | None) -> tuple[list[str], str | None, bool | None]:
+    """The files at ``revision`` of ``repo_id``, its commit and the repo's visibility (``[], None, None`` when empty)."""
     from huggingface_hub import errors as hf
 
     try:
         info = api.model_info(repo_id, revision=revision or "main")
     except (hf.RevisionNotFoundError, hf.EntryNotFoundError):
-        return [], None
-    return [s.rfilename for s in (info.siblings or [])], info.sha
+        return [], None, None
+    return [s.rfilename for s in (info.siblings or [])], info.sha, info.private
 
 
 def soup_files(output_dir: Path) -> list[Path]:
@@ -119,7 +119,12 @@ def push_soup(
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision and not create_pr and revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        remote, parent = _remote_files(api, repo_id, revision)
+        remote, parent, is_private = _remote_state(api, repo_id, revision)
+        if private and is_private is False:  # create_repo(exist_ok=True) keeps an existing repo's visibility
+            raise HubError(
+                f"{repo_id} already exists and is public, so --private (private=True) cannot apply; nothing was "
+                f"pushed. Make the repo private in its settings on {endpoint}, or push to a new repo ID"
+            )
         stale = stale_soup_files(remote, {op.path_in_repo for op in operations})
         if stale:
             logger.info("removing %d files of the previous soup from %s: %s", len(stale), repo_id, ", ".join(stale))

@@ -198,3 +198,21 @@ def test_pushing_a_new_soup_over_an_old_one_leaves_no_stale_weights(hub, publish
     assert [p.name for p in pulled.files] == ["model.safetensors"]
     local, remote_tensors = load_file(new / "model.safetensors"), load_file(pulled.files[0])
     assert all(torch.equal(local[k], remote_tensors[k]) for k in local)
+
+
+def test_private_push_to_an_existing_public_repo_is_refused_before_uploading(hub, publish_model, repo_name, tmp_path):
+    a, _ = publish_model(seed=29)
+    b, _ = publish_model(seed=30)
+    target = repo_name("public", org="soup-user")
+    soup = hf_soup.soup([a, b], output_dir=tmp_path / "soup").output_dir
+    push_soup(soup, target, token=WRITE_TOKEN)
+    head = hub.store.resolve(target, "main")
+
+    with pytest.raises(HubError, match="already exists and is public"):
+        push_soup(soup, target, token=WRITE_TOKEN, private=True)
+
+    assert hub.store.resolve(target, "main") == head and len(_commits(hub, target)) == 1
+    private_target = repo_name("private", org="soup-user")
+    push_soup(soup, private_target, token=WRITE_TOKEN, private=True)
+    push_soup(soup, private_target, token=WRITE_TOKEN, private=True)  # an existing private repo is fine
+    assert len(_commits(hub, private_target)) == 2
