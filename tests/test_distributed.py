@@ -320,3 +320,20 @@ def test_a_bad_timeout_setting_is_refused_before_any_work(ingredients, tmp_path)
         assert code != 0
         assert "hf-soup: error:" in err and "HF_SOUP_DIST_TIMEOUT='ten'" in err and "Traceback" not in err
     _no_trace(tmp_path / "soup")
+
+
+def test_a_push_longer_than_the_timeout_does_not_fail_the_waiting_process(ingredients, tmp_path):
+    # Process 0 pushes (here: a stand-in that takes longer than the collective timeout); process 1
+    # must not sit in a collective waiting for it, or it times out and torchrun kills the push.
+    code = ("import sys, time, hf_soup.hub as hub\n"
+            "def slow_push(output_dir, repo_id, **kwargs):\n"
+            "    time.sleep(12)\n"
+            "    return f'https://hub.example/{repo_id}/commit/1'\n"
+            "hub.push_soup = slow_push\n"
+            "from hf_soup.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    args = _merge_args(ingredients, tmp_path / "soup", "--push-to-hub", "me/slow-soup")
+    results = _spawn(["-c", code, *args], module=False,
+                     rank_env={0: {"HF_SOUP_DIST_TIMEOUT": "6"}, 1: {"HF_SOUP_DIST_TIMEOUT": "6"}})
+    assert [c for c, _, _ in results] == [0, 0], results[0][2][-3000:] + results[1][2][-3000:]
+    assert "me/slow-soup/commit/1" in results[0][1]
