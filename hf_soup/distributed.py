@@ -243,17 +243,30 @@ class ProcessGroupDist(Dist):
 
     # -- communication ----------------------------------------------------------------
     def barrier(self) -> None:
-        self._td.barrier(group=self._group)
+        self._collective("barrier", lambda: self._td.barrier(group=self._group))
 
     def broadcast(self, obj: T, src: int = 0) -> T:
         box = [obj]
-        self._td.broadcast_object_list(box, src=src, group=self._group)
+        self._collective("broadcast", lambda: self._td.broadcast_object_list(box, src=src, group=self._group))
         return box[0]
 
     def all_gather(self, obj: T) -> list[T]:
         out: list[Any] = [None] * self.world_size
-        self._td.all_gather_object(out, obj, group=self._group)
+        self._collective("status exchange", lambda: self._td.all_gather_object(out, obj, group=self._group))
         return out
+
+    def _collective(self, what: str, operation: Callable[[], Any]) -> None:
+        """Run a collective; a peer that died or stalled becomes a :class:`DistributedError`."""
+        try:
+            operation()
+        except RuntimeError as error:  # gloo / NCCL: connection closed by peer, timed out
+            timeout = os.environ.get(TIMEOUT_VARIABLE)
+            detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            raise DistributedError(
+                f"process {self.rank}: the {what} with the other processes failed ({detail}); another process "
+                f"stopped (see its log: a crash, out of memory, a lost node) or took longer than the timeout "
+                f"({TIMEOUT_VARIABLE}: {timeout + ' seconds' if timeout else 'unset, so 30 minutes'}; raise it for slow steps)"
+            ) from None
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -271,7 +284,13 @@ class ProcessGroupDist(Dist):
     def _settle(self, stage: str, error: BaseException | None) -> None:
         """Exchange statuses; raise on every process if any failed."""
         status = None if error is None else _describe(error, self.rank, stage)
-        failures = [s for s in self.all_gather(status) if s is not None]
+        try:
+            statuses = self.all_gather(status)
+        except DistributedError:
+            if error is not None:  # this process's own failure says more than the lost exchange
+                raise error from None
+            raise
+        failures = [s for s in statuses if s is not None]
         if not failures:
             return
         if error is not None and not isinstance(error, RankFailedError):

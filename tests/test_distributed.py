@@ -337,3 +337,18 @@ def test_a_push_longer_than_the_timeout_does_not_fail_the_waiting_process(ingred
                      rank_env={0: {"HF_SOUP_DIST_TIMEOUT": "6"}, 1: {"HF_SOUP_DIST_TIMEOUT": "6"}})
     assert [c for c, _, _ in results] == [0, 0], results[0][2][-3000:] + results[1][2][-3000:]
     assert "me/slow-soup/commit/1" in results[0][1]
+
+
+def test_a_process_that_dies_gives_the_other_a_clear_error_and_leaves_nothing(ingredients, tmp_path):
+    code = ("import os, sys, hf_soup.output as output\n"
+            "def die(*args, **kwargs):\n"
+            "    os._exit(3)  # killed mid-merge (out of memory, a node lost)\n"
+            "if os.environ['RANK'] == '1':\n"
+            "    output.write_shards = die\n"
+            "from hf_soup.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    results = _spawn(["-c", code, *_merge_args(ingredients, tmp_path / "soup")], module=False)
+    (code0, _, err0), (code1, _, _) = results
+    assert code1 == 3 and code0 == 1, err0[-3000:]
+    assert "hf-soup: error:" in err0 and "another process stopped" in err0 and "Traceback" not in err0
+    _no_trace(tmp_path / "soup")
