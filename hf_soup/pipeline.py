@@ -295,4 +295,7 @@ def _pinned_recipe(recipe: Recipe, ingredients: list[Ingredient], method=None) -
     ]
     if recipe.evaluation is not None:
         dump["evaluation"] = recipe.evaluation.describe()
+    base = next((i.base for i in ingredients if getattr(i, "base", None) is not None), None)
+    if base is not None and base.repo_id and base.sha:  # adapters' Hub base, pinned like the ingredients
+        dump["base_model"] = f"{base.repo_id}@{base.sha}"
     return {"ingredients": dump.pop("ingredients"), **dump}
