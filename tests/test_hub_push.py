@@ -109,12 +109,12 @@ def test_push_to_a_branch_and_as_a_pull_request(hub, publish_model, repo_name, t
     soup = hf_soup.soup([a, b], output_dir=tmp_path / "soup").output_dir
 
     first = push_soup(soup, target, token=WRITE_TOKEN, commit_message="first soup")
-    dev = push_soup(soup, target, token=WRITE_TOKEN, revision="dev")
+    dev = push_soup(soup, target, token=WRITE_TOKEN, revision="exp/dev")  # a branch name with a slash
     pr = push_soup(soup, target, token=WRITE_TOKEN, create_pr=True)
 
     main_sha = hub.store.resolve(target, "main")
     assert first.endswith(main_sha)
-    assert dev.endswith(hub.store.resolve(target, "dev"))
+    assert dev.endswith(hub.store.resolve(target, "exp/dev"))
     assert pr == f"{hub.endpoint}/{target}/discussions/1"
     assert hub.store.resolve(target, "refs/pr/1") not in (None, main_sha)
     assert hub.store.resolve(target, "main") == main_sha
