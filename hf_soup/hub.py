@@ -30,7 +30,7 @@ _SOUP_NAMES = frozenset({"config.json", "adapter_config.json", "soup_report.json
 
 def stale_soup_files(remote: list[str], local: set[str]) -> list[str]:
     """The remote files of an older soup that the new soup (``local`` paths) does not replace."""
-    return sorted(name for name in remote if name not in local
+    return sorted(name for name in remote if name not in local and "/" not in name  # a soup is flat
                   and (name in _SOUP_NAMES or name.endswith(_SOUP_SUFFIXES)))
 
 

@@ -183,7 +183,7 @@ def test_pushing_a_new_soup_over_an_old_one_leaves_no_stale_weights(hub, publish
     target = repo_name("replaced", org="soup-user")
     old = hf_soup.soup([a, b], output_dir=tmp_path / "old", max_shard_size="40KB").output_dir
     push_soup(old, target, token=WRITE_TOKEN)
-    hub.commit_files(target, {"LICENSE": b"my own file\n"})
+    hub.commit_files(target, {"LICENSE": b"my own file\n", "gguf/soup-q4.gguf": b"not ours\n"})
     assert "model.safetensors.index.json" in hub.store.files(target)
 
     new = hf_soup.soup([a, b], output_dir=tmp_path / "new", method="weighted",
@@ -193,7 +193,7 @@ def test_pushing_a_new_soup_over_an_old_one_leaves_no_stale_weights(hub, publish
     remote = set(hub.store.files(target))
     assert not any(name.startswith("model-0") for name in remote)
     assert "model.safetensors.index.json" not in remote
-    assert {"model.safetensors", "LICENSE", "soup_report.json"} <= remote
+    assert {"model.safetensors", "LICENSE", "gguf/soup-q4.gguf", "soup_report.json"} <= remote
     pulled = resolve_ingredient(target)
     assert [p.name for p in pulled.files] == ["model.safetensors"]
     local, remote_tensors = load_file(new / "model.safetensors"), load_file(pulled.files[0])
