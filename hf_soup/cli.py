@@ -204,7 +204,19 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 def _add_methods(sub) -> None:
     p = sub.add_parser("methods", help="list the soup methods")
-    p.set_defaults(handler=lambda args: print("\n".join(__import__("hf_soup.methods.registry", fromlist=["x"]).available_methods())) or 0)
+    p.set_defaults(handler=methods_command)
+
+
+def methods_command(args) -> int:
+    """Print each registered method with the first line of its description."""
+    from .methods.registry import available_methods, get_method_class
+
+    for name in available_methods():
+        cls = get_method_class(name)
+        summary = (cls.__doc__ or "").strip().splitlines()[0].replace("``", "") if cls.__doc__ else ""
+        needs = "  [needs evaluation]" if cls.needs_evaluation else ""
+        print(f"{name:<12} {summary}{needs}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

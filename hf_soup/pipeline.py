@@ -172,10 +172,13 @@ class _Run:
         if recipe.compare:
             from .evaluation.compare import compare_soups
 
+            held_out = getattr(self.method, "comparison_evaluator", lambda _: None)(self.evaluator)
             with dist.stage("comparing the soups"):
-                self.comparison = compare_soups(self.evaluator, self.method.name, self.merge_plan, context.refs)
-            self.merge_plan.details.setdefault("scores", self.comparison["ingredient_scores"])
-            self.merge_plan.details.setdefault("score", self.comparison["chosen_score"])
+                self.comparison = compare_soups(held_out or self.evaluator, self.method.name, self.merge_plan,
+                                                context.refs, selection=self.evaluator)
+            if held_out is None:  # scores on another split must not pass for the evaluation split's
+                self.merge_plan.details.setdefault("scores", self.comparison["ingredient_scores"])
+                self.merge_plan.details.setdefault("score", self.comparison["chosen_score"])
             self.timer.lap("compare")
 
     def write(self) -> dict[str, Any] | None:

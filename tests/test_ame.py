@@ -126,6 +126,22 @@ def test_ascending_order_puts_the_weakest_first_for_losses_too():
     assert method.report()["pivot_ingredient"] == 1
 
 
+def test_pivot_first_is_the_first_ingredient_visited_even_when_shuffled():
+    """Algorithm 1 line 1: w₀ = x₁ of the visiting order; with shuffle, epoch 1's first ingredient."""
+    sds = _state_dicts()
+    method = build_method("ame", dict(pivot="first", shuffle=True, seed=0, epochs=2, optimizer="sgd", lr=1.0,
+                                      lr_schedule="constant", adaptive_pivot=False))
+    method.setup(MergeContext(N, list("abcd")))
+    first = method.report()["epoch_orders"][0][0]
+    assert first != 0  # seed 0 shuffles ingredient 2 to the front: the test tells the two readings apart
+    assert method.report()["pivot_ingredient"] == first
+    # fixed pivot, constant lr 1: w = x_first - 2 * mean_j (x_first - x_j) over two epochs
+    xs = [sd["layer.weight"].reshape(-1).numpy().astype(np.float64) for sd in sds]
+    expected = xs[first] - 2 * sum(xs[first] - x for x in xs) / N
+    got = method.merge(ChunkInfo("layer.weight", (24, 16), 0, 384), [x.astype(np.float32) for x in xs])
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
 # -- streaming ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("options", [

@@ -6,6 +6,8 @@ These tests need the evaluation package and its digit fixtures; they are skipped
 from __future__ import annotations
 
 import json
+
+import numpy as np
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,63 @@ def test_greedy_ame_without_evaluation_is_a_clear_error(digit_vit, tmp_path):
     with pytest.raises(RecipeError, match="needs an evaluation"):
         hf_soup.soup([str(d) for d in digit_vit.dirs], method="ame_greedy", output_dir=tmp_path / "soup")
     assert not (tmp_path / "soup").exists()
+
+
+class _VectorBuilder:
+    """A ``SoupBuilder`` stand-in over one float32 vector per ingredient (AME runs for real on it)."""
+
+    def __init__(self, xs):
+        self.xs = xs
+
+    def merge(self, method, indices):
+        from hf_soup.methods.base import ChunkInfo
+
+        size = self.xs[0].size
+        return {"w": method.merge(ChunkInfo("w", (size,), 0, size), [self.xs[i] for i in indices])}
+
+
+class _DistanceEvaluator:
+    """Scores a model by minus its distance to ``target`` (higher is better)."""
+
+    higher_is_better = True
+
+    def __init__(self, xs, target):
+        self.builder = _VectorBuilder(xs)
+        self.target = target
+        self.num_full_evaluations = 0
+
+    def evaluate_state_dict(self, state_dict, description=""):
+        self.num_full_evaluations += 1
+        return -float(np.abs(state_dict["w"].astype(np.float64) - self.target).sum())
+
+
+def test_greedy_ame_rejected_steps_leave_no_trace_in_the_optimizer_state():
+    """App. A.4: a rejected step reverts the model *and* the optimizer state (Adam's moments and step count)."""
+    import torch
+
+    from hf_soup.methods.base import MergeContext
+    from hf_soup.methods.registry import build_method
+
+    rng = np.random.default_rng(0)
+    n = 4
+    xs = [rng.normal(size=64).astype(np.float32) for _ in range(n)]
+    # pull towards ingredients 0 and 2 only: steps on 1 and 3 tend to be rejected
+    evaluator = _DistanceEvaluator(xs, target=(xs[0].astype(np.float64) + 2 * xs[2]) / 3)
+    scores = [evaluator.evaluate_state_dict({"w": x}) for x in xs]  # the ingredients' own scores (the order)
+    method = build_method("ame_greedy", dict(optimizer="adam", lr=0.05, betas=[0.8, 0.99], epochs=3,
+                                             lr_schedule="constant", adaptive_pivot=True))
+    context = MergeContext(n, list("abcd"), scores=scores, higher_is_better=True, evaluator=evaluator)
+    method.setup(context)
+    plan = method.plan(context, [])
+    kept = [s for s in plan.details["steps"] if s["kept"]]
+    assert 0 < len(kept) < len(plan.details["steps"])  # some steps rejected, some kept
+    # the same run by hand: torch.optim.Adam sees only the accepted steps, each with its own rate
+    w = torch.tensor(xs[plan.details["pivot_ingredient"]], dtype=torch.float32, requires_grad=True)
+    adam = torch.optim.Adam([w], lr=0.05, betas=(0.8, 0.99))
+    for step in kept:
+        w.grad = sum(w.detach() - torch.from_numpy(xs[j]) for j in step["batch"]) / (n * len(step["batch"]))
+        adam.param_groups[0]["lr"] = step["lr"]
+        adam.step()
+    written = _VectorBuilder(xs).merge(plan.method, plan.ingredients)["w"]
+    np.testing.assert_allclose(written, w.detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert evaluator.evaluate_state_dict({"w": written}) == plan.details["score"]

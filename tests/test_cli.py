@@ -91,3 +91,13 @@ def test_data_free_merge_does_not_import_torch(make_ingredients, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_methods_lists_every_method_with_its_summary(capsys):
+    assert main(["methods"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [line.split()[0] for line in lines]
+    assert names == sorted(["uniform", "weighted", "ame", "ame_greedy", "greedy", "radin", "learned"])
+    greedy = next(line for line in lines if line.startswith("greedy "))
+    assert "greedy soup" in greedy and "[needs evaluation]" in greedy
+    assert "[needs evaluation]" not in next(line for line in lines if line.startswith("uniform "))

@@ -129,6 +129,13 @@ def test_radin_parameter_errors(digit_vit, tmp_path):
         hf_soup.soup(refs, method="radin", budgt=3, output_dir=tmp_path / "a", evaluation={"dataset": digit_vit.validation})
     with pytest.raises(MethodParameterError, match="method.budget"):
         hf_soup.soup(refs, method="radin", budget=0, output_dir=tmp_path / "a", evaluation={"dataset": digit_vit.validation})
+    # explicit subset sizes that cannot be drawn are refused, not silently reduced to the uniform soup
+    with pytest.raises(MethodParameterError, match="method.max_size: 3 is more than the 2 ingredients"):
+        hf_soup.soup(refs, method="radin", max_size=3, output_dir=tmp_path / "a",
+                     evaluation={"dataset": digit_vit.validation})
+    with pytest.raises(MethodParameterError, match="method.min_size: 3 is larger than max_size 2"):
+        hf_soup.soup(refs, method="radin", min_size=3, max_size=2, output_dir=tmp_path / "a",
+                     evaluation={"dataset": digit_vit.validation})
     assert not (tmp_path / "a").exists()
 
 
@@ -144,6 +151,9 @@ def test_compare_report_table_and_plot(digit_vit, tmp_path):
     assert rows["best ingredient"]["score"] == max(scores) and rows["greedy soup"]["score"] >= max(scores)
     assert rows["radin soup (chosen)"]["score"] == report["score"] == result.report["score"]
     assert rows["greedy logit ensemble"]["score"] >= max(scores)
+    gap = comparison["ensemble_gap"]  # accuracy: the ensemble's lead is ensemble - soup
+    assert gap["uniform soup"] == rows["logit ensemble"]["score"] - rows["uniform soup"]["score"]
+    assert gap["chosen"] == rows["logit ensemble"]["score"] - rows["radin soup (chosen)"]["score"]
     assert comparison["plot"] == "soup_comparison.png"
     assert (tmp_path / "s" / "soup_comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # RADIN's N logit passes also give the ingredient scores: greedy adds its N - 1 candidates, uniform 1
@@ -175,6 +185,7 @@ def test_cli_greedy_with_csv_evaluation_and_compare(digit_bert, tmp_path, capsys
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "Validation accuracy:" in out and "| greedy soup (chosen) |" in out
+    assert "Logit ensemble ahead of the uniform soup by" in out
     report = json.loads((tmp_path / "soup" / "soup_report.json").read_text())
     assert report["parameters"] == {"order": "descending", "strict": True}
     assert report["evaluation"]["batch_size"] == 16 and report["recipe"]["evaluation"]["dataset"].endswith("val.csv")
@@ -197,3 +208,80 @@ def test_state_dict_ingredients_take_config_and_tokenizer_from_processor_from(di
                              evaluation=evaluation).report
     assert from_dicts["details"]["scores"] == from_dirs["details"]["scores"]
     assert from_dicts["score"] == from_dirs["score"] and from_dicts["details"]["kept"] == from_dirs["details"]["kept"]
+
+
+class _FakeCache:
+    """Averaged-logit scores given by a formula (RADIN's eq. 3 stand-in)."""
+
+    def __init__(self, n, approx):
+        self.scores = {i: approx((i,)) for i in range(n)}
+        self.approx = approx
+
+    def score(self, subset):
+        return self.approx(tuple(subset))
+
+
+class _FakeEvaluator:
+    """Just enough of ``Evaluator`` for ``RadinSoup.plan``: a logit cache and counted full evaluations."""
+
+    def __init__(self, n, approx, real, metric="accuracy"):
+        from hf_soup.evaluation.metrics import Metric
+
+        self.metric = Metric.from_spec(metric)
+        self.higher_is_better = self.metric.higher_is_better
+        self.builder = object()
+        self.cache = _FakeCache(n, approx)
+        self.real = real
+        self.num_full_evaluations = n  # the N logit passes
+        self.num_logit_passes = n
+        self.evaluated = []
+
+    def logit_cache(self):
+        return self.cache
+
+    def evaluate_soup(self, indices, description=None):
+        self.num_full_evaluations += 1
+        self.evaluated.append(tuple(indices))
+        return self.real(tuple(indices))
+
+
+def _radin_plan(evaluator, n, **params):
+    from hf_soup.methods.base import MergeContext
+    from hf_soup.methods.registry import build_method
+
+    method = build_method("radin", params)
+    context = MergeContext(n, [f"m{i}" for i in range(n)], evaluator=evaluator, extra={"seed": 0})
+    method.setup(context)
+    return method.plan(context, [])
+
+
+def test_radin_evaluates_the_top_budget_by_approximation_and_returns_the_best_real_score():
+    """Recipe 2: top-B by eq. 3-4, then the best by the *real* score, not the best approximation."""
+    n = 6
+    approx = lambda s: 0.5 + 0.01 * sum(s) / len(s)  # noqa: E731  (prefers high indices)
+    ranked = sorted(sample_subsets(n, 20, 2, n - 1, seed=0), key=lambda s: (-approx(s)))
+    third = ranked[2]
+    real = lambda s: 0.9 if s == third else 0.6 - 0.001 * ranked.index(s)  # noqa: E731
+    evaluator = _FakeEvaluator(n, approx, real)
+    plan = _radin_plan(evaluator, n, candidates=20, budget=3, include_uniform=False)
+    assert evaluator.evaluated == ranked[:3]  # exactly the top B, in ranking order
+    assert tuple(plan.ingredients) == third and plan.details["score"] == 0.9
+    assert plan.details["approx_score"] == approx(third) and plan.details["num_full_evaluations"] == 3
+    # with B = 2 the real best is never evaluated: the best of the two evaluated wins (not the real optimum)
+    evaluator = _FakeEvaluator(n, approx, real)
+    plan = _radin_plan(evaluator, n, candidates=20, budget=2, include_uniform=False)
+    assert tuple(plan.ingredients) == ranked[0] and evaluator.evaluated == ranked[:2]
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "loss"])
+def test_radin_prior_adds_lambda_times_size_in_the_favourable_direction(metric):
+    """Eq. 4: ranking = approx ± λ·|S|, the sign making larger soups rank higher for either direction."""
+    n = 5
+    flat = 0.3
+    evaluator = _FakeEvaluator(n, lambda s: flat, lambda s: flat, metric=metric)
+    plan = _radin_plan(evaluator, n, candidates=1000, budget=1, prior=0.01, include_uniform=True)
+    assert plan.ingredients == [0, 1, 2, 3, 4]  # equal approximations: the prior alone decides
+    uniform = next(c for c in plan.details["evaluated_candidates"] if c["size"] == n)
+    sign = 1 if metric == "accuracy" else -1
+    assert uniform["ranking_score"] == pytest.approx(flat + sign * 0.01 * n)
+    assert uniform["approx_score"] == flat

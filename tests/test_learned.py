@@ -310,6 +310,37 @@ def test_soup_api_writes_the_learned_soup_with_coefficients_and_plot(sharded_dig
     assert evaluator.evaluate_model(model) == pytest.approx(details["score"], abs=1e-9)
 
 
+def test_compare_with_a_test_split_scores_the_table_on_the_held_out_split(sharded_digits, tmp_path):
+    """The coefficients are fitted on the validation split: ``compare`` then uses ``test_split``."""
+    from transformers import ViTForImageClassification
+
+    import hf_soup
+    from hf_soup.evaluation import EvaluationSpec, Evaluator
+
+    dirs, dataset = sharded_digits
+    evaluation = {"dataset": dataset, "split": "validation", "batch_size": 64}
+    report = hf_soup.soup([str(d) for d in dirs], method="learned", output_dir=tmp_path / "soup", compare=True,
+                          evaluation=evaluation, model_batch=2, inner_steps=2, test_split="test").report
+    comparison, details = report["comparison"], report["details"]
+    rows = {row["name"]: row for row in comparison["rows"]}
+    assert comparison["split"] == "test" and comparison["selection_split"] == "validation"
+    test = Evaluator(EvaluationSpec(**{**evaluation, "split": "test"}), config=dirs[0], processor_dir=dirs[0])
+    test_scores = [test.evaluate_model(ViTForImageClassification.from_pretrained(d)) for d in dirs]
+    assert comparison["ingredient_scores"] == test_scores
+    # the references are *chosen* on the validation split (as the learned soup was), scored on the test split
+    val = Evaluator(EvaluationSpec(**evaluation), config=dirs[0], processor_dir=dirs[0])
+    validation = [val.evaluate_model(ViTForImageClassification.from_pretrained(d)) for d in dirs]
+    assert max(range(len(dirs)), key=lambda i: (validation[i], -i)) != max(  # the fixture tells the two apart
+        range(len(dirs)), key=lambda i: (test_scores[i], -i))
+    chosen_best = max(range(len(dirs)), key=lambda i: (validation[i], -i))
+    assert rows["best ingredient"]["ingredients"] == [chosen_best]
+    assert rows["best ingredient"]["score"] == test_scores[chosen_best]
+    chosen = rows["learned soup (chosen)"]["score"]
+    assert chosen == test.evaluate_model(ViTForImageClassification.from_pretrained(tmp_path / "soup"))
+    assert chosen == pytest.approx(details["test_score"], abs=1e-9)
+    assert report["score"] == details["score"]  # the validation score stays the method's own
+
+
 def test_soup_api_rejects_bad_learned_parameters_before_any_output(sharded_digits, tmp_path):
     import hf_soup
     from hf_soup.errors import RecipeError

@@ -9,6 +9,10 @@ own ingredients):
   costs N forward passes at inference; computed from the cached logits);
 * the chosen method, when it is not one of the above.
 
+``ensemble_gap`` gives the logit ensemble's lead over the uniform and the chosen soup
+(the paper's Fig. 5(a) gap; positive when the ensemble is better, whatever the metric's
+direction). Feature ensembles (Table 1's "Ens Fts") are not computed.
+
 >>> comparison = compare_soups(evaluator, "radin", plan, refs)      # doctest: +SKIP
 >>> comparison["rows"][0]
 {'name': 'best ingredient', 'kind': 'ingredient', 'score': 0.91, 'num_models': 1, ...}
@@ -38,24 +42,35 @@ def _greedy_ensemble(cache: Any, scores: Sequence[float], metric: Any) -> tuple[
     return best, members
 
 
-def compare_soups(evaluator: Any, method_name: str, plan: Any, refs: Sequence[str]) -> dict[str, Any]:
-    """Score the references and the chosen plan on ``evaluator``'s split; return the report entry."""
+def compare_soups(evaluator: Any, method_name: str, plan: Any, refs: Sequence[str], *,
+                  selection: Any = None) -> dict[str, Any]:
+    """Score the references and the chosen plan on ``evaluator``'s split; return the report entry.
+
+    ``selection``: the evaluator the method scored its plan on, when it is not
+    ``evaluator`` (a learned soup's ``test_split``). Then every row is scored afresh on
+    ``evaluator``'s held-out split, while the choices — the best ingredient, greedy
+    soup and greedy ensemble members — are still made on ``selection``'s split, so no
+    reference selects on the split it is scored on.
+    """
     from ..methods.greedy import GreedySoup
     from ..methods.base import MergeContext
 
+    held_out = selection is not None and selection is not evaluator
+    select = selection if held_out else evaluator
     metric = evaluator.metric
-    start = evaluator.num_full_evaluations
+    start, select_start = evaluator.num_full_evaluations, select.num_full_evaluations
     n = evaluator.builder.num_ingredients
     cache = evaluator.logit_cache()
     scores = evaluator.ingredient_scores()
-    best_index = min(range(n), key=lambda i: (metric.sort_key(scores[i]), i))
+    select_scores = select.ingredient_scores() if held_out else scores
+    best_index = min(range(n), key=lambda i: (metric.sort_key(select_scores[i]), i))
     rows: list[dict[str, Any]] = [
         {"name": "best ingredient", "kind": "ingredient", "score": scores[best_index], "num_models": 1,
          "num_full_evaluations": n, "ingredients": [best_index], "ref": refs[best_index]},
         {"name": "mean of ingredients", "kind": "ingredient", "score": sum(scores) / n, "num_models": 1,
          "num_full_evaluations": n},
     ]
-    details = plan.details or {}
+    details = {} if held_out else (plan.details or {})
     if method_name == "uniform":
         uniform = details.get("score")
     else:
@@ -68,14 +83,18 @@ def compare_soups(evaluator: Any, method_name: str, plan: Any, refs: Sequence[st
         greedy_score, greedy_kept = details["score"], list(plan.ingredients)
     else:
         greedy = GreedySoup(GreedySoup.Params())
-        context = MergeContext(n, list(refs), higher_is_better=metric.higher_is_better, evaluator=evaluator)
+        context = MergeContext(n, list(refs), higher_is_better=metric.higher_is_better, evaluator=select)
         greedy_plan = greedy.plan(context, [])
         greedy_score, greedy_kept = greedy_plan.details["score"], list(greedy_plan.ingredients)
+        if held_out:  # chosen on the selection split, scored on the held-out one (same order: same bytes)
+            greedy_score = evaluator.evaluate_soup(greedy_kept, description="compare: greedy soup")
     rows.append({"name": "greedy soup", "kind": "soup", "score": greedy_score, "num_models": len(greedy_kept),
                  "num_full_evaluations": 2 * n - 1, "ingredients": greedy_kept})
     rows.append({"name": "logit ensemble", "kind": "ensemble", "score": cache.score(list(range(n))), "num_models": n,
                  "num_full_evaluations": n, "ingredients": list(range(n))})
-    greedy_ens_score, greedy_ens = _greedy_ensemble(cache, scores, metric)
+    greedy_ens_score, greedy_ens = _greedy_ensemble(select.logit_cache(), select_scores, metric)
+    if held_out:
+        greedy_ens_score = cache.score(greedy_ens)
     rows.append({"name": "greedy logit ensemble", "kind": "ensemble", "score": greedy_ens_score,
                  "num_models": len(greedy_ens), "num_full_evaluations": n, "ingredients": greedy_ens})
     if method_name not in ("uniform", "greedy"):
@@ -91,15 +110,24 @@ def compare_soups(evaluator: Any, method_name: str, plan: Any, refs: Sequence[st
             if row["name"] == f"{method_name} soup":
                 row["name"] += " (chosen)"
     chosen = next(row for row in rows if row["name"].endswith("(chosen)"))
+    ensemble = next(row for row in rows if row["name"] == "logit ensemble")["score"]
+    direction = 1.0 if metric.higher_is_better else -1.0
+    gaps = {"uniform soup": direction * (ensemble - uniform), "chosen": direction * (ensemble - chosen["score"])}
     return {
         "metric": metric.name,
         "higher_is_better": metric.higher_is_better,
+        "split": evaluator.spec.split,
+        "selection_split": select.spec.split,
         "num_examples": evaluator.num_examples,
         "ingredient_scores": scores,
         "rows": rows,
         "chosen_score": chosen["score"],
+        # §6.2 / Fig. 5(a): how far weight averaging stays behind the logit ensemble
+        # (metric units; > 0: the ensemble is better).
+        "ensemble_gap": gaps,
         "plot": PLOT_FILE,
-        "num_full_evaluations": evaluator.num_full_evaluations - start,
+        "num_full_evaluations": evaluator.num_full_evaluations - start
+        + (select.num_full_evaluations - select_start if held_out else 0),
     }
 
 
@@ -108,6 +136,11 @@ def comparison_markdown(comparison: dict[str, Any]) -> str:
     lines = [f"| | {comparison['metric']} | models | full evaluations |", "|---|---:|---:|---:|"]
     for row in comparison["rows"]:
         lines.append(f"| {row['name']} | {row['score']:.4f} | {row['num_models']} | {row['num_full_evaluations']} |")
+    gaps = comparison.get("ensemble_gap")
+    if gaps:
+        lines.append("")
+        lines.append(f"Logit ensemble ahead of the uniform soup by {gaps['uniform soup']:+.4f}, of the chosen soup by "
+                     f"{gaps['chosen']:+.4f} ({comparison['metric']}; the ensemble costs N forward passes).")
     return "\n".join(lines)
 
 

@@ -75,10 +75,14 @@ class AmeParams(MethodParams):
     * ``epochs`` (default 1), ``batch_size`` (ingredients per step, default 1), ``shuffle``
       (a fresh seeded shuffle every epoch), ``seed`` (default: the recipe's seed).
     * ``pivot``: ``soup`` (default, as in the paper's experiments), ``first`` (the first
-      ingredient visited), ``best`` (the best by validation score), an ingredient index,
+      ingredient the schedule visits: x₁ of Algorithm 1's ordered list, or the first of
+      epoch 1's shuffle with ``shuffle: true``), ``best`` (the best by validation score), an ingredient index,
       or (Python API) a state dict.
     * ``adaptive_pivot``: pseudogradients against the current w (default) or the fixed pivot.
-    * ``amplification``: ζ, one number or one per ingredient (default 1).
+    * ``amplification``: ζ, one number or one per ingredient (default 1). A list is indexed
+      like the ingredients and applies whenever that ingredient is visited; Algorithm 1
+      indexes ζ_i by position in the ordered list, which is the same with ``order: given``
+      and no shuffle (a choice the paper leaves open: its experiments use ζ = 1).
     * ``order``: ``given``, ``ascending`` (weakest first) or ``descending`` (strongest first)
       by validation score; needs an evaluation.
     * ``num_threads``: torch threads for the math on CPU (default: all cores but one, which
@@ -232,15 +236,17 @@ class AmeSoup(TensorMethod):
         except ValueError as error:
             raise MethodParameterError(f"method.order: {error}") from None
         self._order = order
-        self._pivot = self._resolve_pivot(context, order, scores, higher_is_better)
-        self._zetas = [float(z) for z in zetas]
         self._seed = p.seed if p.seed is not None else int(context.extra.get("seed", 0) or 0)
+        schedule = build_schedule(count, epochs=p.epochs, batch_size=p.batch_size, shuffle=p.shuffle,
+                                  seed=self._seed, order=order, lr=self._lr, lr_schedule=p.lr_schedule)
+        # ``first`` is the first ingredient the schedule visits (after the epoch-1 shuffle).
+        self._pivot = self._resolve_pivot(context, [schedule[0].batch[0]], scores, higher_is_better)
+        self._zetas = [float(z) for z in zetas]
         self._device = self._check_device(context.device)
         self._optimizer_class = resolve_optimizer(p.optimizer)
         self._run_args, self._implementation = self._run_arguments(self._device)
         self._threads = p.num_threads or max(1, (os.cpu_count() or 1) - 1)
-        self._schedule = build_schedule(count, epochs=p.epochs, batch_size=p.batch_size, shuffle=p.shuffle,
-                                        seed=self._seed, order=order, lr=self._lr, lr_schedule=p.lr_schedule)
+        self._schedule = schedule
 
     def _scores(self, context: MergeContext) -> tuple[list[float] | None, bool]:
         """Validation scores when the order or the pivot needs them: the context's, or the evaluator's."""
@@ -257,13 +263,14 @@ class AmeSoup(TensorMethod):
         raise MethodParameterError(f"method.{field}: {value} ranks the ingredients by validation score, so it needs "
                                    f"an evaluation; configure one (evaluation: ...) or use {alternative}")
 
-    def _resolve_pivot(self, context: MergeContext, order: list[int], scores: list[float] | None,
+    def _resolve_pivot(self, context: MergeContext, visited: list[int], scores: list[float] | None,
                        higher_is_better: bool) -> Any:
+        """w₀: ``visited[0]`` (the first ingredient of the schedule) for ``first``, else per ``pivot``."""
         pivot = self.params.pivot
         if pivot == "soup":
             return "soup"
         if pivot == "first":
-            return order[0]
+            return visited[0]
         if pivot == "best":
             quality = [s if higher_is_better else -s for s in scores]
             return max(range(len(quality)), key=lambda i: (quality[i], -i))

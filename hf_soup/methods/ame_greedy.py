@@ -1,10 +1,15 @@
 """Greedy AME (Lee & Ngo, App. A.4): keep an AME step only if it improves the validation score.
 
 The ingredients are visited best first (``order: descending``, default) or worst first
-(``ascending``); w₀ is the first visited ingredient (``pivot: first``, default). Each
+(``ascending``: the paper's own greedy ensembling started from the weakest model; its
+Table 1 reports both); w₀ is the first visited ingredient (``pivot: first``, default).
+The pivot's score is its validation score (``context.scores`` or the evaluator's), so
+those scores must come from the same evaluation as the candidates'. Each
 optimizer step of the AME schedule is tried; when the candidate model does not score
 better than the current one, the step is rejected and the previous model *and optimizer
-state* are restored. Every other parameter is AME's (optimizer, rate schedule, epochs,
+state* are restored. The learning-rate schedule is not rewound: step t keeps the rate
+η_t of its place in the schedule (the paper does not say; the optimizer's own step
+count, e.g. Adam's bias correction, counts accepted steps only). Every other parameter is AME's (optimizer, rate schedule, epochs,
 batching...).
 
     method: {name: ame_greedy, optimizer: adamw, lr: 0.01, epochs: 2, order: descending}

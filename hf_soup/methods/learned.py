@@ -132,6 +132,18 @@ class LearnedSoup(PlanningMethod):
         test = (lambda: self._test_evaluator(evaluator, ingredients)) if params.test_split else None
         return self._learn(task, evaluator, test, seed)
 
+    def comparison_evaluator(self, evaluator: Any) -> Any:
+        """The evaluator ``compare: true`` scores its table on: the ``test_split`` one, else ``None``.
+
+        The coefficients were fitted on the evaluation (or ``train_split``) split, so the
+        table is computed on the held-out split when there is one; it is bound to the same
+        ingredients as ``evaluator``.
+        """
+        test = getattr(self, "_test", None)
+        if test is None or evaluator is None or evaluator.builder is None:
+            return None
+        return test.bind(evaluator.builder.tensors, evaluator.builder.sources)
+
     # -- pieces ----------------------------------------------------------------------------
 
     def _test_evaluator(self, evaluator: Any, ingredients: Sequence[Any]) -> Any:
@@ -185,7 +197,8 @@ class LearnedSoup(PlanningMethod):
         details["num_full_evaluations"] = evaluator.num_full_evaluations - evaluations_before
         details["train_loss_uniform"], details["train_loss_learned"] = uniform["loss"], learned_loss
         if test is not None:
-            details["test_score"] = test().evaluate_model(task.model, "learned soup (test split)")
+            self._test = test()
+            details["test_score"] = self._test.evaluate_model(task.model, "learned soup (test split)")
             details["test_split"] = self.params.test_split
             details["num_full_evaluations"] += 1
         plan = MergePlan(method, indices, details)

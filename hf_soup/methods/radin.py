@@ -13,6 +13,11 @@ Cost: N logit passes + ``budget`` full evaluations.
 method: {name: radin, budget: 4, candidates: 200, prior: 0.0, include_uniform: true}
 ```
 
+The Spearman correlation in the report is between the approximate and the real scores
+of the ``budget`` fully evaluated candidates (the paper's is over all 200 candidates,
+scored on the test set; here only the evaluated ones have a real score); ``None`` when
+fewer than 3 are evaluated.
+
 ``prior`` is in the metric's units: the paper's λ = 1 on accuracy in percent is
 ``prior: 0.01`` for accuracy in [0, 1]. ``budget`` defaults to N - 1, so RADIN costs
 the same 2N - 1 passes as the greedy soup.
@@ -84,7 +89,7 @@ class RadinSoup(PlanningMethod):
 
     def _sizes(self, n: int) -> tuple[int, int]:
         high = self.params.max_size if self.params.max_size is not None else n - 1
-        return self.params.min_size, min(high, n)
+        return self.params.min_size, high
 
     def setup(self, context: MergeContext) -> None:
         n = context.num_ingredients
@@ -94,9 +99,15 @@ class RadinSoup(PlanningMethod):
                 f"method: radin draws subsets of sizes [2, N-1], which is empty for N = {n} ingredients; "
                 "use greedy, or set include_uniform: true"
             )
-        if low > high and not self.params.include_uniform:
+        if self.params.max_size is not None and self.params.max_size > n:
             raise MethodParameterError(
-                f"method.min_size: {low} is larger than max_size {high}; choose sizes within [1, {n}]"
+                f"method.max_size: {self.params.max_size} is more than the {n} ingredients; use at most {n}"
+            )
+        sizes_given = bool({"min_size", "max_size"} & self.params.model_fields_set)
+        if low > high and (sizes_given or not self.params.include_uniform):
+            raise MethodParameterError(
+                f"method.min_size: {low} is larger than max_size {high} (N = {n} ingredients), so no subset "
+                f"can be drawn; choose 1 <= min_size <= max_size <= {n}"
             )
 
     def plan(self, context: MergeContext, ingredients: Sequence[Any]) -> MergePlan:
