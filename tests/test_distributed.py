@@ -352,3 +352,11 @@ def test_a_process_that_dies_gives_the_other_a_clear_error_and_leaves_nothing(in
     assert code1 == 3 and code0 == 1, err0[-3000:]
     assert "hf-soup: error:" in err0 and "another process stopped" in err0 and "Traceback" not in err0
     _no_trace(tmp_path / "soup")
+
+
+def test_hf_soup_distributed_0_gives_one_process_inside_a_launch(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("HF_SOUP_DISTRIBUTED", "0")
+    dist = get_dist("cpu")
+    assert type(dist) is Dist and (dist.rank, dist.world_size, dist.device) == (0, 1, "cpu")
