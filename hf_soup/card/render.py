@@ -74,6 +74,18 @@ def _comparison(report: dict[str, Any]) -> list[tuple[str, float | None]]:
     return []
 
 
+def _comparison_info(report: dict[str, Any]) -> dict[str, Any]:
+    """Which split the comparison was scored on (and chosen on), and its metric."""
+    comparison = report.get("comparison") if isinstance(report.get("comparison"), dict) else {}
+    evaluation = report.get("evaluation") if isinstance(report.get("evaluation"), dict) else {}
+    return {
+        "split": comparison.get("split") or evaluation.get("split"),
+        "selection_split": comparison.get("selection_split"),
+        "metric": comparison.get("metric") or evaluation.get("metric"),
+        "higher_is_better": comparison.get("higher_is_better", evaluation.get("higher_is_better")),
+    }
+
+
 def _dump(value: Any) -> str:
     return yaml.safe_dump(json.loads(json.dumps(value, default=str)), sort_keys=False).strip() if value else "{}"
 
@@ -106,6 +118,7 @@ def template_context(report: dict[str, Any], model_id: str) -> dict[str, Any]:
         "recipe_yaml": _dump(report.get("recipe")),
         "comparison": _comparison(report),
         "comparison_plot": (report.get("comparison") or {}).get("plot") if isinstance(report.get("comparison"), dict) else None,
+        "comparison_info": _comparison_info(report),
         "load_code": _load_code(report, model_id),
         "hf_soup_version": report.get("hf_soup_version", ""),
         "report": report,
