@@ -497,6 +497,9 @@ def test_hub_adapters_pull_their_base_by_repo_id(vit, tmp_path, hub, repo_name):
     assert adapters["base_model"] == {"ref": base_repo, "repo_id": base_repo, "sha": base_sha}
     assert [row["repo_id"] for row in adapters["ingredients"]] == refs and all(row["sha"] for row in adapters["ingredients"])
     assert local.report["adapters"]["base_model"]["repo_id"] is None
+    # the pinned recipe pins the base too: re-running it reads the same base even after the repo moves on
+    assert result.report["recipe"]["base_model"] == f"{base_repo}@{base_sha}"
+    assert "base_model" not in local.report["recipe"]
 
 
 def test_adapter_output_when_one_adapter_saves_a_module_another_adapts(vit, tmp_path):

@@ -156,8 +156,26 @@ def write_card(output_dir: str | Path, template_path: str | Path | None = None, 
         raise HfSoupError(f"{output_dir}: no {REPORT_FILE}; give the folder `hf-soup merge` wrote")
     card = render_card(read_report(output_dir), template_path, repo_id=repo_id)
     path = output_dir / "README.md"
-    path.write_text(str(card), encoding="utf-8")
+    # a path with non-UTF-8 bytes reaches the report as lone surrogates: shown as "?" in the card
+    data = str(card).encode("utf-8", errors="replace")
+    _replace_atomically(path, data)
     return path
+
+
+def _replace_atomically(path: Path, data: bytes) -> None:
+    """Write ``path`` through a temporary sibling, so a failed write leaves the old file whole."""
+    import os
+    import tempfile
+
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp made it 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def is_default_card(readme: str | Path) -> bool:
