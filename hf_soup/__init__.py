@@ -15,6 +15,7 @@ from ._version import __version__
 _LAZY = {
     "soup": "hf_soup.api",
     "merge_state_dicts": "hf_soup.api",
+    "evaluate": "hf_soup.reference_scores",
     "SoupResult": "hf_soup.pipeline",
     "run_recipe": "hf_soup.pipeline",
     "load_recipe": "hf_soup.recipe",

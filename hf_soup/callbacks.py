@@ -91,6 +91,9 @@ class SoupCallback(TrainerCallback):
             belongs to the run, like its checkpoints).
         compare: also score the ingredients, their uniform soup and their logit ensemble on the
             evaluation data and record the comparison in the report (as ``hf_soup.soup(compare=True)``).
+        base_model: a PEFT model in the Trainer — the base model its adapter checkpoints were
+            trained on (a path or repo ID), needed when the adapters do not name it
+            (``base_model_name_or_path`` is empty when the base was built from a config).
         dtype, seed: as in :func:`hf_soup.soup`.
         **method_params: the method's parameters (``weights=[...]`` for ``weighted``: one per
             ingredient, in soup order — checkpoints by step; sweep trials best first).
@@ -115,6 +118,7 @@ class SoupCallback(TrainerCallback):
         dtype: str | None = None,
         seed: int = 0,
         compare: bool = False,
+        base_model: str | Path | None = None,
         **method_params: Any,
     ):
         build_method(method, method_params)  # unknown method / bad parameters fail here, before training
@@ -126,10 +130,17 @@ class SoupCallback(TrainerCallback):
         if push_to_hub is not None:
             from .recipe import PushSpec
 
+            from pydantic import ValidationError
+
+            from .methods.registry import format_validation_error
+
             try:
                 push_to_hub = PushSpec(**dict(push_to_hub)).model_dump()
-            except Exception as error:  # pydantic's message names the field
-                raise RecipeError(f"SoupCallback(push_to_hub=...): {error}") from None
+            except ValidationError as error:  # never pydantic's own text: it echoes the values (a token...)
+                hint = ("; the push uses HF_TOKEN or the stored login (`hf auth login`), never a token given here"
+                        if "token" in dict(push_to_hub) else "")
+                raise RecipeError("SoupCallback(push_to_hub=...): "
+                                  + format_validation_error(error, "push_to_hub") + hint) from None
         self.method = method
         self.method_params = dict(method_params)
         self.evaluation = evaluation
@@ -141,6 +152,7 @@ class SoupCallback(TrainerCallback):
         self.keep_ingredients = keep_ingredients
         self.overwrite = overwrite
         self.dtype, self.seed, self.compare = dtype, seed, compare
+        self.base_model = str(base_model) if base_model is not None else None
         self.needs_evaluation = get_method_class(method).needs_evaluation or compare
         self.result: Any = None
         self.errors: list[BaseException] = []
@@ -457,6 +469,7 @@ class SoupCallback(TrainerCallback):
     def _soup(self, chosen, candidates, training: dict[str, Any], destination: Path):
         from .api import soup
         from .card import write_card
+        from .errors import AdapterBaseError
         from .distributed import single_process
         from .io.staging import staged_directory
         from .pipeline import SoupResult
@@ -470,9 +483,13 @@ class SoupCallback(TrainerCallback):
             )
         # process 0 soups alone while the other training processes wait at a barrier
         with staged_directory(destination, self.overwrite) as staging, single_process():
-            result = soup([str(folder) for folder, _ in chosen], self.method, staging, evaluation=evaluation,
-                          dtype=self.dtype, overwrite=True, seed=self.seed, compare=self.compare,
-                          **self.method_params)
+            try:
+                result = soup([str(folder) for folder, _ in chosen], self.method, staging, evaluation=evaluation,
+                              dtype=self.dtype, overwrite=True, seed=self.seed, compare=self.compare,
+                              base_model=self.base_model, **self.method_params)
+            except AdapterBaseError as error:  # the recipe's advice (--base-model) does not apply here
+                raise AdapterBaseError(f"{error}. In SoupCallback: pass SoupCallback(base_model=...) with the "
+                                       "path or repo ID of the model the adapters were trained on") from None
             report = annotate(result.report, chosen, candidates, training, destination)
             write_report(staging, report)
             write_card(staging)

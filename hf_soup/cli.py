@@ -3,6 +3,7 @@
     hf-soup merge -m ./run1 -m ./run2 --method uniform -o ./soup
     hf-soup merge recipe.yaml --dtype bfloat16
     hf-soup inspect ./run1 ./run2 --json
+    hf-soup evaluate ./run1 ./run2 --eval-dataset ./val.csv      # + the logit ensemble
 """
 
 from __future__ import annotations
@@ -219,6 +220,35 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print("ok: these ingredients can be souped")
 
 
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="score ingredients, their logit ensemble and the uniform soup",
+                       description="Score each ingredient, the logit ensemble (a reference, not a soup) and soups.")
+    p.add_argument("refs", nargs="+", metavar="REF")
+    p.add_argument("--eval-dataset", metavar="DATASET", required=True,
+                   help="evaluation data: Hub dataset ID, save_to_disk folder or csv/json/parquet file")
+    p.add_argument("-e", "--eval", action="append", default=[], type=_key_value, metavar="KEY=VALUE",
+                   help="evaluation setting, e.g. split=test, text_column=sentence, metric=loss; repeatable")
+    p.add_argument("--soup", action="append", metavar="METHOD", help="soup method to score (default: uniform); repeatable")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
+    p.set_defaults(handler=evaluate_command)
+
+
+def evaluate_command(args) -> int:
+    from .evaluation.compare import comparison_markdown
+    from .reference_scores import evaluate
+
+    result = evaluate(args.refs, {"dataset": args.eval_dataset, **dict(args.eval)}, token=args.token,
+                      soups=args.soup or ("uniform",), progress=not args.json and sys.stderr.isatty())
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['metric']} on {result['num_examples']} examples ({result['split']}), "
+              f"{result['num_full_evaluations']} full evaluations:")
+        print(comparison_markdown(result))
+    return 0
+
+
 def _add_methods(sub) -> None:
     p = sub.add_parser("methods", help="list the soup methods",
                        description="List the soup methods (see `hf-soup merge --method NAME -p KEY=VALUE`).")
@@ -243,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_merge(sub)
     _add_inspect(sub)
+    _add_evaluate(sub)
     _add_methods(sub)
     from .demo import add_demo_parser
     from .hub_cli import add_card_parser, add_push_parser

@@ -213,8 +213,8 @@ class ProcessGroupDist(Dist):
         from .engine.device import resolve_device
 
         resolved = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
-        timeout = os.environ.get(TIMEOUT_VARIABLE)
-        kwargs = {"timeout": timedelta(seconds=float(timeout))} if timeout else {}
+        timeout = _timeout_seconds()
+        kwargs = {"timeout": timedelta(seconds=timeout)} if timeout else {}
         self.state = PartialState(cpu=resolved == "cpu", **kwargs)
         if not td.is_available() or not td.is_initialized():
             raise DistributedError(
@@ -242,17 +242,30 @@ class ProcessGroupDist(Dist):
 
     # -- communication ----------------------------------------------------------------
     def barrier(self) -> None:
-        self._td.barrier(group=self._group)
+        self._collective("barrier", lambda: self._td.barrier(group=self._group))
 
     def broadcast(self, obj: T, src: int = 0) -> T:
         box = [obj]
-        self._td.broadcast_object_list(box, src=src, group=self._group)
+        self._collective("broadcast", lambda: self._td.broadcast_object_list(box, src=src, group=self._group))
         return box[0]
 
     def all_gather(self, obj: T) -> list[T]:
         out: list[Any] = [None] * self.world_size
-        self._td.all_gather_object(out, obj, group=self._group)
+        self._collective("status exchange", lambda: self._td.all_gather_object(out, obj, group=self._group))
         return out
+
+    def _collective(self, what: str, operation: Callable[[], Any]) -> None:
+        """Run a collective; a peer that died or stalled becomes a :class:`DistributedError`."""
+        try:
+            operation()
+        except RuntimeError as error:  # gloo / NCCL: connection closed by peer, timed out
+            timeout = os.environ.get(TIMEOUT_VARIABLE)
+            detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            raise DistributedError(
+                f"process {self.rank}: the {what} with the other processes failed ({detail}); another process "
+                f"stopped (see its log: a crash, out of memory, a lost node) or took longer than the timeout "
+                f"({TIMEOUT_VARIABLE}: {timeout + ' seconds' if timeout else 'unset, so 30 minutes'}; raise it for slow steps)"
+            ) from None
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -270,7 +283,13 @@ class ProcessGroupDist(Dist):
     def _settle(self, stage: str, error: BaseException | None) -> None:
         """Exchange statuses; raise on every process if any failed."""
         status = None if error is None else _describe(error, self.rank, stage)
-        failures = [s for s in self.all_gather(status) if s is not None]
+        try:
+            statuses = self.all_gather(status)
+        except DistributedError:
+            if error is not None:  # this process's own failure says more than the lost exchange
+                raise error from None
+            raise
+        failures = [s for s in statuses if s is not None]
         if not failures:
             return
         if error is not None and not isinstance(error, RankFailedError):
@@ -312,10 +331,15 @@ class ProcessGroupDist(Dist):
         from .io.staging import check_destination, make_staging_dir, publish
 
         created = None
-        with self.stage("creating the staging directory"):
-            path = check_destination(destination, overwrite)
-            if self.is_main:
-                created = str(make_staging_dir(path))  # creates the parent folders too
+        try:
+            with self.stage("creating the staging directory"):
+                path = check_destination(destination, overwrite)
+                if self.is_main:
+                    created = str(make_staging_dir(path))  # creates the parent folders too
+        except BaseException:  # another process refused the destination: remove what process 0 created
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            raise
         staging = Path(self.broadcast(created))
         try:
             with self.stage("finding the staging directory"):
@@ -365,6 +389,21 @@ class ProcessGroupDist(Dist):
             "shards_per_process": self._shares,
             "merge_seconds": [round(s, 4) for s in self._all_merge_seconds],
         }
+
+
+def _timeout_seconds() -> float | None:
+    """``HF_SOUP_DIST_TIMEOUT`` as a positive number of seconds (``None`` when unset)."""
+    value = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise DistributedError(f"{TIMEOUT_VARIABLE}={value!r}: expected a positive number of seconds, e.g. "
+                               f"{TIMEOUT_VARIABLE}=1800; fix or unset it")
+    return seconds
 
 
 def _describe(error: BaseException, rank: int, stage: str) -> dict[str, Any]:

@@ -5,6 +5,11 @@
 
 The local directory is never modified except for ``README.md``, which is (re)rendered with
 the repo ID when it is missing or was rendered from the default template.
+
+Pushing over an older soup deletes, in the same commit, the files of the old soup that the new
+one does not have (weights, shard index, ``config.json``, ``adapter_config.json``): a stale
+shard index or adapter file would otherwise make the repo load the old soup. Other files
+(a LICENSE, extra documentation) are kept.
 """
 
 from __future__ import annotations
@@ -17,6 +22,27 @@ from . import hub_settings
 from .errors import HfSoupError, HubError
 
 logger = logging.getLogger("hf_soup")
+
+# Remote files a soup consists of; those the new soup lacks are deleted by a push.
+_SOUP_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".index.json")
+_SOUP_NAMES = frozenset({"config.json", "adapter_config.json", "soup_report.json"})
+
+
+def stale_soup_files(remote: list[str], local: set[str]) -> list[str]:
+    """The remote files of an older soup that the new soup (``local`` paths) does not replace."""
+    return sorted(name for name in remote if name not in local and "/" not in name  # a soup is flat
+                  and (name in _SOUP_NAMES or name.endswith(_SOUP_SUFFIXES)))
+
+
+def _remote_state(api, repo_id: str, revision: str | None) -> tuple[list[str], str | None, bool | None]:
+    """The files at ``revision`` of ``repo_id``, its commit and the repo's visibility (``[], None, None`` when empty)."""
+    from huggingface_hub import errors as hf
+
+    try:
+        info = api.model_info(repo_id, revision=revision or "main")
+    except (hf.RevisionNotFoundError, hf.EntryNotFoundError):
+        return [], None, None
+    return [s.rfilename for s in (info.siblings or [])], info.sha, info.private
 
 
 def soup_files(output_dir: Path) -> list[Path]:
@@ -76,7 +102,7 @@ def push_soup(
     commit to (default ``main``, created when missing). On failure the local soup stays
     complete and :class:`HubError` gives the ``hf-soup push`` command that retries.
     """
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub import errors as hf
 
     output_dir = Path(output_dir)
@@ -93,8 +119,18 @@ def push_soup(
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision and not create_pr and revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True)
+        remote, parent, is_private = _remote_state(api, repo_id, revision)
+        if private and is_private is False:  # create_repo(exist_ok=True) keeps an existing repo's visibility
+            raise HubError(
+                f"{repo_id} already exists and is public, so --private (private=True) cannot apply; nothing was "
+                f"pushed. Make the repo private in its settings on {endpoint}, or push to a new repo ID"
+            )
+        stale = stale_soup_files(remote, {op.path_in_repo for op in operations})
+        if stale:
+            logger.info("removing %d files of the previous soup from %s: %s", len(stale), repo_id, ", ".join(stale))
+        operations += [CommitOperationDelete(name) for name in stale]
         info = api.create_commit(repo_id, operations, commit_message=commit_message or _default_message(output_dir),
-                                 revision=revision, create_pr=create_pr)
+                                 revision=revision, create_pr=create_pr, parent_commit=parent)
     except HfSoupError:
         raise
     except hf.HfHubHTTPError as error:

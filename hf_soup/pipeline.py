@@ -90,11 +90,13 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
         run.plan(stack)
         report = run.write()
     logger.info("soup written to %s", run.destination)
-    with run.dist.stage("pushing the soup"):
-        if recipe.push_to_hub is not None and run.dist.is_main:
-            report["pushed_to"] = SoupResult(run.destination, report).push_to_hub(
-                token=token, **recipe.push_to_hub.model_dump())
-    return SoupResult(run.destination, run.dist.broadcast(report), is_main_process=run.dist.is_main)
+    # The other processes are done here: they must not wait in a collective for an upload
+    # that may outlast its timeout. Process 0 pushes alone; a failed push fails process 0.
+    report = run.dist.broadcast(report)
+    if recipe.push_to_hub is not None and run.dist.is_main:
+        report["pushed_to"] = SoupResult(run.destination, report).push_to_hub(
+            token=token, **recipe.push_to_hub.model_dump())
+    return SoupResult(run.destination, report, is_main_process=run.dist.is_main)
 
 
 class _Run:
@@ -337,4 +339,7 @@ def _pinned_recipe(recipe: Recipe, ingredients: list[Ingredient], method=None) -
     ]
     if recipe.evaluation is not None:
         dump["evaluation"] = recipe.evaluation.as_recipe()  # keys a recipe accepts, so the card's recipe runs
+    base = next((i.base for i in ingredients if getattr(i, "base", None) is not None), None)
+    if base is not None and base.repo_id and base.sha:  # adapters' Hub base, pinned like the ingredients
+        dump["base_model"] = f"{base.repo_id}@{base.sha}"
     return {"ingredients": dump.pop("ingredients"), **dump}

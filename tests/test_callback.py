@@ -421,3 +421,39 @@ def test_configured_evaluation_wins_over_the_trainers(tmp_path, digits):
     assert len(rows) == 4 and all(0.0 <= row["score"] <= 1.0 for row in rows)
     best = max(rows, key=lambda row: row["score"])
     assert best["kept"] and report["score"] >= best["score"]
+
+
+def test_peft_trainer_with_epoch_saves_and_best_model_soups_its_adapters(tmp_path, digits, caplog):
+    peft = pytest.importorskip("peft")
+    base = tiny_vit()
+    base.save_pretrained(tmp_path / "base")  # the PEFT model below is built from a config: its adapters name no base
+
+    def run(callback, name):
+        model = peft.get_peft_model(tiny_vit(), peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"],
+                                                                modules_to_save=["classifier"]))
+        args = training_args(tmp_path / name, max_steps=-1, num_train_epochs=2, save_strategy="epoch",
+                             eval_strategy="epoch", load_best_model_at_end=True, save_total_limit=1)
+        Trainer(model, args, train_dataset=digits["train"].select(range(64)), eval_dataset=digits["validation"],
+                callbacks=[callback]).train()
+        return callback
+
+    caplog.set_level(logging.ERROR, logger="hf_soup")
+    unnamed = run(SoupCallback(), "unnamed")
+    assert unnamed.result is None and "SoupCallback(base_model=...)" in str(unnamed.error)
+    assert not (tmp_path / "unnamed" / "soup").exists()
+
+    named = run(SoupCallback(base_model=tmp_path / "base"), "named")
+    assert named.error is None
+    report = read_report(named.result.output_dir)
+    assert [row["label"] for row in report["ingredients"]] == ["checkpoint-4", "checkpoint-8"]
+    assert report["adapters"]["base_model"]["ref"] == str(tmp_path / "base")
+    merged = ViTForImageClassification.from_pretrained(named.result.output_dir)
+    assert merged.config.num_labels == 10
+
+
+def test_a_token_given_in_push_to_hub_is_refused_without_being_echoed():
+    secret = "hf_callbackSECRETtoken0123456789"
+    with pytest.raises(RecipeError) as raised:
+        SoupCallback(push_to_hub={"repo_id": "me/soup", "token": secret})
+    assert secret not in str(raised.value) and secret not in repr(raised.value)
+    assert "push_to_hub.token: unknown key" in str(raised.value) and "HF_TOKEN" in str(raised.value)

@@ -293,3 +293,71 @@ def test_the_main_process_downloads_and_the_other_reads_its_cache(hub, publish_m
     report = json.loads((tmp_path / "soup" / "soup_report.json").read_text())
     assert [row["sha"] for row in report["ingredients"]] == [sha for _, sha in published]
     assert all(report["distributed"]["shards_per_process"])
+
+
+def test_a_card_failure_on_process_0_keeps_the_old_soup_and_stops_both(ingredients, tmp_path):
+    from conftest import tree_digest
+
+    output = tmp_path / "soup"
+    _single(_merge_args(ingredients[:2], output))
+    before = tree_digest(output)
+    template = tmp_path / "broken.md"
+    template.write_text("---\n{{ card_data }}\n---\n{% for row in ingredients %}never closed\n")
+
+    results = _spawn(_merge_args(ingredients, output, "--overwrite", "--card-template", str(template)))
+
+    codes = [code for code, _, _ in results]
+    assert all(code != 0 for code in codes), codes
+    assert "TemplateSyntaxError" in results[0][2]
+    assert "process 0 of 2 failed (writing the soup)" in results[1][2]
+    assert tree_digest(output) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".soup.hf-soup")]
+
+
+def test_a_bad_timeout_setting_is_refused_before_any_work(ingredients, tmp_path):
+    results = _spawn(_merge_args(ingredients, tmp_path / "soup"),
+                     rank_env={0: {"HF_SOUP_DIST_TIMEOUT": "ten"}, 1: {"HF_SOUP_DIST_TIMEOUT": "ten"}})
+    for code, _, err in results:
+        assert code != 0
+        assert "hf-soup: error:" in err and "HF_SOUP_DIST_TIMEOUT='ten'" in err and "Traceback" not in err
+    _no_trace(tmp_path / "soup")
+
+
+def test_a_push_longer_than_the_timeout_does_not_fail_the_waiting_process(ingredients, tmp_path):
+    # Process 0 pushes (here: a stand-in that takes longer than the collective timeout); process 1
+    # must not sit in a collective waiting for it, or it times out and torchrun kills the push.
+    code = ("import sys, time, hf_soup.hub as hub\n"
+            "def slow_push(output_dir, repo_id, **kwargs):\n"
+            "    time.sleep(12)\n"
+            "    return f'https://hub.example/{repo_id}/commit/1'\n"
+            "hub.push_soup = slow_push\n"
+            "from hf_soup.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    args = _merge_args(ingredients, tmp_path / "soup", "--push-to-hub", "me/slow-soup")
+    results = _spawn(["-c", code, *args], module=False,
+                     rank_env={0: {"HF_SOUP_DIST_TIMEOUT": "6"}, 1: {"HF_SOUP_DIST_TIMEOUT": "6"}})
+    assert [c for c, _, _ in results] == [0, 0], results[0][2][-3000:] + results[1][2][-3000:]
+    assert "me/slow-soup/commit/1" in results[0][1]
+
+
+def test_a_process_that_dies_gives_the_other_a_clear_error_and_leaves_nothing(ingredients, tmp_path):
+    code = ("import os, sys, hf_soup.output as output\n"
+            "def die(*args, **kwargs):\n"
+            "    os._exit(3)  # killed mid-merge (out of memory, a node lost)\n"
+            "if os.environ['RANK'] == '1':\n"
+            "    output.write_shards = die\n"
+            "from hf_soup.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    results = _spawn(["-c", code, *_merge_args(ingredients, tmp_path / "soup")], module=False)
+    (code0, _, err0), (code1, _, _) = results
+    assert code1 == 3 and code0 == 1, err0[-3000:]
+    assert "hf-soup: error:" in err0 and "another process stopped" in err0 and "Traceback" not in err0
+    _no_trace(tmp_path / "soup")
+
+
+def test_hf_soup_distributed_0_gives_one_process_inside_a_launch(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("HF_SOUP_DISTRIBUTED", "0")
+    dist = get_dist("cpu")
+    assert type(dist) is Dist and (dist.rank, dist.world_size, dist.device) == (0, 1, "cpu")

@@ -164,6 +164,7 @@ def test_compare_report_table_and_plot(digit_vit, tmp_path):
     card = (tmp_path / "s" / "README.md").read_text()
     assert "in-memory" not in card.split("---")[1]  # no bogus dataset in the Hub metadata
     assert "| greedy logit ensemble |" in card and "](soup_comparison.png)" in card
+    assert "Every row is scored on the evaluation data (accuracy, higher is better)." in card
 
 
 def test_compare_with_a_data_free_method_scores_the_written_soup(digit_bert, tmp_path):

@@ -109,3 +109,18 @@ def test_card_errors_name_what_is_missing(tmp_path):
         write_card(tmp_path)
     with pytest.raises(RecipeError, match="does not exist"):
         render_card(_report(), template_path=tmp_path / "missing.md")
+
+
+def test_regenerating_a_card_with_an_undecodable_name_keeps_a_readable_readme(make_ingredients, tmp_path):
+    import json
+
+    soup = hf_soup.soup(make_ingredients("bert", 2), output_dir=tmp_path / "soup").output_dir
+    report = json.loads((soup / "soup_report.json").read_text())
+    report["ingredients"][0]["name"] = report["ingredients"][0]["ref"] = "run-\udcff"  # a non-UTF-8 path byte
+    (soup / "soup_report.json").write_text(json.dumps(report))  # json escapes the lone surrogate
+
+    write_card(soup)
+
+    text = (soup / "README.md").read_text(encoding="utf-8")
+    assert "run-?" in text and "model-soup" in text
+    assert sorted(p.name for p in soup.iterdir() if p.name.startswith(".")) == []

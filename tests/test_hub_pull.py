@@ -176,3 +176,19 @@ def test_token_from_the_stored_login_is_used(hub, publish_model, tmp_path):
     (tmp_path / "hf-home").mkdir(exist_ok=True)
     (tmp_path / "hf-home" / "token").write_text(READ_TOKEN)  # what `hf auth login` stores
     assert resolve_ingredient(private_id).sha == private_sha
+
+
+def test_a_branch_with_a_slash_and_a_short_sha_resolve_online_then_offline(hub, publish_model, monkeypatch):
+    repo_id, _ = publish_model(seed=40)
+    _, branch_sha = publish_model(seed=41, repo_id=repo_id, branch="feature/x")
+    main_sha = hub.store.resolve(repo_id, "main")
+    assert branch_sha != main_sha
+
+    on_branch = resolve_ingredient(f"{repo_id}@feature/x")
+    by_short_sha = resolve_ingredient(f"{repo_id}@{main_sha[:10]}")
+    assert on_branch.sha == branch_sha and by_short_sha.sha == main_sha
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_ingredient(f"{repo_id}@feature/x").sha == branch_sha
+    assert resolve_ingredient(f"{repo_id}@{main_sha[:10]}").sha == main_sha
+    assert resolve_ingredient(f"{repo_id}@{branch_sha[:8]}").sha == branch_sha  # never pulled by this name

@@ -109,12 +109,12 @@ def test_push_to_a_branch_and_as_a_pull_request(hub, publish_model, repo_name, t
     soup = hf_soup.soup([a, b], output_dir=tmp_path / "soup").output_dir
 
     first = push_soup(soup, target, token=WRITE_TOKEN, commit_message="first soup")
-    dev = push_soup(soup, target, token=WRITE_TOKEN, revision="dev")
+    dev = push_soup(soup, target, token=WRITE_TOKEN, revision="exp/dev")  # a branch name with a slash
     pr = push_soup(soup, target, token=WRITE_TOKEN, create_pr=True)
 
     main_sha = hub.store.resolve(target, "main")
     assert first.endswith(main_sha)
-    assert dev.endswith(hub.store.resolve(target, "dev"))
+    assert dev.endswith(hub.store.resolve(target, "exp/dev"))
     assert pr == f"{hub.endpoint}/{target}/discussions/1"
     assert hub.store.resolve(target, "refs/pr/1") not in (None, main_sha)
     assert hub.store.resolve(target, "main") == main_sha
@@ -175,3 +175,44 @@ def test_a_sharded_soup_round_trips_through_its_index(hub, publish_model, repo_n
         local.update(load_file(result.output_dir / name))
         remote.update(load_file(pulled.directory / name))
     assert local.keys() == remote.keys() and all(torch.equal(local[k], remote[k]) for k in local)
+
+
+def test_pushing_a_new_soup_over_an_old_one_leaves_no_stale_weights(hub, publish_model, repo_name, tmp_path):
+    a, _ = publish_model(seed=27, arch="llama")
+    b, _ = publish_model(seed=28, arch="llama")
+    target = repo_name("replaced", org="soup-user")
+    old = hf_soup.soup([a, b], output_dir=tmp_path / "old", max_shard_size="40KB").output_dir
+    push_soup(old, target, token=WRITE_TOKEN)
+    hub.commit_files(target, {"LICENSE": b"my own file\n", "gguf/soup-q4.gguf": b"not ours\n"})
+    assert "model.safetensors.index.json" in hub.store.files(target)
+
+    new = hf_soup.soup([a, b], output_dir=tmp_path / "new", method="weighted",
+                       weights=[0.9, 0.1]).output_dir
+    push_soup(new, target, token=WRITE_TOKEN)
+
+    remote = set(hub.store.files(target))
+    assert not any(name.startswith("model-0") for name in remote)
+    assert "model.safetensors.index.json" not in remote
+    assert {"model.safetensors", "LICENSE", "gguf/soup-q4.gguf", "soup_report.json"} <= remote
+    pulled = resolve_ingredient(target)
+    assert [p.name for p in pulled.files] == ["model.safetensors"]
+    local, remote_tensors = load_file(new / "model.safetensors"), load_file(pulled.files[0])
+    assert all(torch.equal(local[k], remote_tensors[k]) for k in local)
+
+
+def test_private_push_to_an_existing_public_repo_is_refused_before_uploading(hub, publish_model, repo_name, tmp_path):
+    a, _ = publish_model(seed=29)
+    b, _ = publish_model(seed=30)
+    target = repo_name("public", org="soup-user")
+    soup = hf_soup.soup([a, b], output_dir=tmp_path / "soup").output_dir
+    push_soup(soup, target, token=WRITE_TOKEN)
+    head = hub.store.resolve(target, "main")
+
+    with pytest.raises(HubError, match="already exists and is public"):
+        push_soup(soup, target, token=WRITE_TOKEN, private=True)
+
+    assert hub.store.resolve(target, "main") == head and len(_commits(hub, target)) == 1
+    private_target = repo_name("private", org="soup-user")
+    push_soup(soup, private_target, token=WRITE_TOKEN, private=True)
+    push_soup(soup, private_target, token=WRITE_TOKEN, private=True)  # an existing private repo is fine
+    assert len(_commits(hub, private_target)) == 2

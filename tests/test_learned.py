@@ -339,6 +339,8 @@ def test_compare_with_a_test_split_scores_the_table_on_the_held_out_split(sharde
     assert chosen == test.evaluate_model(ViTForImageClassification.from_pretrained(tmp_path / "soup"))
     assert chosen == pytest.approx(details["test_score"], abs=1e-9)
     assert report["score"] == details["score"]  # the validation score stays the method's own
+    card = (tmp_path / "soup" / "README.md").read_text()
+    assert "scored on the **test** split" in card and "were made on the **validation** split" in card
 
 
 def test_soup_api_rejects_bad_learned_parameters_before_any_output(sharded_digits, tmp_path):

@@ -497,6 +497,9 @@ def test_hub_adapters_pull_their_base_by_repo_id(vit, tmp_path, hub, repo_name):
     assert adapters["base_model"] == {"ref": base_repo, "repo_id": base_repo, "sha": base_sha}
     assert [row["repo_id"] for row in adapters["ingredients"]] == refs and all(row["sha"] for row in adapters["ingredients"])
     assert local.report["adapters"]["base_model"]["repo_id"] is None
+    # the pinned recipe pins the base too: re-running it reads the same base even after the repo moves on
+    assert result.report["recipe"]["base_model"] == f"{base_repo}@{base_sha}"
+    assert "base_model" not in local.report["recipe"]
 
 
 def test_adapter_output_when_one_adapter_saves_a_module_another_adapts(vit, tmp_path):
@@ -512,3 +515,49 @@ def test_adapter_output_when_one_adapter_saves_a_module_another_adapts(vit, tmp_
     assert result.report["output"]["modules_to_save"] == ["classifier.bias", "classifier.weight"]
     torch.testing.assert_close(_peft_logits(vit["base"], tmp_path / "adapter", vit["images"]),
                                _vit_logits(tmp_path / "model", vit["images"]), rtol=0, atol=1e-5)
+
+
+def test_greedy_soup_of_adapters_is_scored_as_base_plus_delta(vit, tmp_path):
+    import datasets
+    import numpy as np
+
+    images, labels = _digits()
+    rows = slice(384, 512)
+    validation = datasets.Dataset.from_dict({"pixel_values": images[rows].numpy(), "label": labels[rows].numpy()})
+
+    def collate(batch):
+        return {"pixel_values": torch.tensor(np.stack([row["pixel_values"] for row in batch]), dtype=torch.float32),
+                "labels": torch.tensor([row["label"] for row in batch])}
+
+    adapters = [str(a) for a in vit["adapters"]]
+    result = soup(adapters, "greedy", tmp_path / "greedy",
+                  evaluation={"dataset": validation, "collate_fn": collate, "label_column": "label"})
+    report = result.report
+    scores = [row["score"] for row in report["ingredients"]]
+    for adapter, score in zip(adapters, scores):  # each adapter is scored as base + its ΔW
+        logits = _logits(_merged(vit["base"], Path(adapter)), images[rows])
+        assert score == pytest.approx((logits.argmax(-1) == labels[rows]).float().mean().item())
+    assert report["score"] >= max(scores) and report["num_full_evaluations"] == 2 * len(adapters) - 1
+    written = _vit_logits(tmp_path / "greedy", images[rows])
+    assert report["score"] == pytest.approx((written.argmax(-1) == labels[rows]).float().mean().item())
+
+
+def test_reference_scores_of_adapters(vit):
+    import datasets
+    import numpy as np
+
+    import hf_soup
+
+    images, labels = _digits()
+    rows = slice(384, 448)
+    validation = datasets.Dataset.from_dict({"pixel_values": images[rows].numpy(), "label": labels[rows].numpy()})
+
+    def collate(batch):
+        return {"pixel_values": torch.tensor(np.stack([row["pixel_values"] for row in batch]), dtype=torch.float32),
+                "labels": torch.tensor([row["label"] for row in batch])}
+
+    adapters = [str(a) for a in vit["adapters"]]
+    scores = hf_soup.evaluate(adapters, {"dataset": validation, "collate_fn": collate, "label_column": "label"})
+    merged = [_logits(_merged(vit["base"], Path(a)), images[rows]) for a in adapters]
+    ensemble = torch.stack(merged).mean(0)
+    assert scores["ensemble_score"] == pytest.approx((ensemble.argmax(-1) == labels[rows]).float().mean().item())

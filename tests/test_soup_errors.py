@@ -187,3 +187,32 @@ def test_bad_parameters_fail_before_any_work(kwargs, error, message, make_ingred
     with pytest.raises(error, match=message):
         hf_soup.soup(paths, output_dir=tmp_path / "soup", **kwargs)
     assert_untouched(tmp_path, tmp_path / "soup")
+
+
+def test_a_failed_swap_whose_restore_also_fails_keeps_the_old_output(tmp_path, monkeypatch):
+    import os
+
+    from hf_soup.errors import OutputExistsError
+    from hf_soup.io import staging as staging_module
+
+    old = tmp_path / "soup"
+    old.mkdir()
+    (old / "model.safetensors").write_bytes(b"the old soup")
+    new = tmp_path / ".soup.hf-soup-new"
+    new.mkdir()
+    calls = []
+    real_replace = os.replace
+
+    def flaky_replace(src, dst):
+        calls.append((src, dst))
+        if len(calls) > 1:  # the old output moved aside; then the swap and the way back both fail
+            raise OSError(5, "Input/output error")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(staging_module.os, "replace", flaky_replace)
+    with pytest.raises(OutputExistsError, match="previous output is kept in"):
+        staging_module.publish(new, old, overwrite=True)
+    monkeypatch.undo()
+
+    kept = [p for p in tmp_path.rglob("model.safetensors") if p.read_bytes() == b"the old soup"]
+    assert len(kept) == 1

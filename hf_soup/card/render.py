@@ -77,6 +77,18 @@ def _comparison(report: dict[str, Any]) -> list[tuple[str, float | None]]:
     return []
 
 
+def _comparison_info(report: dict[str, Any]) -> dict[str, Any]:
+    """Which split the comparison was scored on (and chosen on), and its metric."""
+    comparison = report.get("comparison") if isinstance(report.get("comparison"), dict) else {}
+    evaluation = report.get("evaluation") if isinstance(report.get("evaluation"), dict) else {}
+    return {
+        "split": comparison.get("split") or evaluation.get("split"),
+        "selection_split": comparison.get("selection_split"),
+        "metric": comparison.get("metric") or evaluation.get("metric"),
+        "higher_is_better": comparison.get("higher_is_better", evaluation.get("higher_is_better")),
+    }
+
+
 def _dump(value: Any) -> str:
     return yaml.safe_dump(json.loads(json.dumps(value, default=str)), sort_keys=False).strip() if value else "{}"
 
@@ -117,6 +129,7 @@ def template_context(report: dict[str, Any], model_id: str) -> dict[str, Any]:
         "recipe_yaml": _dump(report.get("recipe")),
         "comparison": _comparison(report),
         "comparison_plot": (report.get("comparison") or {}).get("plot") if isinstance(report.get("comparison"), dict) else None,
+        "comparison_info": _comparison_info(report),
         "load_code": _load_code(report, model_id),
         "hf_soup_version": report.get("hf_soup_version", ""),
         "report": report,
@@ -177,8 +190,26 @@ def write_card(output_dir: str | Path, template_path: str | Path | None = None, 
         raise HfSoupError(f"{output_dir}: no {REPORT_FILE}; give the folder `hf-soup merge` wrote")
     card = render_card(read_report(output_dir), template_path, repo_id=repo_id)
     path = output_dir / "README.md"
-    path.write_text(str(card), encoding="utf-8")
+    # a path with non-UTF-8 bytes reaches the report as lone surrogates: shown as "?" in the card
+    data = str(card).encode("utf-8", errors="replace")
+    _replace_atomically(path, data)
     return path
+
+
+def _replace_atomically(path: Path, data: bytes) -> None:
+    """Write ``path`` through a temporary sibling, so a failed write leaves the old file whole."""
+    import os
+    import tempfile
+
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp made it 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def is_default_card(readme: str | Path) -> bool:

@@ -42,6 +42,31 @@ def _greedy_ensemble(cache: Any, scores: Sequence[float], metric: Any) -> tuple[
     return best, members
 
 
+def ensemble_rows(evaluator: Any, *, selection: Any = None) -> list[dict[str, Any]]:
+    """The ``logit ensemble`` and ``greedy logit ensemble`` rows, scored on ``evaluator``'s split.
+
+    The greedy ensemble's members are chosen on ``selection``'s split (default: the
+    same split). Costs N logit passes per split (cached: free when already built).
+    """
+    selection = evaluator if selection is None else selection
+    cache = evaluator.logit_cache()
+    n = evaluator.builder.num_ingredients
+    greedy_score, members = _greedy_ensemble(selection.logit_cache(), selection.ingredient_scores(), evaluator.metric)
+    if selection is not evaluator:  # chosen on the selection split, scored on this one
+        greedy_score = cache.score(members)
+    return [
+        {"name": "logit ensemble", "kind": "ensemble", "score": cache.score(list(range(n))), "num_models": n,
+         "num_full_evaluations": n, "ingredients": list(range(n))},
+        {"name": "greedy logit ensemble", "kind": "ensemble", "score": greedy_score, "num_models": len(members),
+         "num_full_evaluations": n, "ingredients": members},
+    ]
+
+
+def score_written(evaluator: Any, plan: Any, description: str) -> float:
+    """The score of exactly what ``plan`` writes: merged as the writer would, one full evaluation."""
+    return evaluator.evaluate_state_dict(evaluator.builder.merge(plan.method, list(plan.ingredients)), description)
+
+
 def compare_soups(evaluator: Any, method_name: str, plan: Any, refs: Sequence[str], *,
                   selection: Any = None) -> dict[str, Any]:
     """Score the references and the chosen plan on ``evaluator``'s split; return the report entry.
@@ -60,7 +85,7 @@ def compare_soups(evaluator: Any, method_name: str, plan: Any, refs: Sequence[st
     metric = evaluator.metric
     start, select_start = evaluator.num_full_evaluations, select.num_full_evaluations
     n = evaluator.builder.num_ingredients
-    cache = evaluator.logit_cache()
+    evaluator.logit_cache()  # N logit passes; the ingredient scores come with them
     scores = evaluator.ingredient_scores()
     select_scores = select.ingredient_scores() if held_out else scores
     best_index = min(range(n), key=lambda i: (metric.sort_key(select_scores[i]), i))
@@ -90,18 +115,11 @@ def compare_soups(evaluator: Any, method_name: str, plan: Any, refs: Sequence[st
             greedy_score = evaluator.evaluate_soup(greedy_kept, description="compare: greedy soup")
     rows.append({"name": "greedy soup", "kind": "soup", "score": greedy_score, "num_models": len(greedy_kept),
                  "num_full_evaluations": 2 * n - 1, "ingredients": greedy_kept})
-    rows.append({"name": "logit ensemble", "kind": "ensemble", "score": cache.score(list(range(n))), "num_models": n,
-                 "num_full_evaluations": n, "ingredients": list(range(n))})
-    greedy_ens_score, greedy_ens = _greedy_ensemble(select.logit_cache(), select_scores, metric)
-    if held_out:
-        greedy_ens_score = cache.score(greedy_ens)
-    rows.append({"name": "greedy logit ensemble", "kind": "ensemble", "score": greedy_ens_score,
-                 "num_models": len(greedy_ens), "num_full_evaluations": n, "ingredients": greedy_ens})
+    rows.extend(ensemble_rows(evaluator, selection=select))
     if method_name not in ("uniform", "greedy"):
         score = details.get("score")
-        if score is None:  # a data-free method: score exactly what the plan writes
-            state_dict = evaluator.builder.merge(plan.method, list(plan.ingredients))
-            score = evaluator.evaluate_state_dict(state_dict, f"compare: {method_name}")
+        if score is None:  # a data-free method (or a held-out split): score what the plan writes
+            score = score_written(evaluator, plan, f"compare: {method_name}")
         rows.append({"name": f"{method_name} soup (chosen)", "kind": "soup", "score": score,
                      "num_models": len(plan.ingredients), "ingredients": list(plan.ingredients),
                      "num_full_evaluations": details.get("num_full_evaluations", 1)})

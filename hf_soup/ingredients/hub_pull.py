@@ -200,7 +200,7 @@ def _from_cache(ref: IngredientRef, cache: str | None) -> Ingredient:
     storage = Path(cache or constants.HF_HUB_CACHE) / f"models--{ref.name.replace('/', '--')}"
     revision = ref.revision or "main"
     ref_file = storage / "refs" / revision
-    sha = ref_file.read_text().strip() if ref_file.is_file() else revision
+    sha = ref_file.read_text().strip() if ref_file.is_file() else _full_sha(storage / "snapshots", revision)
     snapshot = storage / "snapshots" / sha
     if not snapshot.is_dir():
         raise IngredientNotFoundError(
@@ -208,6 +208,14 @@ def _from_cache(ref: IngredientRef, cache: str | None) -> Ingredient:
             "(HF_HUB_OFFLINE=1); run once with network access, or pass the model's local folder"
         )
     return resolve_local(ref, directory=snapshot, sha=sha)
+
+
+def _full_sha(snapshots: Path, revision: str) -> str:
+    """The cached commit a short sha names (when exactly one snapshot starts with it), else ``revision``."""
+    if not (7 <= len(revision) < 40 and all(c in "0123456789abcdef" for c in revision)) or not snapshots.is_dir():
+        return revision
+    matches = [p.name for p in snapshots.iterdir() if p.name.startswith(revision)]
+    return matches[0] if len(matches) == 1 else revision
 
 
 def _cache_fallback(ref: IngredientRef, cache: str | None, reason: _Unreachable) -> Ingredient:

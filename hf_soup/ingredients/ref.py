@@ -58,7 +58,7 @@ def parse_ref(value: Any, revision: str | None = None, index: int = 0) -> Ingred
             raise RecipeError(f"ingredients[{index}]: {text} is a local path; a revision applies to Hub repos only")
         return IngredientRef("local", str(local))
     name, _, at_revision = text.partition("@")
-    if looks_like_path(text) or not _REPO_ID.match(name):
+    if looks_like_path(name) or not _REPO_ID.match(name):  # a branch name may hold slashes
         raise IngredientNotFoundError(
             f"ingredients[{index}]: {text!r} is neither an existing path nor a Hub repo ID "
             "(org/name or org/name@revision); check the spelling"

@@ -90,10 +90,16 @@ def publish(staging: Path, path: Path, overwrite: bool) -> None:
         os.replace(path, trash / "old")
         try:
             os.replace(staging, path)
-        except BaseException:
-            os.replace(trash / "old", path)
-            raise
-        finally:
+        except BaseException as error:
+            try:
+                os.replace(trash / "old", path)
+            except OSError:  # never delete the only copy of the old output
+                raise OutputExistsError(
+                    f"could not move the new soup to {path} ({error}) nor the previous one back; the previous "
+                    f"output is kept in {trash / 'old'}: move it back by hand"
+                ) from error
             shutil.rmtree(trash, ignore_errors=True)
+            raise
+        shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(staging, path)

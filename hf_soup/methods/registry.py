@@ -48,6 +48,10 @@ def get_method_class(name: str) -> type[SoupMethod]:
     """Return the class registered as ``name``; raise ``UnknownMethodError`` if none."""
     if name in _REGISTERED:
         return _REGISTERED[name]
+    if name == "ensemble":  # a reference score (hf_soup.evaluate / --compare), nothing to write
+        from ..reference_scores import ENSEMBLE_IS_NOT_A_SOUP
+
+        raise UnknownMethodError(ENSEMBLE_IS_NOT_A_SOUP)
     if name not in _BUILTIN:
         raise UnknownMethodError(
             f"method: unknown soup method {name!r}{did_you_mean(name, available_methods())}; "

@@ -178,9 +178,12 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         self._check_read(repo, access, download=False)
         if action is None:  # olah serves repo info only per revision
             return self._forward(f"/api/models/{repo}/revision/main", patch_info=repo)
-        if action in _REVISIONED and rev:
-            self._check_revision(repo, rev)
-        return self._forward(self.path, patch_info=repo if action == "revision" else None)
+        target = self.path
+        if action in _REVISIONED and rev:  # olah knows neither short shas nor branch names with '/'
+            sha = self._check_revision(repo, rev)
+            query_string = urlsplit(self.path).query
+            target = f"/api/models/{repo}/{action}/{sha}{match['rest'] or ''}" + (f"?{query_string}" if query_string else "")
+        return self._forward(target, patch_info=repo if action == "revision" else None)
 
     # -- checks the Hub makes before serving ------------------------------------------------------
     def _check_read(self, repo: str, access: str | None, *, download: bool) -> None:
