@@ -243,8 +243,9 @@ def evaluate_command(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{result['metric']} on {result['num_examples']} examples ({result['split']}), "
-              f"{result['num_full_evaluations']} full evaluations:")
+        split = f" ({result['split']} split)" if result.get("split") else ""  # data files have no split name
+        print(f"{result['metric']} on {result['num_examples']} examples{split}, "
+              f"{_plural(result['num_full_evaluations'], 'full evaluation')}:")
         print(comparison_markdown(result))
     return 0
 

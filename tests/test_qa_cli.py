@@ -334,3 +334,11 @@ def test_learned_test_split_of_a_single_split_dataset_is_refused(digit_bert, tmp
     # before: the "held-out test" score was computed on the very rows the coefficients were trained on
     assert "split 'test' cannot be taken from the evaluation dataset: it has a single split" in capsys.readouterr().err
     assert not (tmp_path / "soup").exists()
+
+
+def test_evaluate_header_has_no_none_split(digit_bert, tmp_path, capsys):
+    csv = tmp_path / "val.csv"
+    digit_bert.validation.select(range(24)).to_csv(str(csv), index=False)
+    assert main(["evaluate", *map(str, digit_bert.dirs[:2]), "--eval-dataset", str(csv)]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.startswith("accuracy on 24 examples, ") and "None" not in header
