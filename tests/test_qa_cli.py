@@ -342,3 +342,17 @@ def test_evaluate_header_has_no_none_split(digit_bert, tmp_path, capsys):
     assert main(["evaluate", *map(str, digit_bert.dirs[:2]), "--eval-dataset", str(csv)]) == 0
     header = capsys.readouterr().out.splitlines()[0]
     assert header.startswith("accuracy on 24 examples, ") and "None" not in header
+
+
+def test_quiet_merge_prints_no_datasets_progress_bars(digit_bert, tmp_path, capfd):
+    csv = tmp_path / "fresh.csv"  # a file datasets has not cached yet: it would draw "Generating train split"
+    digit_bert.validation.select(range(24)).to_csv(str(csv), index=False)
+    capfd.readouterr()
+    argv = ["merge", *_flags(digit_bert.dirs[:2]), "--method", "greedy", "--eval-dataset", str(csv), "--quiet",
+            "-o", str(tmp_path / "soup")]
+    assert main(argv) == 0
+    err = capfd.readouterr().err
+    assert "Generating" not in err and "examples/s" not in err
+    import datasets
+
+    assert datasets.is_progress_bar_enabled()  # restored for the caller

@@ -31,11 +31,24 @@ def _pick_split(dataset_dict: Any, spec: EvaluationSpec, where: str) -> Any:
     return dataset_dict[split]
 
 
-def load_split(spec: EvaluationSpec, token: str | None = None) -> Any:
+def load_split(spec: EvaluationSpec, token: str | None = None, progress: bool = True) -> Any:
     """Load the split ``spec`` describes as a ``datasets.Dataset`` (first ``max_samples`` rows).
 
-    ``token`` is used for gated or private Hub datasets.
+    ``token`` is used for gated or private Hub datasets; ``progress=False`` silences
+    ``datasets``' own progress bars (``hf-soup merge --quiet``, or stderr not a terminal).
     """
+    import datasets
+
+    if progress or not datasets.is_progress_bar_enabled():
+        return _load_split(spec, token)
+    datasets.disable_progress_bars()
+    try:
+        return _load_split(spec, token)
+    finally:
+        datasets.enable_progress_bars()
+
+
+def _load_split(spec: EvaluationSpec, token: str | None) -> Any:
     import datasets
 
     source = spec.dataset

@@ -83,7 +83,7 @@ class Evaluator:
                 f"evaluation.metric: perplexity needs a causal LM, these ingredients are {self.architecture}; "
                 "use accuracy or loss"
             )
-        self.split = load_split(self.spec, token)
+        self.split = load_split(self.spec, token, progress=progress)
         self.columns: Columns = check_split(self.split, self.spec, self.task, config)
         if self.spec.collate_fn is None and processor_dir is None:
             raise EvaluationError(
