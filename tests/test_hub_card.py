@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 import pytest
 from huggingface_hub import ModelCard
@@ -124,3 +125,18 @@ def test_regenerating_a_card_with_an_undecodable_name_keeps_a_readable_readme(ma
     text = (soup / "README.md").read_text(encoding="utf-8")
     assert "run-?" in text and "model-soup" in text
     assert sorted(p.name for p in soup.iterdir() if p.name.startswith(".")) == []
+
+
+def test_card_tags_name_the_chosen_method_only_and_skip_empty_parameters(make_ingredients, tmp_path):
+    from huggingface_hub import ModelCard
+
+    soup = hf_soup.soup(make_ingredients("bert", 2), output_dir=tmp_path / "soup").output_dir
+    card = ModelCard.load(soup / "README.md")
+    assert card.data.tags == ["hf-soup", "model-soup", "merge", "uniform"]
+    assert "## Parameters" not in card.text and "\n\n\n\n" not in card.text
+    report = json.loads((soup / "soup_report.json").read_text())
+    report["method"], report["details"]["plan_method"] = "greedy", "uniform"
+    assert render_card(report).data.tags == ["hf-soup", "model-soup", "merge", "greedy"]
+    weighted = hf_soup.soup(make_ingredients("bert", 2, prefix="w"), method="weighted", weights=[1, 3],
+                            output_dir=tmp_path / "weighted").output_dir
+    assert "## Parameters" in (weighted / "README.md").read_text()

@@ -98,7 +98,7 @@ def card_data(report: dict[str, Any], model_name: str) -> ModelCardData:
     pipeline_tag = _agreed(rows, "pipeline_tag") or pipeline_from_architectures(model.get("architectures"))
     library_name = _agreed(rows, "library_name") or ("transformers" if model.get("model_type") else None)
     method = report.get("method")
-    tags = BASE_TAGS + [t for t in (method, (report.get("details") or {}).get("plan_method")) if t and t not in BASE_TAGS]
+    tags = BASE_TAGS + [t for t in (method,) if t and t not in BASE_TAGS]  # the method chosen, not its plan's writer
     results = eval_results(report, pipeline_tag)
     dataset = _dataset_id(report.get("evaluation") or {}) if results else None
     extra: dict[str, Any] = {}

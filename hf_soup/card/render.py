@@ -172,8 +172,16 @@ def render_card(report: dict[str, Any], template_path: str | Path | None = None,
         raise RecipeError(f"card template {path}: {template_error(error)}; fix the template "
                           "(the variables it can use are listed in hf_soup.card.render.template_context)") from None
     if template_path is None:
-        card.text = card.text.rstrip() + "\n\n" + DEFAULT_MARKER + "\n"
+        card.text = _tidy(card.text).rstrip() + "\n\n" + DEFAULT_MARKER + "\n"
     return card
+
+
+def _tidy(text: str) -> str:
+    """Collapse the blank-line runs left by skipped template sections (outside code fences)."""
+    import re
+
+    parts = text.split("```")
+    return "```".join(re.sub(r"\n{3,}", "\n\n", part) if i % 2 == 0 else part for i, part in enumerate(parts))
 
 
 def write_card(output_dir: str | Path, template_path: str | Path | None = None, *,
