@@ -356,3 +356,15 @@ def test_quiet_merge_prints_no_datasets_progress_bars(digit_bert, tmp_path, capf
     import datasets
 
     assert datasets.is_progress_bar_enabled()  # restored for the caller
+
+
+def test_a_lone_ingredient_is_warned_about(make_ingredients, tmp_path, caplog):
+    (path,) = make_ingredients("bert", 1)
+    with caplog.at_level("WARNING", logger="hf_soup"):
+        assert main(["inspect", str(path)]) == 0
+    assert "only one ingredient" in caplog.text and "at least two" in caplog.text
+    caplog.clear()
+    paths = make_ingredients("bert", 2, prefix="pair")
+    with caplog.at_level("WARNING", logger="hf_soup"):
+        assert main(["inspect", *map(str, paths)]) == 0
+    assert "only one ingredient" not in caplog.text

@@ -66,8 +66,11 @@ def _local_path_hint(ref: IngredientRef) -> str | None:
 
 
 def resolve_ingredients(values: Sequence[Any], **hub_options: Any) -> list[Ingredient]:
-    """Resolve every reference, in order; warn when two of them are the same checkpoint."""
+    """Resolve every reference, in order; warn about a lone ingredient or a checkpoint given twice."""
     ingredients = [resolve_ingredient(value, index, **hub_options) for index, value in enumerate(values)]
+    if len(ingredients) == 1:
+        logger.warning("only one ingredient (%s): the result is that checkpoint, only re-written; "
+                       "a soup needs at least two", ingredients[0].name)
     _warn_duplicates(ingredients)
     return ingredients
 
