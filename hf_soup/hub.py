@@ -108,6 +108,15 @@ def push_soup(
     output_dir = Path(output_dir)
     if not output_dir.is_dir() or not any(output_dir.glob("*.safetensors")):
         raise HubError(f"{output_dir}: not a soup directory (no *.safetensors); run `hf-soup merge` first")
+    if not (output_dir / "soup_report.json").is_file():
+        raise HubError(f"{output_dir}: not a soup directory (no soup_report.json, so no model card can say what it "
+                       "is); push soups written by `hf-soup merge`, or plain checkpoints with `hf upload`")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise HubError(f"{repo_id!r} is not a valid Hub repo ID ({error}); use 'user/name' or 'org/name'") from None
     retry = retry_command(output_dir, repo_id, private=private, revision=revision, create_pr=create_pr)
     endpoint = hub_settings.endpoint()
     if hub_settings.offline():

@@ -10,7 +10,7 @@ from huggingface_hub import ModelCard
 
 import hf_soup
 from hf_soup.card import render_card, write_card
-from hf_soup.errors import HfSoupError, RecipeError
+from hf_soup.errors import HfSoupError, HubError, RecipeError
 from hf_soup.hub_cli import add_card_parser, add_push_parser
 
 SHA_A, SHA_B = "a" * 40, "b" * 40
@@ -140,3 +140,14 @@ def test_card_tags_name_the_chosen_method_only_and_skip_empty_parameters(make_in
     weighted = hf_soup.soup(make_ingredients("bert", 2, prefix="w"), method="weighted", weights=[1, 3],
                             output_dir=tmp_path / "weighted").output_dir
     assert "## Parameters" in (weighted / "README.md").read_text()
+
+
+def test_push_refuses_a_folder_that_is_not_a_soup_and_a_bad_repo_id_before_any_network(make_ingredients, tmp_path):
+    from hf_soup.hub import push_soup
+
+    (plain,) = make_ingredients("bert", 1)
+    with pytest.raises(HubError, match="no soup_report.json"):
+        push_soup(plain, "me/not-a-soup")
+    soup = hf_soup.soup(make_ingredients("bert", 2, prefix="s"), output_dir=tmp_path / "soup").output_dir
+    with pytest.raises(HubError, match="not a valid Hub repo ID"):
+        push_soup(soup, "me/bad name with spaces")
