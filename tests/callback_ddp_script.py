@@ -40,3 +40,7 @@ line = json.dumps({
 # one write of the line and its newline: print() writes them apart, and the two ranks share the pipe
 sys.stdout.flush()
 os.write(1, (line + "\n").encode())
+# leave the process group cleanly: without this, gloo's threads can abort a rank at interpreter exit
+if torch.distributed.is_initialized():
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
