@@ -517,21 +517,26 @@ def test_adapter_output_when_one_adapter_saves_a_module_another_adapts(vit, tmp_
                                _vit_logits(tmp_path / "model", vit["images"]), rtol=0, atol=1e-5)
 
 
-def test_greedy_soup_of_adapters_is_scored_as_base_plus_delta(vit, tmp_path):
+def _digits_evaluation(rows: slice) -> dict:
+    """An evaluation of digits rows ``rows`` (pixel tensors collated as they are)."""
     import datasets
     import numpy as np
 
     images, labels = _digits()
-    rows = slice(384, 512)
     validation = datasets.Dataset.from_dict({"pixel_values": images[rows].numpy(), "label": labels[rows].numpy()})
 
     def collate(batch):
         return {"pixel_values": torch.tensor(np.stack([row["pixel_values"] for row in batch]), dtype=torch.float32),
                 "labels": torch.tensor([row["label"] for row in batch])}
 
+    return {"dataset": validation, "collate_fn": collate, "label_column": "label"}
+
+
+def test_greedy_soup_of_adapters_is_scored_as_base_plus_delta(vit, tmp_path):
+    images, labels = _digits()
+    rows = slice(384, 512)
     adapters = [str(a) for a in vit["adapters"]]
-    result = soup(adapters, "greedy", tmp_path / "greedy",
-                  evaluation={"dataset": validation, "collate_fn": collate, "label_column": "label"})
+    result = soup(adapters, "greedy", tmp_path / "greedy", evaluation=_digits_evaluation(rows))
     report = result.report
     scores = [row["score"] for row in report["ingredients"]]
     for adapter, score in zip(adapters, scores):  # each adapter is scored as base + its ΔW
@@ -543,21 +548,12 @@ def test_greedy_soup_of_adapters_is_scored_as_base_plus_delta(vit, tmp_path):
 
 
 def test_reference_scores_of_adapters(vit):
-    import datasets
-    import numpy as np
-
     import hf_soup
 
     images, labels = _digits()
     rows = slice(384, 448)
-    validation = datasets.Dataset.from_dict({"pixel_values": images[rows].numpy(), "label": labels[rows].numpy()})
-
-    def collate(batch):
-        return {"pixel_values": torch.tensor(np.stack([row["pixel_values"] for row in batch]), dtype=torch.float32),
-                "labels": torch.tensor([row["label"] for row in batch])}
-
     adapters = [str(a) for a in vit["adapters"]]
-    scores = hf_soup.evaluate(adapters, {"dataset": validation, "collate_fn": collate, "label_column": "label"})
+    scores = hf_soup.evaluate(adapters, _digits_evaluation(rows))
     merged = [_logits(_merged(vit["base"], Path(a)), images[rows]) for a in adapters]
     ensemble = torch.stack(merged).mean(0)
     assert scores["ensemble_score"] == pytest.approx((ensemble.argmax(-1) == labels[rows]).float().mean().item())
