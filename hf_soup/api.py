@@ -30,6 +30,7 @@ def soup(
     seed: int = 0,
     compare: bool = False,
     device: str = "auto",
+    threads: int | None = None,
     progress: bool = False,
     **params: Any,
 ) -> SoupResult:
@@ -53,6 +54,7 @@ def soup(
         "seed": seed,
         "compare": compare,
         "device": device,
+        "threads": threads,
     }
     if base_model is not None:
         data["base_model"] = base_model
@@ -69,6 +71,7 @@ def merge_state_dicts(
     *,
     dtype: str | None = None,
     on_missing: str = "error",
+    threads: int | None = None,
     **params: Any,
 ) -> dict[str, Any]:
     """Merge in-memory state dicts with a data-free method; return the merged state dict.
@@ -80,6 +83,7 @@ def merge_state_dicts(
     """
     from .align import align
     from .engine import execute
+    from .engine.execute import default_threads
     from .engine.sinks import StateDictSink
     from .ingredients import resolve_ingredients
     from .methods.base import MergeContext, TensorMethod
@@ -100,5 +104,6 @@ def merge_state_dicts(
                           dtype=recipe.output.dtype)
         merger.setup(MergeContext(len(ingredients), [i.name for i in ingredients], extra={"alignment": alignment}))
         sink = StateDictSink()
-        execute(merger, alignment.tensors, sources, list(range(len(ingredients))), lambda _: sink)
+        execute(merger, alignment.tensors, sources, list(range(len(ingredients))), lambda _: sink,
+                threads=threads or default_threads())
     return sink.state_dict

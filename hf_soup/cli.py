@@ -47,6 +47,8 @@ def _add_merge(sub) -> None:
     p.add_argument("--seed", type=int, help="random seed for methods that draw or shuffle")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"],
                    help="where the math runs (default auto: a CUDA GPU when one is visible, else the CPU)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="merge worker threads (default: the cores this process may use, shared by torchrun processes)")
     p.add_argument("--eval-dataset", metavar="DATASET",
                    help="evaluation data: Hub dataset ID, save_to_disk folder or csv/json/parquet file")
     p.add_argument("-e", "--eval", action="append", default=[], type=_key_value, metavar="KEY=VALUE",
@@ -115,6 +117,8 @@ def _recipe_data(args) -> dict[str, Any]:
         data["seed"] = args.seed
     if args.device:
         data["device"] = args.device
+    if getattr(args, "threads", None) is not None:
+        data["threads"] = args.threads
     if args.push_to_hub:
         push = data.get("push_to_hub") or {}
         push = {"repo_id": push} if isinstance(push, str) else dict(push)

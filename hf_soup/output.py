@@ -31,13 +31,16 @@ def write_shards(
     sources: dict[int, TensorSource],
     indices: Sequence[int],
     progress: Callable[[int], None] | None = None,
+    threads: int = 1,
+    device: str = "cpu",
 ) -> None:
-    """Merge and write each of ``shards`` (all of them, or one rank's share)."""
+    """Merge and write each of ``shards`` (all of them, or one rank's share) on ``threads`` workers."""
     by_key = {t.key: t for t in tensors}
     for shard in shards:
         sink = ShardSink(directory, shard)
         try:
-            execute(method, [by_key[k] for k, _ in shard.entries], sources, indices, lambda _: sink, progress=progress)
+            execute(method, [by_key[k] for k, _ in shard.entries], sources, indices, lambda _: sink,
+                    progress=progress, threads=threads, device=device)
         except BaseException:
             sink.writer.abort()
             raise

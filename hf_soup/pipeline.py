@@ -197,7 +197,7 @@ class _Run:
 
     def write(self) -> dict[str, Any] | None:
         """Write the soup into a staged directory and publish it; return the report (process 0)."""
-        from .engine.device import on_device
+        from .engine.execute import default_threads
         from .io.shards import parse_size
         from .output import shard_plan
 
@@ -208,8 +208,9 @@ class _Run:
             if not self.adapter_output:
                 mine = dist.my_shards(shards)
                 bar = _progress_bar(sum(meta.numel for s in mine for _, meta in s.entries), self.progress and dist.is_main)
-                dist.write_shards(staging, shards, self.alignment.tensors, on_device(plan.method, dist.device),
-                                  self.sources, plan.ingredients, progress=bar.update if bar else None)
+                dist.write_shards(staging, shards, self.alignment.tensors, plan.method, self.sources,
+                                  plan.ingredients, progress=bar.update if bar else None,
+                                  threads=recipe.threads or default_threads(), device=dist.device)
                 if bar:
                     bar.close()
             if dist.is_main:

@@ -122,6 +122,7 @@ class Recipe(_Strict):
     compare: bool = False
     seed: int = 0
     device: Literal["cpu", "cuda", "auto"] = "auto"
+    threads: int | None = Field(default=None, ge=1)  # merge worker threads (default: the cores this process may use)
 
     @field_validator("ingredients", mode="before")
     @classmethod

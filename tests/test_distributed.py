@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from hf_soup.distributed import Dist, assign_shards, get_dist
@@ -216,25 +215,6 @@ def test_an_unreadable_ingredient_shard_fails_every_process_under_torchrun(ingre
     assert run.returncode != 0
     assert run.stderr.count("hf-soup: error:") == 2 and "truncated" in run.stderr
     _no_trace(tmp_path / "soup")
-
-
-@pytest.mark.parametrize("method,params", [("uniform", {}), ("weighted", {"weights": [0.3, -1.25, 2.0]})])
-def test_the_torch_path_gives_the_numpy_bytes(method, params, ingredients, tmp_path):
-    from hf_soup.engine.device import DeviceMethod, on_device
-    from hf_soup.methods.base import ChunkInfo
-    from hf_soup.methods.registry import build_method
-
-    merger = build_method(method, params)
-    torch_path = on_device(merger, "cpu", force_torch=True)
-    assert isinstance(torch_path, DeviceMethod)
-    rng = np.random.default_rng(0)
-    for size in (1, 7, 4099):
-        chunks = [rng.standard_normal(size).astype(np.float32) * scale for scale in (1e-3, 1.0, 1e4)]
-        chunks[0][0] = -0.0
-        info = ChunkInfo("w", (size,), 0, size)
-        expected = merger.merge(info, chunks)
-        got = torch_path.merge(info, chunks)
-        assert got.dtype == np.float32 and got.tobytes() == expected.tobytes()
 
 
 def test_device_cuda_without_a_gpu_fails_before_any_work(ingredients, tmp_path, capsys):

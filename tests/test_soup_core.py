@@ -106,18 +106,22 @@ def test_sharded_output_and_index(make_ingredients, tmp_path):
     assert not (unsharded.output_dir / "model.safetensors.index.json").exists()
 
 
-def test_same_inputs_give_same_bytes_and_chunking_does_not_matter(make_ingredients, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method,params", [("uniform", {}), ("weighted", {"weights": [0.3, 1.7, 2.9]})])
+def test_same_inputs_give_same_bytes_for_any_chunking_and_thread_count(make_ingredients, tmp_path, monkeypatch,
+                                                                       method, params):
     paths = make_ingredients("gpt2", 3)
-    first = hf_soup.soup(paths, output_dir=tmp_path / "a").output_dir
-    second = hf_soup.soup(paths, output_dir=tmp_path / "b").output_dir
+    first = hf_soup.soup(paths, output_dir=tmp_path / "a", method=method, threads=1, **params).output_dir
+    second = hf_soup.soup(paths, output_dir=tmp_path / "b", method=method, threads=1, **params).output_dir
     import hf_soup.engine.chunks as chunks
 
-    monkeypatch.setattr(chunks, "_MIN_CHUNK", 7)
-    monkeypatch.setattr(chunks, "DEFAULT_BUFFER_BYTES", 7 * 4 * 3 * 3)
-    assert chunks.chunk_elements(3, 7 * 4 * 3 * 3) == 7
-    third = hf_soup.soup(paths, output_dir=tmp_path / "c").output_dir
+    monkeypatch.setattr(chunks, "MIN_CHUNK", 7)
+    monkeypatch.setattr(chunks, "MAX_CHUNK", 7)
+    assert chunks.chunk_elements(3, 4) == 7
+    third = hf_soup.soup(paths, output_dir=tmp_path / "c", method=method, threads=3, **params).output_dir
+    monkeypatch.setattr(chunks, "MAX_CHUNK", 1000)
+    fourth = hf_soup.soup(paths, output_dir=tmp_path / "d", method=method, threads=2, **params).output_dir
     digest = lambda p: tree_digest(p)["model.safetensors"]  # noqa: E731
-    assert digest(first) == digest(second) == digest(third)
+    assert digest(first) == digest(second) == digest(third) == digest(fourth)
 
 
 def test_bfloat16_ingredients_round_like_torch(make_ingredients, tmp_path):

@@ -236,6 +236,10 @@ class AdapterSource(TensorSource):
     def meta(self, key: str) -> TensorMeta:
         return self.base.meta(key)
 
+    def exact_dtype(self, key: str) -> str:
+        """F32 for tensors the adapter changes (base + delta, computed in float32), else the base's dtype."""
+        return "F32" if key in self.targets or key in self.replaced else self.base.meta(key).dtype
+
     def factors(self, target: LoraTarget) -> tuple[np.ndarray, np.ndarray]:
         """This adapter's ``(left, right)`` for ``target`` (the last one is cached)."""
         cached = self._cached  # one local reference: safe if another thread replaces the cache meanwhile

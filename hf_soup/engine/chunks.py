@@ -1,8 +1,14 @@
-"""Read aligned tensors chunk by chunk, in float32, with a bounded background prefetch."""
+"""Work items (one range of one tensor) and the reads that fill them, into per-thread reused buffers.
+
+A merge is a list of :class:`WorkItem`: flat elements ``[start, stop)`` of one aligned
+tensor. Items are independent (methods are elementwise, or see a whole tensor in one item),
+so worker threads take them in any order. Each thread reads its item's N ranges with
+``os.preadv`` into buffers it keeps and reuses, so memory is O(threads x N x chunk),
+whatever the model size.
+"""
 
 from __future__ import annotations
 
-import queue
 import threading
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -10,96 +16,115 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..align import AlignedTensor
+from ..io import dtypes
 from ..io.source import TensorSource
 
-DEFAULT_BUFFER_BYTES = 128 * 1024 * 1024
-_MIN_CHUNK = 1 << 16
-_PREFETCH = 2
+DEFAULT_BUFFER_BYTES = 256 * 1024 * 1024
+MIN_CHUNK = 1 << 16
+MAX_CHUNK = 1 << 23
+ITEMS_PER_THREAD = 2  # items in flight per thread: one being computed, one being read
 
 
-def chunk_elements(num_inputs: int, buffer_bytes: int = DEFAULT_BUFFER_BYTES) -> int:
-    """Elements per chunk so that all read buffers together stay within ``buffer_bytes``."""
-    sets = _PREFETCH + 1
-    return max(_MIN_CHUNK, buffer_bytes // (4 * max(1, num_inputs) * sets))
-
-
-@dataclass
-class Chunk:
-    """Flat elements ``[start, stop)`` of ``tensor``: one float32 array per selected ingredient."""
+@dataclass(frozen=True)
+class WorkItem:
+    """Flat elements ``[start, stop)`` of ``tensor``."""
 
     tensor: AlignedTensor
     start: int
     stop: int
-    arrays: list[np.ndarray]
-    last: bool
+
+    @property
+    def count(self) -> int:
+        return self.stop - self.start
 
 
-def _ranges(numel: int, step: int) -> Iterator[tuple[int, int]]:
-    if numel == 0:
-        yield 0, 0
-    for start in range(0, numel, step):
-        yield start, min(numel, start + step)
+def bytes_per_element(num_inputs: int) -> int:
+    """Working bytes per element of an item: N raw + N float32 inputs, float64 result and scratch."""
+    return num_inputs * (8 + 4) + 3 * 8
 
 
-def iter_chunks(
-    tensors: Sequence[AlignedTensor],
-    sources: Sequence[TensorSource],
-    indices: Sequence[int],
-    step: int,
-) -> Iterator[Chunk]:
-    """Yield every ``merge`` tensor's chunks for ingredients ``indices`` (sources[i] = ingredient indices[i]).
+def chunk_elements(num_inputs: int, threads: int = 1, buffer_bytes: int = DEFAULT_BUFFER_BYTES) -> int:
+    """Elements per item so that all items in flight together stay within ``buffer_bytes``."""
+    in_flight = max(1, threads) * ITEMS_PER_THREAD
+    return int(min(MAX_CHUNK, max(MIN_CHUNK, buffer_bytes // (in_flight * bytes_per_element(num_inputs)))))
 
-    A background thread reads ahead up to two chunks into a fixed pool of buffers, so
-    reading overlaps the merge math and memory stays bounded. A consumer must be done
-    with a chunk's arrays before asking for the next-but-two chunk.
-    """
-    pool: queue.Queue = queue.Queue()
-    for _ in range(_PREFETCH + 1):
-        pool.put([np.empty(step, dtype=np.float32) for _ in indices])
-    ready: queue.Queue = queue.Queue(maxsize=_PREFETCH)
-    stop_event = threading.Event()
 
-    def produce() -> None:
-        try:
-            for tensor in tensors:
-                bounds = list(_ranges(tensor.meta.numel, step))
-                for n, (start, stop) in enumerate(bounds):
-                    buffers = pool.get()
-                    if stop_event.is_set():
-                        return
-                    arrays = [
-                        source.read_float32(tensor.sources[index], start, stop, buffer[: stop - start])
-                        for source, index, buffer in zip(sources, indices, buffers)
-                    ]
-                    ready.put((Chunk(tensor, start, stop, arrays, n == len(bounds) - 1), buffers))
-            ready.put(None)
-        except BaseException as error:  # handed to the consumer, which re-raises it
-            ready.put(error)
+def work_items(tensors: Sequence[AlignedTensor], step: int, whole_tensors: bool = False) -> Iterator[WorkItem]:
+    """Every tensor cut into ranges of ``step`` elements (whole tensors for merges when asked), in order."""
+    for tensor in tensors:
+        numel = tensor.meta.numel
+        size = max(numel, 1) if whole_tensors and tensor.action == "merge" else step
+        if numel == 0:
+            yield WorkItem(tensor, 0, 0)
+        for start in range(0, numel, size):
+            yield WorkItem(tensor, start, min(numel, start + size))
 
-    thread = threading.Thread(target=produce, name="hf-soup-prefetch", daemon=True)
-    thread.start()
-    previous = None
-    try:
-        while True:
-            item = ready.get()
-            if previous is not None:
-                pool.put(previous)
-                previous = None
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            chunk, previous = item
-            yield chunk
-    finally:
-        stop_event.set()
-        if previous is not None:
-            pool.put(previous)
-        pool.put([np.empty(0, dtype=np.float32) for _ in indices])
-        while thread.is_alive():
-            try:
-                ready.get(timeout=0.05)
-            except queue.Empty:
-                pass
-            pool.put([np.empty(0, dtype=np.float32) for _ in indices])
-        thread.join()
+
+class ReadBuffers(threading.local):
+    """Per-thread reusable arrays, grown on demand: ``get(name, dtype, count)``."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, dtype: np.dtype, count: int) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        nbytes = count * dtype.itemsize
+        array = self.arrays.get(name)
+        if array is None or array.size < nbytes:
+            array = np.empty(max(nbytes, 1), dtype=np.uint8)
+            self.arrays[name] = array
+        return array[:nbytes].view(dtype)
+
+
+def input_dtype(storage: str) -> np.dtype:
+    """The array dtype a method receives for stored ``storage``: float64 for F64, else float32 (exact)."""
+    return np.dtype(np.float64) if storage == "F64" else np.dtype(np.float32)
+
+
+def read_raw(item: WorkItem, sources: Sequence[TensorSource], indices: Sequence[int],
+             buffers: ReadBuffers) -> list[tuple[np.ndarray, str]]:
+    """The item's range of every selected ingredient in its storage dtype: ``(array, dtype name)`` pairs."""
+    raws = []
+    for n, (source, index) in enumerate(zip(sources, indices)):
+        key = item.tensor.sources[index]
+        storage = source.exact_dtype(key)
+        raw = buffers.get(f"raw{n}", dtypes.STORAGE[storage], item.count)
+        if storage == "F32" and source.meta(key).dtype != "F32":  # computed in float32 by the source
+            raws.append((source.read_float32(key, item.start, item.stop, raw), storage))
+        else:
+            raws.append((source.read(key, item.start, item.stop, raw), storage))
+    return raws
+
+
+def widen(raws: Sequence[tuple[np.ndarray, str]], start: int, stop: int, buffers: ReadBuffers) -> list[np.ndarray]:
+    """Elements ``[start, stop)`` of each raw array as exact float32 (float64 for F64) arrays."""
+    arrays = []
+    for n, (raw, storage) in enumerate(raws):
+        if storage in ("F32", "F64"):
+            arrays.append(raw[start:stop])
+        else:
+            target = buffers.get(f"in{n}", input_dtype(storage), stop - start)
+            arrays.append(dtypes.to_float32(raw[start:stop], storage, target))
+    return arrays
+
+
+def read_inputs(item: WorkItem, sources: Sequence[TensorSource], indices: Sequence[int],
+                buffers: ReadBuffers) -> list[np.ndarray]:
+    """The item's range of every selected ingredient, as exact float32 (float64 for F64) arrays."""
+    return widen(read_raw(item, sources, indices, buffers), 0, item.count, buffers)
+
+
+def read_copy(item: WorkItem, source: TensorSource, buffers: ReadBuffers) -> np.ndarray:
+    """The item's range of a ``copy`` tensor, in the output storage dtype."""
+    tensor = item.tensor
+    key = tensor.sources[tensor.copy_from]
+    stored = source.meta(key).dtype
+    if stored == tensor.dtype:
+        return source.read(key, item.start, item.stop, buffers.get("copy", dtypes.STORAGE[stored], item.count))
+    values = buffers.get("copy32", np.float32, item.count)
+    source.read_float32(key, item.start, item.stop, values)
+    return dtypes.from_float32(values, tensor.dtype)
+
+
+__all__ = ["DEFAULT_BUFFER_BYTES", "ReadBuffers", "WorkItem", "chunk_elements", "read_copy", "read_inputs", "read_raw",
+           "widen", "work_items"]

@@ -1,29 +1,29 @@
-"""Where the merge math runs: ``device: cpu | cuda | auto``, and the torch path for GPUs.
+"""Where the merge math runs: ``device: cpu | cuda | auto``, and the engine's torch path for GPUs.
 
-The engine hands methods flat float32 numpy chunks (bounded in size by the engine's
-buffer, so one huge tensor never has to fit on a GPU at once). A tensor method that
-also defines ``merge_torch(info, chunks) -> torch.Tensor`` can run on a GPU:
-:func:`on_device` wraps it so that each chunk is copied to the device, merged there
-and copied back. Methods without ``merge_torch`` keep their numpy math on the CPU.
+A tensor method that also defines ``merge_torch(info, chunks) -> torch.Tensor`` runs on
+a GPU: :class:`DeviceRunner` moves each work item there through pinned host buffers and
+per-thread CUDA streams (items are bounded in size, so one huge tensor never has to fit
+on a GPU at once). Methods without ``merge_torch`` keep their numpy math on the host.
 
 >>> resolve_device("cpu")
 'cpu'
->>> from hf_soup.methods.uniform import UniformSoup
->>> on_device(UniformSoup(UniformSoup.Params()), "cpu").name  # the CPU path is unchanged
-'uniform'
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from ..errors import RecipeError
+from ..io import dtypes
+from ..io.source import TensorSource
 from ..methods.base import ChunkInfo, TensorMethod
+from .chunks import ReadBuffers, WorkItem, read_copy
+from .rounding import round_to_storage_torch
 
 DEVICES = ("cpu", "cuda", "auto")
 logger = logging.getLogger("hf_soup")
@@ -63,50 +63,94 @@ def resolve_device(device: str, local_rank: int | None = None) -> str:
     return f"cuda:{local_rank}" if local_rank is not None else "cuda"
 
 
-class DeviceMethod(TensorMethod):
-    """``method`` with its math moved to ``device`` through its ``merge_torch``.
-
-    Each chunk goes to the device, is merged there in float32 and comes back, so device
-    memory holds at most N + 1 chunks. Elementwise float32 arithmetic is IEEE-exact on
-    CPUs and GPUs alike, so ``merge_torch`` written with the same operations in the same
-    order as ``merge`` gives the same bytes.
-    """
-
-    def __init__(self, method: TensorMethod, device: str):
-        super().__init__(method.params)
-        self.method = method
-        self.device = device
-        self.name = method.name  # type: ignore[misc]
-        self.buffer_bytes = method.buffer_bytes  # type: ignore[misc]
-
-    def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
-        import torch
-
-        moved = [torch.from_numpy(np.ascontiguousarray(chunk)).to(self.device) for chunk in chunks]
-        result = self.method.merge_torch(info, moved)  # type: ignore[attr-defined]
-        return result.to("cpu").numpy()
-
-    def report(self) -> dict[str, Any]:
-        return self.method.report()
-
-
 def has_torch_path(method: TensorMethod) -> bool:
     """Whether ``method`` defines ``merge_torch`` (so it can run on a GPU)."""
     return callable(getattr(method, "merge_torch", None))
 
 
-def on_device(method: TensorMethod, device: str, force_torch: bool = False) -> TensorMethod:
-    """The method to stream with: ``method`` itself on the CPU, a :class:`DeviceMethod` on a GPU.
+class _DeviceBuffers(threading.local):
+    """Per-thread pinned host buffers (raw inputs, output) and a CUDA stream, reused across items."""
 
-    ``force_torch`` runs the torch path even on the CPU (used to check it matches numpy).
+    def __init__(self) -> None:
+        self.host: dict[str, Any] = {}
+        self.stream: Any = None
+
+    def get(self, name: str, nbytes: int, pin: bool) -> Any:
+        import torch
+
+        buffer = self.host.get(name)
+        if buffer is None or buffer.numel() < nbytes:
+            buffer = torch.empty(max(nbytes, 1), dtype=torch.uint8, pin_memory=pin)
+            self.host[name] = buffer
+        return buffer[:nbytes]
+
+
+class DeviceRunner:
+    """Runs one work item with the method's ``merge_torch`` on ``device``.
+
+    A worker thread reads the item's raw bytes into its pinned host buffers, copies them
+    to the device on its own CUDA stream (so one thread's copies overlap another's math),
+    widens them there to float32 (exact), merges in float64, rounds once on the device
+    with the host's integer arithmetic, copies the result back into pinned memory and
+    writes it. Works on ``cpu`` too (no pinning), which tests use to check that the
+    torch path gives the numpy path's bytes.
     """
-    if device == "cpu" and not force_torch:
-        return method
-    if not has_torch_path(method):
-        if device != "cpu":
-            logger.info("method %s has no torch path; its math runs on the CPU", method.name)
-        return method
-    return DeviceMethod(method, device)
+
+    def __init__(self, method: TensorMethod, sources: dict[int, TensorSource], indices: Sequence[int], device: str):
+        import torch
+
+        self.method = method
+        self.sources = sources
+        self.indices = list(indices)
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.buffers = _DeviceBuffers()
+        self.host_buffers = ReadBuffers()
+
+    def _stream(self) -> Any:
+        import torch
+
+        if self.buffers.stream is None:
+            self.buffers.stream = torch.cuda.Stream(device=self.device)
+        return self.buffers.stream
+
+    def _to_device(self, item: WorkItem, n: int, index: int) -> Any:
+        """Ingredient ``index``'s range of the item, on the device, widened exactly to float32 (float64)."""
+        import torch
+
+        key = item.tensor.sources[index]
+        source = self.sources[index]
+        storage = source.exact_dtype(key)
+        raw = self.buffers.get(f"raw{n}", item.count * dtypes.itemsize(storage), self.cuda)
+        host = raw.numpy().view(dtypes.STORAGE[storage])
+        if storage == "F32" and source.meta(key).dtype != "F32":  # computed in float32 by the source
+            source.read_float32(key, item.start, item.stop, host)
+        else:
+            source.read(key, item.start, item.stop, host)
+        moved = raw.to(self.device, non_blocking=True)
+        if storage == "BF16":
+            return moved.view(torch.bfloat16).to(torch.float32)
+        values = moved.view(getattr(torch, dtypes.TORCH_NAMES[storage]))
+        return values if storage in ("F32", "F64") else values.to(torch.float32)
+
+    def run(self, item: WorkItem, sink: Any) -> None:
+        import torch
+
+        tensor = item.tensor
+        if tensor.action == "copy":
+            sink.put(tensor, item.start, read_copy(item, self.sources[tensor.copy_from], self.host_buffers))
+            return
+        stream = self._stream() if self.cuda else None
+        with torch.cuda.stream(stream) if stream is not None else nullcontext():
+            chunks = [self._to_device(item, n, index) for n, index in enumerate(self.indices)]
+            info = ChunkInfo(tensor.key, tensor.shape, item.start, item.stop)
+            rounded = round_to_storage_torch(self.method.merge_torch(info, chunks), tensor.dtype)  # type: ignore[attr-defined]
+            storage = dtypes.STORAGE[tensor.dtype]
+            out = self.buffers.get("out", rounded.numel() * storage.itemsize, self.cuda)
+            out.view(rounded.dtype).copy_(rounded, non_blocking=True)
+        if stream is not None:
+            stream.synchronize()
+        sink.put(tensor, item.start, out.numpy().view(storage))
 
 
-__all__ = ["DEVICES", "DeviceMethod", "cuda_available", "has_torch_path", "on_device", "resolve_device"]
+__all__ = ["DEVICES", "DeviceRunner", "cuda_available", "has_torch_path", "resolve_device"]

@@ -12,6 +12,7 @@ scored are exactly the weights a merge with the same plan would write.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -20,7 +21,7 @@ from ..methods.base import ChunkInfo, TensorMethod
 
 
 class _NullSink:
-    def append(self, tensor: Any, values: np.ndarray) -> None:
+    def put(self, tensor: Any, start: int, values: np.ndarray) -> None:
         pass
 
     def close(self) -> None:
@@ -63,7 +64,7 @@ class SoupBuilder:
         return self.state_dict([index])
 
     def running_sum(self) -> "RunningSum":
-        """An empty float32 running sum over these tensors (greedy soup)."""
+        """An empty float64 running sum over these tensors (greedy soup)."""
         return RunningSum(self)
 
 
@@ -79,9 +80,9 @@ class _PlusSum(TensorMethod):
     def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
         total = self.running.sums.get(info.key)
         if total is None:
-            return np.array(chunks[0], dtype=np.float32, copy=True)
-        out = total[info.start : info.stop] + chunks[0]
-        out /= np.float32(self.running.count + 1)
+            return chunks[0]
+        out = total[info.start : info.stop] + chunks[0]  # float64, as UniformSoup adds
+        out /= np.float64(self.running.count + 1)
         return out
 
 
@@ -91,17 +92,19 @@ class _Accumulate(TensorMethod):
     def __init__(self, running: "RunningSum"):
         super().__init__(TensorMethod.Params())
         self.running = running
+        self.lock = threading.Lock()
 
     def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
-        sums = self.running.sums
-        if info.key not in sums:
-            sums[info.key] = np.zeros(int(np.prod(info.shape, dtype=np.int64)), dtype=np.float32)
-        sums[info.key][info.start : info.stop] += chunks[0]
+        with self.lock:
+            total = self.running.sums.get(info.key)
+            if total is None:
+                total = self.running.sums[info.key] = np.zeros(int(np.prod(info.shape, dtype=np.int64)), np.float64)
+        total[info.start : info.stop] += chunks[0]
         return chunks[0]
 
 
 class RunningSum:
-    """The float32 sum of the ingredients kept so far; one model's worth of memory.
+    """The float64 sum of the ingredients kept so far; two models' worth of float32 memory.
 
     ``candidate(i)`` streams ingredient ``i`` once and returns the uniform soup of the
     kept ones plus ``i``; ``add(i)`` streams it again into the sum. The additions happen

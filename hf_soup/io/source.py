@@ -46,6 +46,11 @@ class TensorSource(ABC):
     def read(self, key: str, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
         """Flat elements ``[start, stop)`` of ``key`` in storage dtype (into ``out`` if given)."""
 
+    def exact_dtype(self, key: str) -> str:
+        """The dtype that holds ``key``'s values exactly: its storage dtype, or F32 for a tensor the
+        source computes in float32 (e.g. base + LoRA delta), which ``read_float32`` then delivers."""
+        return self.meta(key).dtype
+
     def read_float32(self, key: str, start: int, stop: int, out: np.ndarray) -> np.ndarray:
         """Flat elements ``[start, stop)`` of ``key`` converted into float32 ``out``."""
         dtype = self.meta(key).dtype

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -29,28 +30,52 @@ def header_bytes(entries: list[tuple[str, TensorMeta]], metadata: dict[str, str]
 
 
 class SafetensorsWriter:
-    """Write one safetensors file: ``append`` chunks in header order, then ``close``."""
+    """Write one safetensors file: the header first, then tensor ranges at their offsets, then ``close``.
+
+    ``write_range`` may be called from several threads, in any order (``os.pwrite``);
+    ``append`` writes sequentially in header order.
+    """
 
     def __init__(self, path: str | os.PathLike, entries: list[tuple[str, TensorMeta]], metadata: dict | None = None):
         self.path = Path(path)
         self._expected = sum(meta.nbytes for _, meta in entries)
+        header = header_bytes(entries, metadata)
+        self._offsets: dict[str, tuple[int, int]] = {}
+        offset = len(header)
+        for key, meta in entries:
+            self._offsets[key] = (offset, meta.nbytes)
+            offset += meta.nbytes
         self._written = 0
+        self._appended = len(header)
+        self._lock = threading.Lock()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self._write(header_bytes(entries, metadata))
+        self._pwrite(header, 0)
 
-    def _write(self, data) -> None:
+    def _pwrite(self, data, offset: int) -> None:
         view = memoryview(data).cast("B")
         while view:
-            done = os.write(self._fd, view)
-            view = view[done:]
+            done = os.pwrite(self._fd, view, offset)
+            view, offset = view[done:], offset + done
+
+    def write_range(self, key: str, byte_start: int, values: np.ndarray) -> None:
+        """Write ``values`` (output dtype) at byte ``byte_start`` of tensor ``key``'s data."""
+        begin, size = self._offsets[key]
+        data = np.ascontiguousarray(values).view(np.uint8).reshape(-1)
+        if byte_start < 0 or byte_start + data.size > size:
+            raise RuntimeError(f"{self.path}: a write past the end of tensor {key!r}")
+        self._pwrite(data, begin + byte_start)
+        with self._lock:
+            self._written += data.size
 
     def append(self, values: np.ndarray) -> None:
-        """Append the next flat chunk of tensor data (already in the output dtype)."""
-        values = np.ascontiguousarray(values)
-        self._written += values.nbytes
-        if self._written > self._expected:
+        """Append the next flat chunk of tensor data (already in the output dtype), in header order."""
+        data = np.ascontiguousarray(values).view(np.uint8).reshape(-1)
+        if self._written + data.size > self._expected:
             raise RuntimeError(f"{self.path}: more data than the header declares")
-        self._write(values.view(np.uint8).reshape(-1))
+        self._pwrite(data, self._appended)
+        self._appended += data.size
+        with self._lock:
+            self._written += data.size
 
     def abort(self) -> None:
         """Close the file without checking it (the caller discards it)."""

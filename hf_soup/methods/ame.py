@@ -18,7 +18,8 @@ optimizers (``torch.optim.adam.adam``...) with exactly the state and arguments
 without an ``Optimizer`` object, whose ``step`` imports ``torch._dynamo`` (~70 MB).
 On CPU a chunk is processed in cache-sized blocks (the whole schedule runs on one block
 before the next), blocks are multiples of 64 elements (the last one zero-padded) so
-that every element goes through the same vectorised kernels, and torch's fused kernels are used where they exist (SGD, Adam, AdamW, Adagrad).
+that every element goes through the same vectorised kernels. The single-tensor implementation
+runs by default (``fused: true`` asks for torch's fused kernels, see ``_run_arguments``).
 Memory: the engine's read buffers (16 MiB for AME) plus one output chunk and a block's
 optimizer state.
 
@@ -190,6 +191,7 @@ class AmeSoup(TensorMethod):
     # AME is compute-bound (every element goes through epochs x N / batch_size optimizer
     # steps), so a smaller read-ahead than the engine's default costs no time and saves memory.
     buffer_bytes = 16 * 1024 * 1024
+    max_threads = 1  # AME runs its blocks on torch's own threads (``num_threads``)
     paper = None  # Su Hyeong Lee & Richard Ngo, "On Defining Neural Averaging" (no stable link recorded)
 
     def __init__(self, params: AmeParams):
@@ -335,26 +337,22 @@ class AmeSoup(TensorMethod):
     def _run_arguments(self, device: str) -> tuple[dict[str, Any], str]:
         """The optimizer's full parameter group, and which torch implementation runs.
 
-        Unless ``fused`` or ``foreach`` is given, torch's fused kernel is used where it
-        exists for this optimizer and device (SGD, Adam, AdamW, Adagrad): one pass per step
-        instead of several, same update rule (results agree to float rounding).
+        By default the single-tensor ("for-loop") implementation runs on every device
+        (``foreach`` and ``fused`` off), the textbook update of Algorithm 1, so CPU and GPU
+        run the same arithmetic. ``fused: true`` (or ``foreach: true``) asks for torch's
+        multi-tensor kernels instead: faster, but their results differ from the single-tensor
+        ones, and from one device to another, in the last bits.
         """
-        import torch
-
         arguments = dict(self.params.optimizer_kwargs)
         name = self.params.optimizer
         group = optimizer_group(name, self._lr, arguments)
-        if "fused" in arguments or "foreach" in arguments:
-            return group, "fused" if group.get("fused") else ("foreach" if group.get("foreach") else "for-loop")
-        if "fused" not in group:
-            return group, "for-loop"
-        try:
-            fused = optimizer_group(name, self._lr, {**arguments, "fused": True})
-            probe = torch.zeros(2, device=device)
-            FunctionalOptimizer(name, probe, torch.ones(2, device=device), fused).step()
-        except (RuntimeError, ValueError, TypeError):
-            return group, "for-loop"
-        return fused, "fused"
+        if group.get("fused"):
+            return group, "fused"
+        if group.get("foreach"):
+            return group, "foreach"
+        if "foreach" in group:
+            group["foreach"] = False  # torch would pick its multi-tensor kernels on a GPU
+        return group, "for-loop"
 
     # -- the elementwise merge ----------------------------------------------------------
 

@@ -74,19 +74,27 @@ class SoupMethod(ABC):
 class TensorMethod(SoupMethod):
     """A data-free, elementwise merge of N aligned tensors.
 
-    ``buffer_bytes``: the engine's total read-buffer size for this method (``None``: the
+    ``buffer_bytes``: the engine's total working-buffer size for this method (``None``: the
     engine's default). A compute-bound method gains nothing from large read-ahead
     buffers and can ask for smaller ones to lower peak memory.
     """
 
     buffer_bytes: ClassVar[int | None] = None
+    #: Engine threads that may call :meth:`merge` at once (``None``: any; 1 for a method
+    #: that parallelises itself, e.g. over torch threads).
+    max_threads: ClassVar[int | None] = None
+    #: ``True``: each call receives whole tensors (for per-tensor statistics), not chunks.
+    whole_tensor: ClassVar[bool] = False
 
     @abstractmethod
     def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
-        """Merge ``chunks`` (one flat float32 array per ingredient, same range) into one.
+        """Merge ``chunks`` (one flat array per ingredient, same range) into one.
 
-        Must be elementwise: the result for an element depends only on that element in
-        each chunk (and on ``info``), so chunking never changes the output bytes.
+        Chunks are exact copies of the stored values: float32 (float64 for float64
+        checkpoints). Return float64 (or float32): the engine rounds the result once to
+        the output dtype. Must be elementwise (the result for an element depends only on
+        that element in each chunk and on ``info``) unless :attr:`whole_tensor` is set, so
+        chunking never changes the output bytes; may be called from several threads at once.
         """
 
 

@@ -7,39 +7,29 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .base import ChunkInfo, TensorMethod
+from .linear_math import linear_combination, linear_combination_torch
 
 if TYPE_CHECKING:
     import torch
 
 
 class UniformSoup(TensorMethod):
-    """Average every tensor over the N ingredients, in float32.
+    """The mean of every tensor over the N ingredients: exact sum in float64, one division.
+
+    The engine rounds the float64 mean once to the output dtype, so a soup of a
+    checkpoint with itself is that checkpoint, bit for bit.
 
     >>> import numpy as np
     >>> UniformSoup(UniformSoup.Params()).merge(None, [np.ones(2, "f4"), np.zeros(2, "f4")])
-    array([0.5, 0.5], dtype=float32)
+    array([0.5, 0.5])
     """
 
     name = "uniform"
     paper = "https://arxiv.org/abs/2203.05482"
 
     def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
-        out = np.array(chunks[0], dtype=np.float32, copy=True)
-        for chunk in chunks[1:]:
-            out += chunk
-        out /= np.float32(len(chunks))
-        return out
+        return linear_combination(chunks, [1.0] * len(chunks), float(len(chunks)))
 
     def merge_torch(self, info: ChunkInfo, chunks: Sequence["torch.Tensor"]) -> "torch.Tensor":
-        """The same sums and division as :meth:`merge`, on the chunks' device (GPU path).
-
-        The divisor is a device tensor, not a Python number: CUDA divides by a host
-        scalar as a multiplication by its reciprocal, which can differ in the last bit.
-        """
-        import torch
-
-        out = chunks[0].clone()
-        for chunk in chunks[1:]:
-            out += chunk
-        out /= torch.tensor(len(chunks), dtype=torch.float32, device=out.device)
-        return out
+        """:meth:`merge` on the chunks' device (GPU path): the same float64 operations, same bytes."""
+        return linear_combination_torch(chunks, [1.0] * len(chunks), float(len(chunks)))

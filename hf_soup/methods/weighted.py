@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 
 from ..errors import MethodParameterError
 from .base import ChunkInfo, MergeContext, MethodParams, TensorMethod
+from .linear_math import linear_combination, linear_combination_torch
 
 if TYPE_CHECKING:
     import torch
@@ -34,12 +35,15 @@ class WeightedParams(MethodParams):
 
 
 class WeightedSoup(TensorMethod):
-    """``sum_i w_i * x_i`` per tensor, with ``w`` normalised to sum 1 by default.
+    """``sum_i w_i * x_i`` per tensor, divided by ``sum_i w_i`` by default (``normalize``).
+
+    The sum is taken in float64 with the raw weights and divided once at the end (weights
+    normalised first would round twice); the engine rounds the result once.
 
     >>> import numpy as np
     >>> m = WeightedSoup(WeightedSoup.Params(weights=[1, 3]))
     >>> m.merge(None, [np.zeros(1, "f4"), np.ones(1, "f4")])
-    array([0.75], dtype=float32)
+    array([0.75])
     """
 
     name = "weighted"
@@ -61,38 +65,23 @@ class WeightedSoup(TensorMethod):
                 )
 
     def _weights_for(self, key: str | None) -> list[float]:
-        weights = self.params.per_tensor.get(key, self.params.weights) if key else self.params.weights
-        if self.params.normalize:
-            total = sum(weights)
-            weights = [w / total for w in weights]
-        return weights
+        """The raw weights of tensor ``key`` (``per_tensor`` first)."""
+        return self.params.per_tensor.get(key, self.params.weights) if key else self.params.weights
+
+    def _divisor(self, weights: Sequence[float]) -> float:
+        """The weights' float64 sum when normalising (divided once, at the end), else 1."""
+        return float(np.sum(np.asarray(weights, dtype=np.float64))) if self.params.normalize else 1.0
 
     def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
         weights = self._weights_for(info.key if info else None)
-        out = np.zeros(chunks[0].shape, dtype=np.float32)
-        scratch = np.empty_like(out)
-        for weight, chunk in zip(weights, chunks):
-            if weight:
-                np.multiply(chunk, np.float32(weight), out=scratch)
-                out += scratch
-        return out
+        return linear_combination(chunks, weights, self._divisor(weights))
 
     def merge_torch(self, info: ChunkInfo, chunks: Sequence["torch.Tensor"]) -> "torch.Tensor":
-        """:meth:`merge` on the chunks' device (GPU path): same products and sums, same order.
-
-        Products and sums are separate operations (no fused multiply-add), so the bytes
-        match the numpy path.
-        """
-        import torch
-
+        """:meth:`merge` on the chunks' device (GPU path): the same float64 operations, same bytes."""
         weights = self._weights_for(info.key if info else None)
-        out = torch.zeros_like(chunks[0])
-        scratch = torch.empty_like(out)
-        for weight, chunk in zip(weights, chunks):
-            if weight:
-                torch.mul(chunk, torch.tensor(weight, dtype=torch.float32, device=out.device), out=scratch)
-                out += scratch
-        return out
+        return linear_combination_torch(chunks, weights, self._divisor(weights))
 
     def report(self) -> dict:
-        return {"weights": self._weights_for(None)}
+        weights = self._weights_for(None)
+        divisor = self._divisor(weights)
+        return {"weights": [w / divisor for w in weights]}

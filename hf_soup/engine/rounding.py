@@ -1,0 +1,133 @@
+"""Round a merged result once, correctly, to the output dtype (numpy on the host, torch on a device).
+
+Methods compute in float64 (or float32) and the engine rounds their result here, once.
+float64 -> float32 and float32 -> bfloat16 / float16 round to nearest even. float64 ->
+bfloat16 / float16 would round twice through float32; to round once, float16 (and the
+torch version, for both) goes through float32 with *round-to-odd*: the float32 value
+keeps a sticky last bit when it is inexact, and the second rounding (to nearest even)
+then gives the correctly rounded result, because float32 carries more than two extra bits
+over either 16-bit format. bfloat16 on the host takes a faster road to the same result
+(see :func:`_float64_to_bfloat16`). A correctly rounded result is unique, so the host and
+a device give the same bytes.
+
+>>> import numpy as np
+>>> value = np.array([1 + 2.0**-8 + 2.0**-30])            # just above a bfloat16 midpoint
+>>> hex(int(round_to_storage(value, "BF16")[0]))          # correct: rounds up
+'0x3f81'
+>>> hex(int(round_to_storage(value.astype(np.float32), "BF16")[0]))  # float32 already lost the tail
+'0x3f80'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..io import dtypes
+
+
+def round_to_odd_float32(values: np.ndarray) -> np.ndarray:
+    """float64 ``values`` -> float32, truncated toward zero with the last bit set when inexact."""
+    with np.errstate(over="ignore"):  # beyond float32: infinity, stepped back to the largest finite below
+        nearest = values.astype(np.float32)
+    bits = nearest.view(np.uint32)
+    widened = nearest.astype(np.float64)
+    inexact = (widened != values) & np.isfinite(values)
+    # nearest rounded away from zero: step one ulp back toward zero (the magnitude bits shrink by one)
+    away = inexact & (np.abs(widened) > np.abs(values))
+    bits -= away.view(np.uint8).astype(np.uint32)
+    bits |= inexact.view(np.uint8).astype(np.uint32)
+    return nearest
+
+
+def float32_to_storage(values: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 ``values`` -> the storage array of ``dtype`` (round to nearest even)."""
+    return dtypes.from_float32(values, dtype)
+
+
+def _float64_to_bfloat16(values: np.ndarray) -> np.ndarray:
+    """float64 -> bfloat16 bits, correctly rounded: through float32, fixing the rare double roundings.
+
+    Rounding to float32 first changes the bfloat16 result only where it lands exactly on a
+    bfloat16 midpoint (low 16 bits 0x8000) from a value that was not on it: those elements
+    are rounded toward the side the float64 value lies on.
+    """
+    with np.errstate(over="ignore"):
+        nearest = values.astype(np.float32)
+    rounded = dtypes.from_float32(nearest, "BF16")
+    bits = nearest.view(np.uint32)
+    suspects = np.flatnonzero((bits & np.uint32(0xFFFF)) == np.uint32(0x8000))
+    if suspects.size:
+        exact = values[suspects]
+        landed = nearest[suspects].astype(np.float64)
+        inexact = (exact != landed) & np.isfinite(exact)
+        up = (np.abs(exact) > np.abs(landed)).astype(np.uint32)
+        fixed = ((bits[suspects] >> np.uint32(16)) + up).astype(np.uint16)
+        rounded[suspects] = np.where(inexact, fixed, rounded[suspects])
+    return rounded
+
+
+def round_to_storage(values: np.ndarray, dtype: str) -> np.ndarray:
+    """A method's float64 or float32 result -> the storage array of ``dtype``, rounded once."""
+    if values.dtype == np.float64:
+        if dtype == "F64":
+            return values
+        if dtype == "F32":
+            with np.errstate(over="ignore"):
+                return values.astype(np.float32)
+        if dtype == "BF16":
+            return _float64_to_bfloat16(values)
+        return float32_to_storage(round_to_odd_float32(values), dtype)
+    return float32_to_storage(np.asarray(values, dtype=np.float32), dtype)
+
+
+def _round_to_odd_float32_torch(values: Any) -> Any:
+    import torch
+
+    nearest = values.to(torch.float32)
+    widened = nearest.to(torch.float64)
+    inexact = (widened != values) & torch.isfinite(values)
+    away = inexact & (widened.abs() > values.abs())
+    bits = nearest.view(torch.int32)
+    bits -= away.to(torch.int32)
+    bits |= inexact.to(torch.int32)
+    return nearest
+
+
+def _float32_to_bfloat16_bits_torch(values: Any) -> Any:
+    """float32 -> bfloat16 bits (int16), round to nearest even, NaN kept quiet: as ``dtypes.from_float32``."""
+    import torch
+
+    bits = values.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    rounded = (bits + (((bits >> 16) & 1) + 0x7FFF)) >> 16
+    nan = torch.isnan(values)
+    rounded = torch.where(nan, (bits >> 16) | 0x40, rounded)
+    return (rounded & 0xFFFF).to(torch.int32).to(torch.int16)
+
+
+def round_to_storage_torch(values: Any, dtype: str) -> Any:
+    """:func:`round_to_storage` on a torch tensor (any device); returns a tensor of the storage dtype.
+
+    bfloat16 comes back as int16 bits (the numpy storage of BF16 is uint16).
+    """
+    import torch
+
+    if values.dtype == torch.float64:
+        if dtype == "F64":
+            return values
+        if dtype == "F32":
+            return values.to(torch.float32)
+        values = _round_to_odd_float32_torch(values)
+    else:
+        values = values.to(torch.float32)
+    if dtype == "F32":
+        return values
+    if dtype == "F64":
+        return values.to(torch.float64)
+    if dtype == "BF16":
+        return _float32_to_bfloat16_bits_torch(values)
+    return values.to(getattr(torch, dtypes.TORCH_NAMES[dtype]))
+
+
+__all__ = ["round_to_odd_float32", "round_to_storage", "round_to_storage_torch"]
