@@ -32,8 +32,10 @@ def _checkpoint(folder, tensors):
 
 def _random_tensors(seed, dtype, shapes=((257, 33), (4099,), (3,))):
     gen = torch.Generator().manual_seed(seed)
-    return {f"layer.{i}.weight": (torch.randn(shape, generator=gen) * 10.0 ** (i - 1)).to(dtype)
-            for i, shape in enumerate(shapes)}
+    tensors = {f"layer.{i}.weight": (torch.randn(shape, generator=gen) * 10.0 ** (i - 1)).to(dtype)
+               for i, shape in enumerate(shapes)}
+    tensors["layer.0.weight"].view(-1)[:3] = torch.tensor([-0.0, 0.0, -0.0])  # signed zeros are kept
+    return tensors
 
 
 def _exact_bf16_or_f16(value: Fraction, dtype: torch.dtype) -> torch.Tensor:

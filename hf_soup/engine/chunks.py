@@ -19,10 +19,9 @@ from ..align import AlignedTensor
 from ..io import dtypes
 from ..io.source import TensorSource
 
-DEFAULT_BUFFER_BYTES = 256 * 1024 * 1024
+DEFAULT_BUFFER_BYTES = 512 * 1024 * 1024
 MIN_CHUNK = 1 << 16
-MAX_CHUNK = 1 << 23
-ITEMS_PER_THREAD = 2  # items in flight per thread: one being computed, one being read
+MAX_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -44,9 +43,8 @@ def bytes_per_element(num_inputs: int) -> int:
 
 
 def chunk_elements(num_inputs: int, threads: int = 1, buffer_bytes: int = DEFAULT_BUFFER_BYTES) -> int:
-    """Elements per item so that all items in flight together stay within ``buffer_bytes``."""
-    in_flight = max(1, threads) * ITEMS_PER_THREAD
-    return int(min(MAX_CHUNK, max(MIN_CHUNK, buffer_bytes // (in_flight * bytes_per_element(num_inputs)))))
+    """Elements per item so that the items of all threads together stay within ``buffer_bytes``."""
+    return int(min(MAX_CHUNK, max(MIN_CHUNK, buffer_bytes // (max(1, threads) * bytes_per_element(num_inputs)))))
 
 
 def work_items(tensors: Sequence[AlignedTensor], step: int, whole_tensors: bool = False) -> Iterator[WorkItem]:

@@ -3,7 +3,8 @@
 Every output tensor's place in its file is known before any work (the header is written
 first), so a worker writes its item's bytes at their final offset and items finish in any
 order: reads, math and writes of different items overlap on every core. numpy and torch
-release the GIL in their kernels. The bytes do not depend on the thread count or the chunk
+release the interpreter lock in their kernels; items are large (about a million elements)
+so that the threads seldom wait for it. The bytes do not depend on the thread count or the chunk
 size: methods are elementwise (or see a whole tensor in one item) and each element is
 rounded once.
 """
@@ -12,8 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from ..align import AlignedTensor
 from ..io.source import TensorSource
 from ..methods.base import ChunkInfo, TensorMethod
 from ..io import dtypes
-from .chunks import (DEFAULT_BUFFER_BYTES, ITEMS_PER_THREAD, ReadBuffers, WorkItem, bytes_per_element,
+from .chunks import (DEFAULT_BUFFER_BYTES, ReadBuffers, WorkItem, bytes_per_element,
                      chunk_elements, read_copy, read_raw, widen, work_items)
 from .rounding import round_to_storage
 from .sinks import Sink
@@ -37,38 +37,15 @@ def default_threads() -> int:
     return max(1, cores // max(1, local))
 
 
-CACHE_BLOCK = 1 << 16
-
-
-class _Budget:
-    """Bytes of work items in flight, bounded; one item is always admitted, however large."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.used = 0
-        self.items = 0
-        self._cond = threading.Condition()
-
-    def acquire(self, nbytes: int, max_items: int) -> None:
-        with self._cond:
-            while self.items and (self.used + nbytes > self.limit or self.items >= max_items):
-                self._cond.wait()
-            self.used += nbytes
-            self.items += 1
-
-    def release(self, nbytes: int) -> None:
-        with self._cond:
-            self.used -= nbytes
-            self.items -= 1
-            self._cond.notify_all()
+BLOCK = 1 << 20
 
 
 class _CpuRunner:
     """Runs one item on the host: read the N ranges, merge with numpy, round once, write.
 
-    The math runs over cache-sized blocks of the item (``CACHE_BLOCK`` elements; whole
-    items for :attr:`~hf_soup.methods.base.TensorMethod.whole_tensor` methods), so each of
-    its numpy passes reads from cache rather than memory.
+    The math runs over blocks of the item (``BLOCK`` elements; whole items for
+    :attr:`~hf_soup.methods.base.TensorMethod.whole_tensor` methods): large enough that each
+    numpy call works long without the interpreter lock, which the threads share.
     """
 
     def __init__(self, method: TensorMethod, sources: dict[int, TensorSource], indices: Sequence[int]):
@@ -84,7 +61,7 @@ class _CpuRunner:
             sink.put(tensor, item.start, read_copy(item, self.sources[tensor.copy_from], self.buffers))
             return
         raws = read_raw(item, self.selected, self.indices, self.buffers)
-        block = item.count if self.method.whole_tensor else CACHE_BLOCK
+        block = item.count if self.method.whole_tensor else BLOCK
         out = self.buffers.get("out", dtypes.STORAGE[tensor.dtype], item.count)
         for start in range(0, max(item.count, 1), block):
             stop = min(item.count, start + block)
@@ -109,53 +86,71 @@ def execute(
 
     ``sink_for(tensor)`` returns the sink that receives it, so the caller decides sharding.
     ``progress(n)`` is told elements done. ``buffer_bytes`` bounds the working buffers of
-    all items in flight (default: the method's ``buffer_bytes``, else 256 MiB). ``threads``
-    workers run items (the method's ``max_threads`` caps it); with one thread, items run
-    in order. ``device``: ``cpu``, or a CUDA device for methods with a ``merge_torch``.
+    all threads together (default: the method's ``buffer_bytes``, else 512 MiB). ``threads``
+    workers take items in turn (the method's ``max_threads`` caps it; with one, items run in
+    order). ``device``: ``cpu``, or a CUDA device for methods with a ``merge_torch``.
     """
+    budget = buffer_bytes or method.buffer_bytes or DEFAULT_BUFFER_BYTES
     threads = max(1, min(threads, method.max_threads or threads))
-    budget_bytes = buffer_bytes or method.buffer_bytes or DEFAULT_BUFFER_BYTES
-    step = chunk_elements(len(indices), threads, budget_bytes)
+    per_element = bytes_per_element(len(indices))
+    if method.whole_tensor:  # each thread holds whole tensors: fewer threads when they are large
+        largest = max((t.meta.numel for t in tensors if t.action == "merge"), default=1)
+        threads = max(1, min(threads, budget // max(1, largest * per_element)))
+    step = chunk_elements(len(indices), threads, budget)
     runner = _runner(method, sources, indices, device)
     items = work_items(tensors, step, whole_tensors=method.whole_tensor)
-    per_element = bytes_per_element(len(indices))
-    lock = threading.Lock()
-
-    def run(item: WorkItem) -> None:
-        runner.run(item, sink_for(item.tensor))
-        if progress:
-            with lock:
-                progress(item.count)
-
     if threads == 1:
         for item in items:
-            run(item)
+            runner.run(item, sink_for(item.tensor))
+            if progress:
+                progress(item.count)
         return
-    budget = _Budget(budget_bytes)
-    futures: set[Future] = set()
-    with ThreadPoolExecutor(threads, thread_name_prefix="hf-soup-merge") as pool:
-        try:
-            for item in items:
-                nbytes = item.count * per_element
-                budget.acquire(nbytes, threads * ITEMS_PER_THREAD)
-                failed = [f for f in futures if f.done() and f.exception() is not None]
-                if failed:
-                    budget.release(nbytes)
-                    failed[0].result()
-                future = pool.submit(run, item)
-                future.add_done_callback(lambda _, n=nbytes: budget.release(n))
-                futures = {f for f in futures if not (f.done() and f.exception() is None)} | {future}
-            wait(futures, return_when=FIRST_EXCEPTION)
-            for future in futures:
-                if future.done():
-                    future.result()
-            wait(futures)
-            for future in futures:
-                future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+    _run_on_threads(runner, items, sink_for, progress, threads)
+
+
+def _run_on_threads(runner, items: Iterator[WorkItem], sink_for: Callable[[AlignedTensor], Sink],
+                    progress: Callable[[int], None] | None, threads: int) -> None:
+    """``threads`` workers take the next item from ``items`` until none is left or one fails.
+
+    Workers pull items themselves (no per-item hand-off through the main thread), so the
+    interpreter lock changes hands as rarely as possible; the first error stops every
+    worker after its current item and is raised here, once all of them have stopped.
+    """
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        while True:
+            with lock:
+                if errors:
+                    return
+                item = next(items, None)
+            if item is None:
+                return
+            try:
+                runner.run(item, sink_for(item.tensor))
+            except BaseException as error:  # handed to the caller below
+                with lock:
+                    errors.append(error)
+                return
+            if progress:
+                with lock:
+                    progress(item.count)
+
+    workers = [threading.Thread(target=work, name=f"hf-soup-merge-{n}", daemon=True) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    try:
+        for worker in workers:
+            worker.join()
+    except BaseException as error:  # Ctrl-C in the main thread: stop the workers, then re-raise
+        with lock:
+            errors.append(error)
+        for worker in workers:
+            worker.join()
+        raise
+    if errors:
+        raise errors[0]
 
 
 def _runner(method: TensorMethod, sources: dict[int, TensorSource], indices: Sequence[int], device: str):

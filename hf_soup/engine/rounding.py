@@ -57,7 +57,7 @@ def _float64_to_bfloat16(values: np.ndarray) -> np.ndarray:
         nearest = values.astype(np.float32)
     rounded = dtypes.from_float32(nearest, "BF16")
     bits = nearest.view(np.uint32)
-    suspects = np.flatnonzero((bits & np.uint32(0xFFFF)) == np.uint32(0x8000))
+    suspects = np.flatnonzero(np.bitwise_and(bits, np.uint32(0xFFFF)) == np.uint32(0x8000))
     if suspects.size:
         exact = values[suspects]
         landed = nearest[suspects].astype(np.float64)

@@ -99,7 +99,10 @@ class _Accumulate(TensorMethod):
             total = self.running.sums.get(info.key)
             if total is None:
                 total = self.running.sums[info.key] = np.zeros(int(np.prod(info.shape, dtype=np.int64)), np.float64)
-        total[info.start : info.stop] += chunks[0]
+        if self.running.count:
+            total[info.start : info.stop] += chunks[0]
+        else:  # the first term itself, as UniformSoup starts its sum (keeps -0.0)
+            total[info.start : info.stop] = chunks[0]
         return chunks[0]
 
 

@@ -87,10 +87,14 @@ def from_float32(values: np.ndarray, dtype: str) -> np.ndarray:
         return values
     if dtype == "BF16":
         bits = values.view(np.uint32)
-        rounding = ((bits >> 16) & 1) + np.uint32(0x7FFF)
-        rounded = ((bits + rounding) >> 16).astype(np.uint16)
-        nan = np.isnan(values)
-        if nan.any():
+        work = np.right_shift(bits, np.uint32(16))  # one temporary, updated in place
+        np.bitwise_and(work, np.uint32(1), out=work)
+        np.add(work, np.uint32(0x7FFF), out=work)
+        np.add(work, bits, out=work)
+        np.right_shift(work, np.uint32(16), out=work)
+        rounded = work.astype(np.uint16)
+        nan = np.flatnonzero(np.isnan(values))
+        if nan.size:
             rounded[nan] = ((bits[nan] >> 16) | 0x40).astype(np.uint16)
         return rounded
     return values.astype(STORAGE[dtype])

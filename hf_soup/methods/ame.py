@@ -191,7 +191,7 @@ class AmeSoup(TensorMethod):
     # AME is compute-bound (every element goes through epochs x N / batch_size optimizer
     # steps), so a smaller read-ahead than the engine's default costs no time and saves memory.
     buffer_bytes = 16 * 1024 * 1024
-    max_threads = 1  # AME runs its blocks on torch's own threads (``num_threads``)
+    max_threads: int | None = 1  # on the CPU, AME runs its blocks on torch's own threads (``num_threads``)
     paper = None  # Su Hyeong Lee & Richard Ngo, "On Defining Neural Averaging" (no stable link recorded)
 
     def __init__(self, params: AmeParams):
@@ -245,6 +245,8 @@ class AmeSoup(TensorMethod):
         self._pivot = self._resolve_pivot(context, [schedule[0].batch[0]], scores, higher_is_better)
         self._zetas = [float(z) for z in zetas]
         self._device = self._check_device(context.device)
+        # On a GPU, several engine threads may feed it at once (reads overlap the steps).
+        self.max_threads = 1 if self._device == "cpu" else None
         self._optimizer_class = resolve_optimizer(p.optimizer)
         self._run_args, self._implementation = self._run_arguments(self._device)
         self._threads = p.num_threads or max(1, (os.cpu_count() or 1) - 1)

@@ -22,18 +22,32 @@ from typing import Any, Sequence
 import numpy as np
 
 
+def _terms(weights: Sequence[float]) -> list[int]:
+    """Indices of the non-zero weights (the chunks that take part)."""
+    return [i for i, weight in enumerate(weights) if weight]
+
+
 def linear_combination(chunks: Sequence[np.ndarray], weights: Sequence[float], divisor: float) -> np.ndarray:
-    """float64 ``(sum_i weights[i] * chunks[i]) / divisor`` (weights of 0 skip their chunk)."""
-    out = np.zeros(chunks[0].shape, dtype=np.float64)
+    """float64 ``(sum_i weights[i] * chunks[i]) / divisor`` (weights of 0 skip their chunk).
+
+    The sum starts from the first term itself, not from +0.0, so -0.0 stays -0.0.
+    """
+    terms = _terms(weights)
+    if not terms:
+        return np.zeros(chunks[0].shape, dtype=np.float64)
+    first, rest = terms[0], terms[1:]
+    out = chunks[first].astype(np.float64)
+    if weights[first] != 1.0:
+        np.multiply(out, np.float64(weights[first]), out=out)
     scratch = None
-    for weight, chunk in zip(weights, chunks):
-        if weight == 1.0:
-            np.add(out, chunk, out=out, dtype=np.float64)
-        elif weight:
-            if scratch is None:
-                scratch = np.empty_like(out)
-            np.multiply(chunk, np.float64(weight), out=scratch, dtype=np.float64)  # a float64 product
-            np.add(out, scratch, out=out)
+    for i in rest:
+        if weights[i] == 1.0:
+            np.add(out, chunks[i], out=out, dtype=np.float64)
+            continue
+        if scratch is None:
+            scratch = np.empty_like(out)
+        np.multiply(chunks[i], np.float64(weights[i]), out=scratch, dtype=np.float64)  # a float64 product
+        np.add(out, scratch, out=out)
     if divisor != 1.0:
         np.divide(out, np.float64(divisor), out=out)
     return out
@@ -47,18 +61,27 @@ def linear_combination_torch(chunks: Sequence[Any], weights: Sequence[float], di
     """
     import torch
 
-    device = chunks[0].device
-    out = torch.zeros(chunks[0].shape, dtype=torch.float64, device=device)
-    scratch = torch.empty_like(out)
-    for weight, chunk in zip(weights, chunks):
-        if weight == 1.0:
-            out.add_(chunk)
-        elif weight:
-            scratch.copy_(chunk)  # widen first: the product is a float64 operation
-            scratch.mul_(torch.tensor(weight, dtype=torch.float64, device=device))
-            out.add_(scratch)
+    terms = _terms(weights)
+    if not terms:
+        return torch.zeros(chunks[0].shape, dtype=torch.float64, device=chunks[0].device)
+    first, rest = terms[0], terms[1:]
+    device = chunks[first].device
+    scalar = lambda value: torch.tensor(value, dtype=torch.float64, device=device)  # noqa: E731
+    out = chunks[first].to(torch.float64, copy=True)
+    if weights[first] != 1.0:
+        out.mul_(scalar(weights[first]))
+    scratch = None
+    for i in rest:
+        if weights[i] == 1.0:
+            out.add_(chunks[i])
+            continue
+        if scratch is None:
+            scratch = torch.empty_like(out)
+        scratch.copy_(chunks[i])  # widen first: the product is a float64 operation
+        scratch.mul_(scalar(weights[i]))
+        out.add_(scratch)
     if divisor != 1.0:
-        out.div_(torch.tensor(divisor, dtype=torch.float64, device=device))
+        out.div_(scalar(divisor))
     return out
 
 
