@@ -15,7 +15,7 @@ from .ingredients import Ingredient, resolve_ingredients
 from .methods.base import MergeContext, MergePlan, PlanningMethod, TensorMethod
 from .methods.registry import build_method
 from .recipe import Recipe
-from .report import build_report, ingredient_entries, write_report
+from .output.report import build_report, ingredient_entries, write_report
 
 logger = logging.getLogger("hf_soup")
 
@@ -31,7 +31,7 @@ class SoupResult:
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
         """Push the soup directory to ``repo_id``; return the commit URL."""
-        from .hub import push_soup
+        from .output.push import push_soup
 
         if self.output_dir is None:
             raise RecipeError("this soup was not written to a directory; give output_dir to push it")
@@ -116,12 +116,12 @@ class _Run:
         recipe = self.recipe
         self.destination = check_destination(recipe.output.dir, recipe.output.overwrite)
         if recipe.output.card_template is not None:
-            from .card.render import check_template
+            from .output.card import check_template
 
             check_template(recipe.output.card_template)
         self.method = build_method(recipe.method.name, recipe.method.params)
         if self.adapter_output:
-            from .adapters.output import check_adapter_method
+            from .adapters.export import check_adapter_method
 
             check_adapter_method(self.method)
         if self.dist.is_main:  # header-only check of Hub ingredients before any download; one process suffices
@@ -177,7 +177,7 @@ class _Run:
         with dist.stage("planning the merge"):
             self.merge_plan = _plan(self.method, context, ingredients)
             if self.adapter_output:
-                from .adapters.output import check_adapter_plan
+                from .adapters.export import check_adapter_plan
 
                 check_adapter_plan(self.merge_plan, ingredients)
         dist.agree_on_plan(self.merge_plan)
@@ -199,7 +199,7 @@ class _Run:
         """Write the soup into a staged directory and publish it; return the report (process 0)."""
         from .engine.device import on_device
         from .io.shards import parse_size
-        from .output import shard_plan
+        from .output.files import shard_plan
 
         recipe, dist, plan = self.recipe, self.dist, self.merge_plan
         shards = [] if self.adapter_output else shard_plan(self.alignment.tensors, parse_size(recipe.output.max_shard_size))
@@ -218,11 +218,11 @@ class _Run:
 
     def _finish(self, staging: Path, shards: list) -> dict[str, Any]:
         """Process 0: index or adapter files, config files, report, plots and model card."""
-        from .output import copy_sidecars, write_index
+        from .output.files import copy_sidecars, write_index
 
         recipe, plan = self.recipe, self.merge_plan
         if self.adapter_output:  # small: process 0 writes it alone
-            from .adapters.output import write_adapter_soup
+            from .adapters.export import write_adapter_soup
 
             written = write_adapter_soup(staging, self.ingredients, self.sources, plan, self.base, recipe.output.rank,
                                          recipe.output.dtype)
@@ -294,7 +294,7 @@ def _progress_bar(total: int, enabled: bool):
 
 
 def _write_card(directory: Path, template: str | None = None) -> None:
-    from .card import write_card
+    from .output.card import write_card
 
     write_card(directory, template)
 

@@ -13,7 +13,7 @@ import torch
 import hf_soup
 from hf_soup import merge_state_dicts
 from hf_soup.errors import MethodParameterError, RecipeError
-from hf_soup.methods.ame import AmeSoup
+from hf_soup.methods.ame.method import AmeSoup
 from hf_soup.methods.base import ChunkInfo, MergeContext
 from hf_soup.methods.registry import build_method
 
@@ -331,7 +331,7 @@ def test_bad_parameters_fail_before_any_work(llama_dirs, tmp_path, monkeypatch, 
     def no_merge(*args, **kwargs):
         raise AssertionError("merging started despite bad parameters")
 
-    monkeypatch.setattr("hf_soup.output.execute", no_merge)
+    monkeypatch.setattr("hf_soup.output.files.execute", no_merge)
     with pytest.raises(RecipeError) as caught:
         hf_soup.soup(llama_dirs, method="ame", output_dir=tmp_path / "out", **params)
     assert fragment in str(caught.value) or (fragment == "needs an evaluation"
@@ -379,7 +379,7 @@ def test_amesoup_is_registered():
 # -- the schedule ---------------------------------------------------------------------------
 
 def test_schedule_rates_batches_and_shuffles():
-    from hf_soup.methods.ame_schedule import build_schedule
+    from hf_soup.methods.ame.schedule import build_schedule
 
     common = dict(epochs=3, batch_size=2, seed=11, order=[0, 1, 2, 3, 4], lr=0.5)
     cosine = build_schedule(5, shuffle=False, lr_schedule="cosine", **common)
@@ -437,8 +437,8 @@ _OPTIMIZER_CASES = [
                          ",".join(f"{k}={w}" for k, w in v.items()) or "defaults")
 def test_functional_path_equals_optimizer_step_bit_for_bit(name, kwargs):
     """Several steps at changing rates: same weights and same state as ``torch.optim.X.step()``."""
-    from hf_soup.methods.ame_functional import FunctionalOptimizer
-    from hf_soup.methods.ame_optim import optimizer_group, resolve_optimizer
+    from hf_soup.methods.ame.functional import FunctionalOptimizer
+    from hf_soup.methods.ame.optim import optimizer_group, resolve_optimizer
 
     g = torch.Generator().manual_seed(5)
     start = torch.randn(1000, generator=g)
@@ -469,8 +469,8 @@ def test_functional_path_equals_optimizer_step_bit_for_bit(name, kwargs):
 
 def test_every_optimizer_argument_is_forwarded():
     """Each group entry of the installed torch's optimizers is passed on by the functional path."""
-    from hf_soup.methods.ame_functional import FORWARDED, unforwarded
-    from hf_soup.methods.ame_optim import ELEMENTWISE, optimizer_group, resolve_optimizer
+    from hf_soup.methods.ame.functional import FORWARDED, unforwarded
+    from hf_soup.methods.ame.optim import ELEMENTWISE, optimizer_group, resolve_optimizer
 
     assert set(FORWARDED) == set(ELEMENTWISE)
     for name in ELEMENTWISE:
@@ -481,7 +481,7 @@ def test_every_optimizer_argument_is_forwarded():
 
 
 def test_optimizer_arguments_are_still_checked_by_torch():
-    from hf_soup.methods.ame_optim import check_optimizer
+    from hf_soup.methods.ame.optim import check_optimizer
 
     with pytest.raises(ValueError, match="Nesterov momentum requires a momentum"):
         check_optimizer("sgd", 0.1, {"nesterov": True})

@@ -19,7 +19,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, ViTConfig,
 
 from hf_soup import SoupCallback  # noqa: E402
 from hf_soup.errors import MethodParameterError, NothingToSoupError, RecipeError, UnknownMethodError  # noqa: E402
-from hf_soup.report import read_report  # noqa: E402
+from hf_soup.output.report import read_report  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

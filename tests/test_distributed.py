@@ -327,7 +327,7 @@ def test_a_bad_timeout_setting_is_refused_before_any_work(ingredients, tmp_path)
 def test_a_push_longer_than_the_timeout_does_not_fail_the_waiting_process(ingredients, tmp_path):
     # Process 0 pushes (here: a stand-in that takes longer than the collective timeout); process 1
     # must not sit in a collective waiting for it, or it times out and torchrun kills the push.
-    code = ("import sys, time, hf_soup.hub as hub\n"
+    code = ("import sys, time, hf_soup.output.push as hub\n"
             "def slow_push(output_dir, repo_id, **kwargs):\n"
             "    time.sleep(12)\n"
             "    return f'https://hub.example/{repo_id}/commit/1'\n"
@@ -342,7 +342,7 @@ def test_a_push_longer_than_the_timeout_does_not_fail_the_waiting_process(ingred
 
 
 def test_a_process_that_dies_gives_the_other_a_clear_error_and_leaves_nothing(ingredients, tmp_path):
-    code = ("import os, sys, hf_soup.output as output\n"
+    code = ("import os, sys, hf_soup.output.files as output\n"
             "def die(*args, **kwargs):\n"
             "    os._exit(3)  # killed mid-merge (out of memory, a node lost)\n"
             "if os.environ['RANK'] == '1':\n"

@@ -9,9 +9,9 @@ import pytest
 from huggingface_hub import ModelCard
 
 import hf_soup
-from hf_soup.card import render_card, write_card
+from hf_soup.output.card import render_card, write_card
 from hf_soup.errors import HfSoupError, HubError, RecipeError
-from hf_soup.hub_cli import add_card_parser, add_push_parser
+from hf_soup.cli.hub import add_card_parser, add_push_parser
 
 SHA_A, SHA_B = "a" * 40, "b" * 40
 
@@ -143,7 +143,7 @@ def test_card_tags_name_the_chosen_method_only_and_skip_empty_parameters(make_in
 
 
 def test_push_refuses_a_folder_that_is_not_a_soup_and_a_bad_repo_id_before_any_network(make_ingredients, tmp_path):
-    from hf_soup.hub import push_soup
+    from hf_soup.output.push import push_soup
 
     (plain,) = make_ingredients("bert", 1)
     with pytest.raises(HubError, match="no soup_report.json"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from hf_soup.demo import SOUP_REPO, run_demo
+from hf_soup.cli.demo import SOUP_REPO, run_demo
 
 
 def test_demo_publishes_soups_by_repo_id_and_pushes_the_soup(tmp_path):

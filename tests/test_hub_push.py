@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 import hf_soup
 from hf_soup.errors import HubError, IngredientNotFoundError
-from hf_soup.hub import push_soup
+from hf_soup.output.push import push_soup
 from hf_soup.ingredients import resolve_ingredient
 from conftest import tree_digest
 from hub_fixtures import READ_TOKEN, WRITE_TOKEN, hub, local_hub, publish_model, repo_name  # noqa: F401

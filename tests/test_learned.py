@@ -130,7 +130,7 @@ class Bound:
         return method.plan(context, self.ingredients)
 
     def task(self, batch_size: int = 32, seed: int = 0):
-        from hf_soup.learned.task import LearnedTask
+        from hf_soup.methods.learned.task import LearnedTask
 
         return LearnedTask(self.evaluator, split=None, batch_size=batch_size, seed=seed)
 
@@ -148,10 +148,10 @@ def bound(sharded_digits):
                          [(False, True, "adamw", 0.1), (True, True, "sgd", 1.0), (False, False, "adamw", 0.1)])
 def test_model_batch_of_all_equals_full_graph_learned_soup(bound, layerwise, hyperplane, optimizer, lr):
     """b = K: block-coordinate MEHL-Soup takes exactly the steps of the all-models graph."""
-    from hf_soup.learned.bcd import LearnConfig, learn_block_coordinate
-    from hf_soup.learned.blocks import BlockLayout
-    from hf_soup.learned.full_graph import learn_full_graph
-    from hf_soup.learned.schedule import data_stream
+    from hf_soup.methods.learned.bcd import LearnConfig, learn_block_coordinate
+    from hf_soup.methods.learned.blocks import BlockLayout
+    from hf_soup.testing.learned_reference import learn_full_graph
+    from hf_soup.methods.learned.schedule import data_stream
 
     task = bound.task(batch_size=40)
     layout = BlockLayout.build(task.names, layerwise=layerwise)
@@ -167,9 +167,9 @@ def test_model_batch_of_all_equals_full_graph_learned_soup(bound, layerwise, hyp
 
 def test_before_any_step_the_soup_is_the_uniform_soup(bound):
     from hf_soup.evaluation import load_checkpoint_weights
-    from hf_soup.learned.bcd import LearnConfig, learn_block_coordinate
-    from hf_soup.learned.blocks import BlockLayout
-    from hf_soup.learned.schedule import data_stream
+    from hf_soup.methods.learned.bcd import LearnConfig, learn_block_coordinate
+    from hf_soup.methods.learned.blocks import BlockLayout
+    from hf_soup.methods.learned.schedule import data_stream
 
     task = bound.task()
     started = {}
@@ -234,7 +234,7 @@ def _wide_ingredients(root: Path, count: int) -> list[Path]:
 
 
 def test_peak_memory_with_model_batch_3_is_well_below_model_batch_12(tmp_path, sharded_digits):
-    from hf_soup.learned.memory import PeakMemory
+    from hf_soup.testing.memory import PeakMemory
 
     dirs = _wide_ingredients(tmp_path, 12)
     peaks = {}
@@ -463,7 +463,7 @@ def test_learned_soup_trains_causal_lms_and_text_classifiers(task, tiny_llamas, 
         details = plan.details
         assert details["train_loss_learned"] < details["train_loss_uniform"]
         # Written per checkpoint key (tied embeddings included), the plan is the soup that was trained.
-        from hf_soup.learned.task import LearnedTask
+        from hf_soup.methods.learned.task import LearnedTask
 
         learned = LearnedTask(evaluator, split=None, batch_size=spec["batch_size"], seed=0)
         load_checkpoint_weights(evaluator.model, evaluator.builder.merge(plan.method, plan.ingredients))

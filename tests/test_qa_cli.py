@@ -122,7 +122,7 @@ def test_same_checkpoint_twice_is_warned_about(make_ingredients, tmp_path, caplo
 _BLOCKING_CHILD = """
 import sys, time
 from pathlib import Path
-import hf_soup.output as output
+import hf_soup.output.files as output
 real = output.write_index
 def blocked(*args, **kwargs):  # the shards are written into the staging folder; wait for Ctrl-C here
     Path(sys.argv[1]).write_text("ready")
@@ -219,7 +219,7 @@ def test_recipe_level_errors_name_the_field_once(flags, message, make_ingredient
 
 
 def test_card_heading_grammar_and_paper_links_read_right(make_ingredients, tmp_path):
-    from hf_soup.card.render import template_context
+    from hf_soup.output.card import template_context
 
     paths = make_ingredients("bert", 1)
     assert main(["merge", "-m", str(paths[0]), "-o", str(tmp_path / "my-bert-soup")]) == 0
@@ -234,7 +234,7 @@ def test_card_heading_grammar_and_paper_links_read_right(make_ingredients, tmp_p
 def test_gpt2_lm_head_model_is_a_causal_lm_for_evaluation_and_the_card(make_ingredients, tmp_path):
     from transformers import GPT2Config
 
-    from hf_soup.card.metadata import pipeline_from_architectures
+    from hf_soup.output.card_metadata import pipeline_from_architectures
     from hf_soup.evaluation.task_model import architecture_of, task_of
 
     # GPT2LMHeadModel is what GPT-2 fine-tunes are saved as; it is no *ForCausalLM by name

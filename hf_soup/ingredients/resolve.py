@@ -25,7 +25,7 @@ def resolve_local(ref: IngredientRef, directory: Path | None = None, sha: str | 
         if path.suffix in (".bin", ".pt", ".pth"):
             return Ingredient(ref, "bin", [path], sha=sha)
         raise NoWeightsError(f"{ref}: {path.name} is not a weight file; give a .safetensors/.bin file or a model folder")
-    from ..adapters.resolve import is_adapter_folder, resolve_adapter
+    from ..adapters.detect import is_adapter_folder, resolve_adapter
 
     try:
         weight_format, files = weight_files(path)

@@ -47,11 +47,11 @@ from typing import Any, Iterator, Literal, Mapping, Sequence
 import numpy as np
 from pydantic import ConfigDict, field_serializer, field_validator, model_validator
 
-from ..errors import MethodParameterError, RecipeError
-from .ame_functional import FunctionalOptimizer
-from .ame_optim import check_optimizer, default_lr, optimizer_group, resolve_optimizer
-from .ame_schedule import AmeStep, build_schedule, ingredient_order
-from .base import ChunkInfo, MergeContext, MethodParams, TensorMethod
+from ...errors import MethodParameterError, RecipeError
+from .functional import FunctionalOptimizer
+from .optim import check_optimizer, default_lr, optimizer_group, resolve_optimizer
+from .schedule import AmeStep, build_schedule, ingredient_order
+from ..base import ChunkInfo, MergeContext, MethodParams, TensorMethod
 
 PIVOT_NAMES = ("soup", "first", "best")
 # Elements per block on CPU: the ingredients' block, w, its gradient and the optimizer
@@ -279,8 +279,8 @@ class AmeSoup(TensorMethod):
         return self._open_pivot_state_dict(pivot, context)
 
     def _open_pivot_state_dict(self, state_dict: Mapping[str, Any], context: MergeContext) -> Any:
-        from ..align import canonical_key
-        from ..io.torch_source import StateDictSource
+        from ...align import canonical_key
+        from ...io.torch_source import StateDictSource
 
         source = StateDictSource(state_dict, origin="method.pivot")
         self._pivot_keys = {canonical_key(k): k for k in source.keys()}

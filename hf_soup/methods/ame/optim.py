@@ -138,7 +138,7 @@ def check_optimizer(name: str, lr: float, kwargs: Mapping[str, Any],
         group = optimizer_group(name, lr, kwargs)
     except (ValueError, TypeError, RuntimeError) as error:
         raise ValueError(f"torch.optim.{cls.__name__} rejects these arguments: {error}") from None
-    from .ame_functional import unforwarded
+    from .functional import unforwarded
 
     ignored = [key for key in unforwarded(name, group) if group[key] != accepted.get(key)]
     if ignored:

@@ -18,10 +18,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from .bcd import LearnConfig, LearnedCoefficients, LoadFn, LossFn, ReduceFn, _reduce_step, float_params
-from .bcd import make_optimizer, make_scheduler
-from .blocks import BlockLayout
-from .coefficients import mixing_weights
+from ..methods.learned.bcd import LearnConfig, LearnedCoefficients, LoadFn, LossFn, ReduceFn, _reduce_step, float_params
+from ..methods.learned.bcd import make_optimizer, make_scheduler
+from ..methods.learned.blocks import BlockLayout
+from ..methods.learned.coefficients import mixing_weights
 
 
 def learn_full_graph(

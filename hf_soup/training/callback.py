@@ -58,12 +58,12 @@ from typing import Any, Mapping
 
 from transformers import TrainerCallback
 
-from .errors import HfSoupError, NothingToSoupError, RecipeError
-from .methods.registry import build_method, get_method_class
-from .training.harvest import commit, harvest_checkpoint, partial_path, prepare_target, read_records, write_record
-from .training.report import annotate
-from .training.runtime import called_from, checkpoint_dir, find_trainer, in_sweep, is_main, wait_for_everyone
-from .training.trainer_evaluation import evaluation_from_trainer, metric_of
+from ..errors import HfSoupError, NothingToSoupError, RecipeError
+from ..methods.registry import build_method, get_method_class
+from .harvest import commit, harvest_checkpoint, partial_path, prepare_target, read_records, write_record
+from .annotate import annotate
+from .runtime import called_from, checkpoint_dir, find_trainer, in_sweep, is_main, wait_for_everyone
+from .trainer_evaluation import evaluation_from_trainer, metric_of
 
 logger = logging.getLogger("hf_soup")
 
@@ -128,11 +128,11 @@ class SoupCallback(TrainerCallback):
         if isinstance(push_to_hub, str):
             push_to_hub = {"repo_id": push_to_hub}
         if push_to_hub is not None:
-            from .recipe import PushSpec
+            from ..recipe import PushSpec
 
             from pydantic import ValidationError
 
-            from .methods.registry import format_validation_error
+            from ..methods.registry import format_validation_error
 
             try:
                 push_to_hub = PushSpec(**dict(push_to_hub)).model_dump()
@@ -467,13 +467,13 @@ class SoupCallback(TrainerCallback):
     # ---- the merge itself -------------------------------------------------------------------
 
     def _soup(self, chosen, candidates, training: dict[str, Any], destination: Path):
-        from .api import soup
-        from .card import write_card
-        from .errors import AdapterBaseError
-        from .distributed import single_process
-        from .io.staging import staged_directory
-        from .pipeline import SoupResult
-        from .report import write_report
+        from ..api import soup
+        from ..output.card import write_card
+        from ..errors import AdapterBaseError
+        from ..distributed import single_process
+        from ..io.staging import staged_directory
+        from ..pipeline import SoupResult
+        from ..output.report import write_report
 
         evaluation = self.evaluation if self.evaluation is not None else self._trainer_evaluation
         if self.needs_evaluation and evaluation is None:

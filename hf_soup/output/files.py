@@ -7,15 +7,15 @@ import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .align import AlignedTensor
-from .engine import execute
-from .engine.sinks import ShardSink, write_index
-from .ingredients import Ingredient
-from .ingredients.files import sidecar_files
-from .io import dtypes
-from .io.shards import Shard, plan_shards
-from .io.source import TensorSource
-from .methods.base import TensorMethod
+from ..align import AlignedTensor
+from ..engine import execute
+from ..engine.sinks import ShardSink, write_index
+from ..ingredients import Ingredient
+from ..ingredients.files import sidecar_files
+from ..io import dtypes
+from ..io.shards import Shard, plan_shards
+from ..io.source import TensorSource
+from ..methods.base import TensorMethod
 
 
 def shard_plan(tensors: Sequence[AlignedTensor], max_shard_size: int) -> list[Shard]:

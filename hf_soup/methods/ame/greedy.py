@@ -29,9 +29,9 @@ from __future__ import annotations
 
 from typing import Any, Literal, Sequence
 
-from ..errors import MethodParameterError
-from .ame import AmeParams, AmeSoup
-from .base import MergeContext, MergePlan, PlanningMethod
+from ...errors import MethodParameterError
+from .method import AmeParams, AmeSoup
+from ..base import MergeContext, MergePlan, PlanningMethod
 
 
 class GreedyAmeParams(AmeParams):

@@ -14,7 +14,7 @@ import logging
 import sys
 from typing import Any, Sequence
 
-from .errors import AlignmentError, HfSoupError, RecipeError
+from ..errors import AlignmentError, HfSoupError, RecipeError
 
 
 def _key_value(text: str) -> tuple[str, Any]:
@@ -66,7 +66,7 @@ def _recipe_data(args) -> dict[str, Any]:
     if args.recipe:
         import yaml
 
-        from .recipe import load_recipe
+        from ..recipe import load_recipe
 
         load_recipe(args.recipe)  # validates and gives file-level errors first
         with open(args.recipe) as handle:
@@ -126,8 +126,8 @@ def _recipe_data(args) -> dict[str, Any]:
 
 
 def merge_command(args) -> int:
-    from .pipeline import run_recipe
-    from .recipe import parse_recipe
+    from ..pipeline import run_recipe
+    from ..recipe import parse_recipe
 
     recipe = parse_recipe(_recipe_data(args), args.recipe or "command line")
     result = run_recipe(recipe, token=args.token, progress=not args.quiet and sys.stderr.isatty())
@@ -143,7 +143,7 @@ def merge_command(args) -> int:
         print(f"Validation {report['evaluation']['metric']}: {report['score']:.4f} "
               f"({_plural(report['num_full_evaluations'], 'full evaluation')})")
     if report.get("comparison"):
-        from .evaluation.compare import comparison_markdown
+        from ..evaluation.compare import comparison_markdown
 
         print(comparison_markdown(report["comparison"]))
     if report.get("pushed_to"):
@@ -169,13 +169,13 @@ def _add_inspect(sub) -> None:
 def inspect_command(args) -> int:
     from contextlib import ExitStack
 
-    from .align import align
-    from .ingredients import resolve_ingredients
+    from ..align import align
+    from ..ingredients import resolve_ingredients
 
     try:
         ingredients = resolve_ingredients(args.refs, token=args.token)
         if args.base_model or any(i.adapter is not None for i in ingredients):
-            from .adapters import attach_bases
+            from ..adapters import attach_bases
 
             attach_bases(ingredients, args.base_model, token=args.token)
     except HfSoupError as error:
@@ -235,8 +235,8 @@ def _add_evaluate(sub) -> None:
 
 
 def evaluate_command(args) -> int:
-    from .evaluation.compare import comparison_markdown
-    from .reference_scores import evaluate
+    from ..evaluation.compare import comparison_markdown
+    from ..scores import evaluate
 
     result = evaluate(args.refs, {"dataset": args.eval_dataset, **dict(args.eval)}, token=args.token,
                       soups=args.soup or ("uniform",), progress=not args.json and sys.stderr.isatty())
@@ -258,7 +258,7 @@ def _add_methods(sub) -> None:
 
 def methods_command(args) -> int:
     """Print each registered method with the first line of its description."""
-    from .methods.registry import available_methods, get_method_class
+    from ..methods.registry import available_methods, get_method_class
 
     for name in available_methods():
         cls = get_method_class(name)
@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_methods(sub)
     from .demo import add_demo_parser
-    from .hub_cli import add_card_parser, add_push_parser
+    from .hub import add_card_parser, add_push_parser
 
     add_push_parser(sub)
     add_card_parser(sub)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Mapping
 
-from ..errors import EvaluationError
+from ...errors import EvaluationError
 
 SUPPORTED_TASKS = ("sequence-classification", "image-classification", "causal-lm")
 
@@ -67,7 +67,7 @@ class LearnedTask:
 
     def load(self, index: int) -> Mapping[str, Any]:
         """Ingredient ``index``'s parameters (views of the task model's, valid until the next load)."""
-        from ..evaluation.task_model import load_checkpoint_weights
+        from ...evaluation.task_model import load_checkpoint_weights
 
         load_checkpoint_weights(self.model, self.builder.ingredient(index))
         params = dict(self.model.named_parameters())
@@ -197,7 +197,7 @@ def check_other_split(evaluator: Any, split: str) -> None:
 
 
 def _load_other_split(evaluator: Any, split: str) -> Any:
-    from ..evaluation.data import check_split, is_single_split, load_split
+    from ...evaluation.data import check_split, is_single_split, load_split
 
     if is_single_split(evaluator.spec):  # else the "held-out" split would silently be the same rows
         raise EvaluationError(

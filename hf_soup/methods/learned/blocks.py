@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..errors import MethodParameterError
+from ...errors import MethodParameterError
 
 SINGLE_BLOCK = "all"
 

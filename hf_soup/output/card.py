@@ -17,9 +17,9 @@ import yaml
 from huggingface_hub import ModelCard
 
 from ..errors import HfSoupError, RecipeError
-from .metadata import card_data, kept_ingredients
+from .card_metadata import card_data, kept_ingredients
 
-TEMPLATE_DIR_NAME = "model_card_templates"
+TEMPLATE_DIR_NAME = "templates"
 DEFAULT_TEMPLATE = "default.md"
 # Written at the end of a card rendered from the default template, so a push can re-render it
 # with the repo ID (the "use it" snippet then names the repo).
@@ -33,12 +33,11 @@ _PAPER_TITLES = {
 
 
 def default_template() -> Path:
-    """The default template: shipped inside the package, or at the top of a source checkout."""
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (here / TEMPLATE_DIR_NAME / DEFAULT_TEMPLATE, here.parent / TEMPLATE_DIR_NAME / DEFAULT_TEMPLATE):
-        if candidate.is_file():
-            return candidate
-    raise HfSoupError(f"the default model card template {TEMPLATE_DIR_NAME}/{DEFAULT_TEMPLATE} is missing; reinstall hf-soup")
+    """The default template, shipped as package data next to this module."""
+    candidate = Path(__file__).resolve().parent / TEMPLATE_DIR_NAME / DEFAULT_TEMPLATE
+    if candidate.is_file():
+        return candidate
+    raise HfSoupError(f"the default model card template {candidate} is missing; reinstall hf-soup")
 
 
 def _method_info(name: str | None) -> tuple[str, str | None]:
@@ -170,7 +169,7 @@ def render_card(report: dict[str, Any], template_path: str | Path | None = None,
         card = ModelCard.from_template(data, template_path=str(path), **template_context(report, model_id))
     except jinja2.TemplateError as error:
         raise RecipeError(f"card template {path}: {template_error(error)}; fix the template "
-                          "(the variables it can use are listed in hf_soup.card.render.template_context)") from None
+                          "(the variables it can use are listed in hf_soup.output.card.template_context)") from None
     if template_path is None:
         card.text = _tidy(card.text).rstrip() + "\n\n" + DEFAULT_MARKER + "\n"
     return card
@@ -191,7 +190,7 @@ def write_card(output_dir: str | Path, template_path: str | Path | None = None, 
     >>> write_card("./soup")  # doctest: +SKIP
     PosixPath('soup/README.md')
     """
-    from ..report import REPORT_FILE, read_report
+    from .report import REPORT_FILE, read_report
 
     output_dir = Path(output_dir)
     if not (output_dir / REPORT_FILE).is_file():

@@ -26,8 +26,8 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from pydantic import Field, model_validator
 
-from ..errors import MethodParameterError
-from .base import MergeContext, MergePlan, MethodParams, PlanningMethod
+from ...errors import MethodParameterError
+from ..base import MergeContext, MergePlan, MethodParams, PlanningMethod
 
 logger = logging.getLogger("hf_soup")
 
@@ -86,7 +86,7 @@ class LearnedParams(MethodParams):
         if self.momentum and self.optimizer != "sgd":
             raise ValueError("momentum: only used by optimizer: sgd; remove it or set optimizer: sgd")
         if self.blocks:
-            from ..learned.blocks import compile_patterns
+            from .blocks import compile_patterns
 
             compile_patterns(self.blocks)
         return self
@@ -118,7 +118,7 @@ class LearnedSoup(PlanningMethod):
         return self.params.model_batch or min(count, DEFAULT_MODEL_BATCH)
 
     def plan(self, context: MergeContext, ingredients: Sequence[Any]) -> MergePlan:
-        from ..learned.task import LearnedTask
+        from .task import LearnedTask
 
         params = self.params
         evaluator = context.evaluator
@@ -126,7 +126,7 @@ class LearnedSoup(PlanningMethod):
         task = LearnedTask(evaluator, split=params.train_split,
                            batch_size=params.data_batch_size or evaluator.spec.batch_size, seed=seed)
         if params.test_split:  # fail on a bad test split now, build its evaluator after learning
-            from ..learned.task import check_other_split
+            from .task import check_other_split
 
             check_other_split(evaluator, params.test_split)
         test = (lambda: self._test_evaluator(evaluator, ingredients)) if params.test_split else None
@@ -147,14 +147,14 @@ class LearnedSoup(PlanningMethod):
     # -- pieces ----------------------------------------------------------------------------
 
     def _test_evaluator(self, evaluator: Any, ingredients: Sequence[Any]) -> Any:
-        from ..evaluation import Evaluator
+        from ...evaluation import Evaluator
 
         spec = evaluator.spec.model_copy(update={"split": self.params.test_split})
         test = Evaluator.for_ingredients(spec, ingredients, accelerator=evaluator.accelerator)
         return test
 
     def config(self, task: Any, seed: int) -> Any:
-        from ..learned.bcd import LearnConfig
+        from .bcd import LearnConfig
 
         p = self.params
         steps = p.inner_steps or max(1, math.ceil((p.inner_epochs or 1.0) * task.batches_per_epoch))
@@ -164,16 +164,16 @@ class LearnedSoup(PlanningMethod):
                            hyperplane=p.hyperplane)
 
     def layout(self, task: Any) -> tuple[Any, dict[str, int]]:
-        from ..learned.blocks import BlockLayout
-        from ..learned.keymap import checkpoint_blocks
+        from .blocks import BlockLayout
+        from .keymap import checkpoint_blocks
 
         layout = BlockLayout.build(task.names, layerwise=self.params.layerwise, patterns=self.params.blocks)
         groups, key_block = checkpoint_blocks(task.model, layout)
         return layout.merged(groups), key_block
 
     def _learn(self, task: Any, evaluator: Any, test: Any, seed: int) -> MergePlan:
-        from ..learned.bcd import learn_block_coordinate
-        from ..learned.schedule import data_stream
+        from .bcd import learn_block_coordinate
+        from .schedule import data_stream
 
         evaluations_before = evaluator.num_full_evaluations
         config = self.config(task, seed)
@@ -213,8 +213,8 @@ class LearnedSoup(PlanningMethod):
         training used. ``weights`` (the default) is the parameter-count-weighted mean over
         blocks, shown in the ingredient table.
         """
-        from ..learned.keymap import NOT_LEARNED
-        from .weighted import WeightedSoup
+        from .keymap import NOT_LEARNED
+        from ..weighted import WeightedSoup
 
         count = weights.shape[0]
         uniform = [1.0 / count] * count
@@ -236,7 +236,7 @@ class LearnedSoup(PlanningMethod):
 
     def details(self, result: Any, layout: Any, config: Any, task: Any, evaluator: Any, seconds: float,
                 score: float, key_block: dict[str, int]) -> dict[str, Any]:
-        from ..learned.plot import PLOT_FILE
+        from .plot import PLOT_FILE
 
         p = self.params
         variant = ("MEHL-Soup" if p.hyperplane else "Learned-Soup (simplex)") + ("+" if p.layerwise else "")
@@ -274,7 +274,7 @@ class LearnedSoup(PlanningMethod):
 
 
 def _attach_plot(plan: MergePlan, weights: np.ndarray, block_names: list[str], title: str) -> None:
-    from ..learned.plot import PLOT_FILE, coefficient_plot_png
+    from .plot import PLOT_FILE, coefficient_plot_png
 
     png = coefficient_plot_png(weights, block_names, title)
     if png is None:

@@ -18,8 +18,8 @@ import logging
 import shlex
 from pathlib import Path
 
-from . import hub_settings
-from .errors import HfSoupError, HubError
+from .. import hub_settings
+from ..errors import HfSoupError, HubError
 
 logger = logging.getLogger("hf_soup")
 

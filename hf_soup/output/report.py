@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from ._version import __version__
+from .._version import __version__
 
 REPORT_FILE = "soup_report.json"
 
@@ -84,7 +84,7 @@ def write_report(directory: Path, report: dict[str, Any]) -> Path:
 
 def read_report(directory: str | Path) -> dict[str, Any]:
     """Read ``soup_report.json`` from a soup directory."""
-    from .errors import HfSoupError
+    from ..errors import HfSoupError
 
     path = Path(directory) / REPORT_FILE
     try:

@@ -28,7 +28,7 @@ def add_push_parser(sub) -> argparse.ArgumentParser:
 
 def push_command(args: argparse.Namespace) -> int:
     """Handler of ``hf-soup push``."""
-    from .hub import push_soup
+    from ..output.push import push_soup
 
     url = push_soup(args.output_dir, args.repo_id, token=args.token, private=args.private, revision=args.revision,
                     commit_message=args.commit_message, create_pr=args.create_pr)
@@ -49,7 +49,7 @@ def add_card_parser(sub) -> argparse.ArgumentParser:
 
 def card_command(args: argparse.Namespace) -> int:
     """Handler of ``hf-soup card``."""
-    from .card import write_card
+    from ..output.card import write_card
 
     path = write_card(args.output_dir, args.template, repo_id=args.repo_id)
     print(f"Model card written to {path}")

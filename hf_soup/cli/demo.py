@@ -84,9 +84,9 @@ def _card(base: str | None) -> str:
 def run_demo(workdir: str | Path | None = None, *, ingredients: int = 3, serve: bool = False,
              out=sys.stdout) -> dict[str, Any]:
     """Run the demo in ``workdir`` (a new temporary folder by default); return what it measured."""
-    from .testing.hub_server import LocalHub
+    from ..testing.hub_server import LocalHub
 
-    from .errors import RecipeError
+    from ..errors import RecipeError
 
     if not 2 <= ingredients <= len(_FINE_TUNES):
         raise RecipeError(f"--ingredients: {ingredients} is out of range; give a number between 2 and {len(_FINE_TUNES)}")
