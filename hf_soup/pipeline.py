@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .align import align
 from .errors import RecipeError
-from .ingredients import Ingredient, resolve_ingredients
-from .methods.base import MergeContext, MergePlan, PlanningMethod, TensorMethod
+from .ingredients.ingredient import Ingredient
+from .methods.base import MergeContext, MergePlan, plan_merge
 from .methods.registry import build_method
-from .recipe import Recipe
 from .output.report import build_report, ingredient_entries, write_report
+from .prepare import open_aligned, resolve_with_bases
+from .recipe import Recipe
 
 logger = logging.getLogger("hf_soup")
 
@@ -53,23 +53,10 @@ class _Timer:
         return {**self.timings, "total": time.perf_counter() - self._start}
 
 
-def _plan(method, context: MergeContext, ingredients: list[Ingredient]) -> MergePlan:
-    method.setup(context)
-    if isinstance(method, PlanningMethod):
-        return method.plan(context, ingredients)
-    assert isinstance(method, TensorMethod)
-    return MergePlan(method, list(range(len(ingredients))))
-
-
 def _weights_of(plan: MergePlan) -> list[float] | None:
     """Each planned ingredient's weight, or ``None`` when the soup is no fixed linear combination (AME)."""
-    from .methods.uniform import UniformSoup
-
-    n = len(plan.ingredients)
-    if isinstance(plan.method, UniformSoup):
-        return [1.0 / n] * n
-    weights = plan.method.report().get("weights")
-    return list(weights) if weights is not None and len(weights) == n else None
+    weights = plan.method.linear_weights(len(plan.ingredients))
+    return list(weights) if weights is not None else None
 
 
 def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = False) -> SoupResult:
@@ -141,11 +128,8 @@ class _Run:
         """Download / locate the ingredients (main process of each node first), build the evaluator."""
         recipe, dist = self.recipe, self.dist
 
-        def resolve() -> tuple[list[Ingredient], Any]:
-            resolved = resolve_ingredients(recipe.ingredients, token=self.token)
-            return resolved, _attach_bases(resolved, recipe, self.token)
-
-        self.ingredients, self.base = dist.local_main_first(resolve)
+        self.ingredients, self.base = dist.local_main_first(
+            lambda: resolve_with_bases(recipe.ingredients, recipe.base_model, token=self.token))
         _check_inputs_outside(self.destination, recipe, self.ingredients)
         dist.agree_on_revisions(self.ingredients)
         self.timer.lap("resolve")
@@ -163,19 +147,17 @@ class _Run:
         """Open the ingredients, align them, let the method decide, and run the comparison."""
         recipe, dist, ingredients = self.recipe, self.dist, self.ingredients
         with dist.stage("aligning the ingredients"):
-            self.sources = {i: stack.enter_context(ing.open()) for i, ing in enumerate(ingredients)}
-            self.alignment = align(list(self.sources.values()), [i.name for i in ingredients],
-                                   [i.config for i in ingredients], on_missing=recipe.on_missing,
-                                   dtype=recipe.output.dtype, reference=recipe.output.config_from)
+            self.sources, self.alignment = open_aligned(stack, ingredients, on_missing=recipe.on_missing,
+                                                        dtype=recipe.output.dtype, reference=recipe.output.config_from)
         self.timer.lap("align")
         logger.info("aligned %d tensors (%d parameters)", len(self.alignment.tensors), self.alignment.num_parameters)
         context = MergeContext(len(ingredients), [i.name for i in ingredients], device=dist.device,
-                               extra={"seed": recipe.seed, "alignment": self.alignment})
+                               seed=recipe.seed, alignment=self.alignment)
         if self.evaluator is not None:
             context.evaluator = self.evaluator.bind(self.alignment.tensors, self.sources)
             context.higher_is_better = self.evaluator.higher_is_better
         with dist.stage("planning the merge"):
-            self.merge_plan = _plan(self.method, context, ingredients)
+            self.merge_plan = plan_merge(self.method, context, ingredients)
             if self.adapter_output:
                 from .adapters.export import check_adapter_plan
 
@@ -186,7 +168,7 @@ class _Run:
         if recipe.compare:
             from .evaluation.compare import compare_soups
 
-            held_out = getattr(self.method, "comparison_evaluator", lambda _: None)(self.evaluator)
+            held_out = self.method.comparison_evaluator(self.evaluator)
             with dist.stage("comparing the soups"):
                 self.comparison = compare_soups(held_out or self.evaluator, self.method.name, self.merge_plan,
                                                 context.refs, selection=self.evaluator)
@@ -234,7 +216,7 @@ class _Run:
         report = _report(recipe, self.method, plan, self.ingredients, self.alignment, shards, self.timer)
         report["output"].update(written)
         if self.base is not None:
-            from .adapters import adapters_report
+            from .adapters.bases import adapters_report
 
             report["adapters"] = adapters_report(self.ingredients, self.base)
         if self.evaluator is not None:
@@ -274,15 +256,6 @@ def _check_inputs_outside(destination: Path, recipe: Recipe, ingredients: list[I
     if recipe.output.card_template:
         inputs.append(recipe.output.card_template)
     check_not_an_input(destination, inputs)
-
-
-def _attach_bases(ingredients: list[Ingredient], recipe: Recipe, token: str | None):
-    """Give PEFT adapter ingredients their base model; ``None`` when there are no adapters."""
-    if recipe.base_model is None and all(i.weight_format != "adapter" for i in ingredients):
-        return None
-    from .adapters import attach_bases
-
-    return attach_bases(ingredients, recipe.base_model, token=token)
 
 
 def _progress_bar(total: int, enabled: bool):

@@ -7,7 +7,7 @@ ensemble`` is refused). :func:`evaluate` gives it next to each ingredient's scor
 the uniform soup's, on one validation split:
 
 >>> result = evaluate(["./run-1", "./run-2"], evaluation={"dataset": "./val.csv"})  # doctest: +SKIP
->>> result["ensemble_score"], result["soup_scores"]["uniform"], result["ingredient_scores"]
+>>> result["ensemble_score"], result["soup_scores"]["uniform"], result["ingredient_scores"]  # doctest: +SKIP
 (0.93, 0.92, [0.9, 0.89])
 
 ``hf-soup evaluate REF... --eval-dataset D`` prints the same as a table (``--json``: this
@@ -20,14 +20,6 @@ from contextlib import ExitStack
 from typing import Any, Sequence
 
 from .errors import RecipeError
-
-ENSEMBLE_IS_NOT_A_SOUP = (
-    "method: 'ensemble' is a reference score, not a soup: the logit ensemble averages the ingredients' outputs "
-    "(N forward passes at inference) and has no weights to write; get its score with "
-    "`hf-soup evaluate REF... --eval-dataset D` (hf_soup.evaluate(...) in Python), or next to a soup with "
-    "`hf-soup merge ... --compare` (compare: true)"
-)
-
 
 def _check(ingredients: Sequence[Any], evaluation: Any, soups: Sequence[str]) -> tuple[Any, list[Any]]:
     """Validate everything that needs no download; return the spec and the soup methods."""
@@ -81,24 +73,17 @@ def evaluate(
     ``num_full_evaluations`` and ``evaluation`` (the report's description).
     """
     spec, methods = _check(ingredients, evaluation, soups)
-    from .align import align
     from .evaluation.compare import ensemble_rows, score_written
     from .evaluation.evaluator import Evaluator
-    from .ingredients import resolve_ingredients
-    from .methods.base import MergeContext
-    from .pipeline import _plan
+    from .methods.base import MergeContext, plan_merge
+    from .prepare import open_aligned, resolve_with_bases
 
-    resolved = resolve_ingredients(list(ingredients), token=token)
-    if any(i.weight_format == "adapter" for i in resolved):  # LoRA adapters stand for base + ΔW
-        from .adapters import attach_bases
-
-        attach_bases(resolved, token=token)
+    resolved, _ = resolve_with_bases(ingredients, token=token)  # LoRA adapters stand for base + ΔW
     evaluator = Evaluator.for_ingredients(spec, resolved, device=device, progress=progress, token=token)
     refs = [i.name for i in resolved]
     n = len(resolved)
     with ExitStack() as stack:
-        sources = {i: stack.enter_context(ing.open()) for i, ing in enumerate(resolved)}
-        alignment = align(list(sources.values()), refs, [i.config for i in resolved], on_missing=on_missing)
+        sources, alignment = open_aligned(stack, resolved, on_missing=on_missing)
         evaluator.bind(alignment.tensors, sources)
         if ensemble:
             evaluator.logit_cache()  # N logit passes; the ingredient scores come with them
@@ -115,8 +100,8 @@ def evaluate(
                 cost = 1
             else:
                 context = MergeContext(n, refs, higher_is_better=evaluator.higher_is_better, evaluator=evaluator,
-                                       extra={"seed": seed, "alignment": alignment})
-                plan = _plan(method, context, resolved)
+                                       seed=seed, alignment=alignment)
+                plan = plan_merge(method, context, resolved)
                 score, kept = (plan.details or {}).get("score"), list(plan.ingredients)
                 if score is None:  # a data-free method: score exactly what it would write
                     score = score_written(evaluator, plan, f"{method.name} soup")

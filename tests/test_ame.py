@@ -168,7 +168,7 @@ def test_streamed_equals_whole_model_at_once(options):
     method = build_method("ame", options)
     sources = {i: StateDictSource(sd) for i, sd in enumerate(sds)}
     alignment = align(list(sources.values()), ["a", "b", "c"])
-    method.setup(MergeContext(3, ["a", "b", "c"], extra={"alignment": alignment}))
+    method.setup(MergeContext(3, ["a", "b", "c"], alignment=alignment))
     sink = StateDictSink()
     execute(method, alignment.tensors, sources, [0, 1, 2], lambda _: sink, buffer_bytes=1 << 20)  # 64k-element chunks
     streamed = np.concatenate([sink.state_dict[k].reshape(-1).numpy() for k in shapes])

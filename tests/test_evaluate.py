@@ -45,7 +45,7 @@ def test_ensemble_is_the_metric_of_the_mean_logits(digit_vit):
     result = hf_soup.evaluate(dirs, evaluation={"dataset": digit_vit.validation, **digit_vit.columns}, device="cpu")
     logits, labels = _hand_logits(digit_vit.dirs)
     assert result["metric"] == "accuracy" and result["higher_is_better"] and result["num_examples"] == NUM_VALIDATION
-    assert result["ingredient_scores"] == pytest.approx([_accuracy(l, labels) for l in logits], abs=1e-9)
+    assert result["ingredient_scores"] == pytest.approx([_accuracy(logit, labels) for logit in logits], abs=1e-9)
     assert result["ensemble_score"] == pytest.approx(_accuracy(np.mean(logits, axis=0), labels), abs=1e-9)
     members = result["greedy_ensemble_ingredients"]
     assert members[0] == max(range(4), key=lambda i: (result["ingredient_scores"][i], -i))  # best first
@@ -71,7 +71,7 @@ def test_ensemble_loss_and_uniform_soup_by_hand(digit_vit):
     assert not result["higher_is_better"]
     # loss of the averaged logits, not the mean of the losses (nor of the probabilities)
     assert result["ensemble_score"] == pytest.approx(_loss(np.mean(logits, axis=0), labels), rel=1e-5)
-    assert result["ensemble_score"] != pytest.approx(np.mean([_loss(l, labels) for l in logits]), rel=1e-3)
+    assert result["ensemble_score"] != pytest.approx(np.mean([_loss(logit, labels) for logit in logits]), rel=1e-3)
     models = [ViTForImageClassification.from_pretrained(d) for d in dirs]
     soup = models[0]
     soup.load_state_dict({k: sum(m.state_dict()[k] for m in models) / 3 for k in soup.state_dict()})
@@ -135,6 +135,6 @@ def test_without_the_ensemble_no_logit_passes(digit_vit):
     result = hf_soup.evaluate(dirs, evaluation={"dataset": digit_vit.validation}, ensemble=False, device="cpu")
     logits, labels = _hand_logits(digit_vit.dirs[:2])
     assert result["ensemble_score"] is None and result["greedy_ensemble_score"] is None
-    assert result["ingredient_scores"] == pytest.approx([_accuracy(l, labels) for l in logits], abs=1e-9)
+    assert result["ingredient_scores"] == pytest.approx([_accuracy(logit, labels) for logit in logits], abs=1e-9)
     assert result["num_full_evaluations"] == 2 + 1  # one pass per ingredient + the uniform soup
     assert [row["kind"] for row in result["rows"]] == ["ingredient", "ingredient", "soup"]

@@ -251,7 +251,7 @@ def _radin_plan(evaluator, n, **params):
     from hf_soup.methods.registry import build_method
 
     method = build_method("radin", params)
-    context = MergeContext(n, [f"m{i}" for i in range(n)], evaluator=evaluator, extra={"seed": 0})
+    context = MergeContext(n, [f"m{i}" for i in range(n)], evaluator=evaluator, seed=0)
     method.setup(context)
     return method.plan(context, [])
 

@@ -121,7 +121,7 @@ class Bound:
 
     def context(self, seed: int = 0) -> MergeContext:
         return MergeContext(len(self.ingredients), [i.name for i in self.ingredients], evaluator=self.evaluator,
-                            extra={"seed": seed})
+                            seed=seed)
 
     def plan(self, **params):
         method = build_method("learned", params)
@@ -380,7 +380,7 @@ with ExitStack() as stack:
     evaluator = Evaluator.for_ingredients(spec, ingredients, device="cpu").bind(alignment.tensors, sources)
     method = build_method("learned", dict(layerwise=True, model_batch=2, inner_steps=4, data_batch_size=25,
                                           optimizer="sgd", lr=1.0))
-    context = MergeContext(len(ingredients), [i.name for i in ingredients], evaluator=evaluator, extra={"seed": 0})
+    context = MergeContext(len(ingredients), [i.name for i in ingredients], evaluator=evaluator, seed=0)
     method.setup(context)
     details = method.plan(context, ingredients).details
     if evaluator.accelerator.process_index == 0:

@@ -32,34 +32,29 @@ from .config import CONFIG_FILE, WEIGHTS_FILE
 from .lowrank import concat, truncate
 from .source import PEFT_PREFIX, AdapterSource
 
-LINEAR_METHODS = ("uniform", "weighted")
 _WEIGHT_TOLERANCE = 1e-6
 
 
 def check_adapter_method(method: Any) -> None:
     """Refuse, before any work, a method whose soup is not linear in the ingredients' ΔW."""
     from ..methods.base import PlanningMethod
+    from ..methods.registry import available_methods, get_method_class
 
-    if isinstance(method, PlanningMethod) or getattr(method, "name", None) in LINEAR_METHODS:
+    if isinstance(method, PlanningMethod) or method.is_linear():
         return
+    linear = [name for name in available_methods() if getattr(get_method_class(name), "is_linear", lambda: False)()]
     raise RecipeError(
         f"output.format: adapter needs a soup that is a weighted average of the adapters' updates "
-        f"(methods {', '.join(LINEAR_METHODS)}, or greedy / RADIN plans); method {method.name!r} is not linear in ΔW. "
+        f"(methods {', '.join(linear)}, or greedy / RADIN plans); method {method.name!r} is not linear in ΔW. "
         "Use output.format: model to write the full merged model"
     )
 
 
-def linear_weights(method: Any, count: int, key: str | None = None) -> list[float]:
-    """The coefficients ``w_k`` the plan's tensor method applies to tensor ``key``."""
-    if method.name == "uniform":
-        return [1.0 / count] * count
-    if method.name == "weighted":
-        params = method.params
-        weights = list(params.per_tensor.get(key, params.weights) if key else params.weights)
-        if params.normalize:
-            total = sum(weights)
-            weights = [w / total for w in weights]
-        return weights
+def adapter_weights(method: Any, count: int, key: str | None = None) -> list[float]:
+    """The coefficients ``w_k`` the plan's tensor method applies to tensor ``key`` (its :meth:`linear_weights`)."""
+    weights = method.linear_weights(count, key)
+    if weights is not None:
+        return list(weights)
     raise RecipeError(
         f"output.format: adapter: the plan merges with {method.name!r}, which is not a weighted average of the "
         "adapters' updates; use output.format: model"
@@ -72,7 +67,7 @@ def check_adapter_plan(plan: Any, ingredients: Sequence[Any]) -> None:
     method = plan.method
     keys = [None] + list(getattr(method.params, "per_tensor", {}) or {})
     for key in keys:
-        weights = linear_weights(method, count, key)
+        weights = adapter_weights(method, count, key)
         if abs(sum(weights) - 1.0) > _WEIGHT_TOLERANCE:
             where = "method.weights" if key is None else f"method.per_tensor[{key!r}]"
             raise MethodParameterError(
@@ -145,7 +140,7 @@ def write_adapter_soup(directory: Path, ingredients: Sequence[Any], sources: dic
     report: dict[str, dict[str, Any]] = {}
     factor_dtype = dtype or "F32"
     for key, entries in targets.items():
-        weights = linear_weights(plan.method, len(positions), key)
+        weights = adapter_weights(plan.method, len(positions), key)
         used = [(weights[n], sources[positions[n]].factors(t)) for n, t in entries if weights[n]]
         if not used:
             continue
@@ -161,7 +156,7 @@ def write_adapter_soup(directory: Path, ingredients: Sequence[Any], sources: dic
             tensors[name] = (np.ascontiguousarray(values, dtype=np.float32), factor_dtype)
     saved_modules = []
     for key, name in replaced.items():
-        weights = linear_weights(plan.method, len(positions), key)
+        weights = adapter_weights(plan.method, len(positions), key)
         meta = sources[positions[0]].meta(key)
         total = np.zeros(meta.numel, dtype=np.float32)
         scratch = np.empty(meta.numel, dtype=np.float32)

@@ -17,6 +17,11 @@ from typing import Any, Sequence
 from ..errors import AlignmentError, HfSoupError, RecipeError
 
 
+def add_token_flag(parser: argparse.ArgumentParser, purpose: str = "") -> None:
+    """The ``--token`` flag every Hub-facing command takes (``purpose``: e.g. " with write access")."""
+    parser.add_argument("--token", help=f"Hub token{purpose} (default: HF_TOKEN or the stored login)")
+
+
 def _key_value(text: str) -> tuple[str, Any]:
     import yaml
 
@@ -56,7 +61,7 @@ def _add_merge(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="push the soup to this Hub repo")
     p.add_argument("--private", action="store_true", default=None, help="create the pushed repo as private")
-    p.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
+    add_token_flag(p)
     p.add_argument("--card-template", metavar="PATH", help="Jinja template for the soup's README.md (default: hf-soup's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=merge_command)
@@ -161,7 +166,7 @@ def _add_inspect(sub) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--on-missing", choices=["error", "skip", "first"], default="error",
                    help="keys some ingredients lack: error (default), skip them, or copy them from the first that has them")
-    p.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
+    add_token_flag(p)
     p.add_argument("--base-model", metavar="REF", help="base model of PEFT adapter ingredients (default: the one they name)")
     p.set_defaults(handler=inspect_command)
 
@@ -169,15 +174,10 @@ def _add_inspect(sub) -> None:
 def inspect_command(args) -> int:
     from contextlib import ExitStack
 
-    from ..align import align
-    from ..ingredients import resolve_ingredients
+    from ..prepare import open_aligned, resolve_with_bases
 
     try:
-        ingredients = resolve_ingredients(args.refs, token=args.token)
-        if args.base_model or any(i.adapter is not None for i in ingredients):
-            from ..adapters import attach_bases
-
-            attach_bases(ingredients, args.base_model, token=args.token)
+        ingredients, _ = resolve_with_bases(args.refs, args.base_model, token=args.token)
     except HfSoupError as error:
         if args.json:  # scripts get JSON on stdout for every failure; the error also goes to stderr
             print(json.dumps({"ok": False, "ingredients": list(args.refs), "error": str(error),
@@ -185,9 +185,8 @@ def inspect_command(args) -> int:
         raise
     names = [i.name for i in ingredients]
     with ExitStack() as stack:
-        sources = [stack.enter_context(i.open()) for i in ingredients]
         try:
-            summary = align(sources, names, [i.config for i in ingredients], on_missing=args.on_missing).summary()
+            summary = open_aligned(stack, ingredients, on_missing=args.on_missing)[1].summary()
             summary["ok"] = True
         except AlignmentError as error:
             summary = {"ok": False, "ingredients": names, "error": str(error), "differences": error.differences}
@@ -230,7 +229,7 @@ def _add_evaluate(sub) -> None:
                    help="evaluation setting, e.g. split=test, text_column=sentence, metric=loss; repeatable")
     p.add_argument("--soup", action="append", metavar="METHOD", help="soup method to score (default: uniform); repeatable")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
+    add_token_flag(p)
     p.set_defaults(handler=evaluate_command)
 
 

@@ -3,12 +3,14 @@
     hf-soup push ./soup me/my-soup [--private] [--revision BRANCH] [--create-pr] [--token TOKEN]
     hf-soup card ./soup [--template my_card.md] [--repo-id me/my-soup]
 
-``cli.build_parser`` adds them with :func:`add_push_parser` and :func:`add_card_parser`.
+``hf_soup.cli.build_parser`` adds them with :func:`add_push_parser` and :func:`add_card_parser`.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from . import add_token_flag
 
 
 def add_push_parser(sub) -> argparse.ArgumentParser:
@@ -21,7 +23,7 @@ def add_push_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--revision", help="branch to commit to (created if missing; default main)")
     p.add_argument("--commit-message", help="commit title (default: what the soup is)")
     p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to the branch")
-    p.add_argument("--token", help="Hub token with write access (default: HF_TOKEN or the stored login)")
+    add_token_flag(p, " with write access")
     p.set_defaults(handler=push_command)
     return p
 

@@ -22,6 +22,8 @@ class UniformSoup(TensorMethod):
 
     name = "uniform"
     paper = "https://arxiv.org/abs/2203.05482"
+    paper_title = ("Model soups: averaging weights of multiple fine-tuned models improves accuracy without "
+                   "increasing inference time (Wortsman et al., 2022)")
 
     def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
         out = np.array(chunks[0], dtype=np.float32, copy=True)
@@ -29,6 +31,9 @@ class UniformSoup(TensorMethod):
             out += chunk
         out /= np.float32(len(chunks))
         return out
+
+    def linear_weights(self, count: int, key: str | None = None) -> list[float]:
+        return [1.0 / count] * count
 
     def merge_torch(self, info: ChunkInfo, chunks: Sequence["torch.Tensor"]) -> "torch.Tensor":
         """The same sums and division as :meth:`merge`, on the chunks' device (GPU path).

@@ -77,6 +77,9 @@ class WeightedSoup(TensorMethod):
                 out += scratch
         return out
 
+    def linear_weights(self, count: int, key: str | None = None) -> list[float]:
+        return self._weights_for(key)
+
     def merge_torch(self, info: ChunkInfo, chunks: Sequence["torch.Tensor"]) -> "torch.Tensor":
         """:meth:`merge` on the chunks' device (GPU path): same products and sums, same order.
 

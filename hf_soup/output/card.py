@@ -24,12 +24,6 @@ DEFAULT_TEMPLATE = "default.md"
 # Written at the end of a card rendered from the default template, so a push can re-render it
 # with the repo ID (the "use it" snippet then names the repo).
 DEFAULT_MARKER = "<!-- hf-soup card: default template -->"
-_PAPER_TITLES = {
-    "https://arxiv.org/abs/2203.05482": "Model soups: averaging weights of multiple fine-tuned models improves "
-                                        "accuracy without increasing inference time (Wortsman et al., 2022)",
-    "https://github.com/nblt/MEHL-Soup": "Scalable Learned Model Soup on a Single GPU: An Efficient Subspace "
-                                         "Training Strategy (Li et al., ECCV 2024), code and paper",
-}
 
 
 def default_template() -> Path:
@@ -40,17 +34,23 @@ def default_template() -> Path:
     raise HfSoupError(f"the default model card template {candidate} is missing; reinstall hf-soup")
 
 
-def _method_info(name: str | None) -> tuple[str, str | None]:
-    """A one-paragraph description of the method and its paper URL."""
-    try:
-        from ..methods.registry import get_method_class
+def _method_class(name: str | None) -> Any:
+    """The registered class of method ``name``, or ``None`` when it is not known here."""
+    from ..methods.registry import get_method_class
 
-        cls = get_method_class(name or "")
+    try:
+        return get_method_class(name or "")
     except (HfSoupError, ImportError):
-        return f"The `{name}` soup method.", None
+        return None
+
+
+def _method_info(cls: Any, name: str | None) -> tuple[str, str | None, str | None]:
+    """The method's one-paragraph description (its module's docstring), its paper link and title."""
+    if cls is None:
+        return f"The `{name}` soup method.", None, None
     module_doc = (inspect.getmodule(cls).__doc__ or "").strip()
     doc = (module_doc or cls.__doc__ or f"The `{name}` soup method.").strip().split("\n\n")[0]
-    return " ".join(doc.split()), getattr(cls, "paper", None)
+    return " ".join(doc.split()), cls.paper, cls.paper_title
 
 
 def _load_code(report: dict[str, Any], model_id: str) -> str:
@@ -104,16 +104,17 @@ def template_context(report: dict[str, Any], model_id: str) -> dict[str, Any]:
     """The variables a template sees (besides ``card_data``, the YAML metadata)."""
     evaluation = report.get("evaluation") if isinstance(report.get("evaluation"), dict) else {}
     dataset = evaluation.get("dataset")
-    description, paper = _method_info(report.get("method"))
+    method = _method_class(report.get("method"))
+    description, paper, paper_title = _method_info(method, report.get("method"))
     rows = [dict(row, score=row.get("score"), weight=row.get("weight"), kept=row.get("kept", True))
             for row in report.get("ingredients", [])]
-    return {
+    context = {
         "model_name": _title(report, model_id),
         "repo_id": model_id,
         "method": report.get("method"),
         "method_description": description,
         "paper_url": paper,
-        "paper_title": _PAPER_TITLES.get(paper or "", paper or "paper"),  # an unknown link shows its URL
+        "paper_title": paper_title or paper or "paper",  # a link without a title shows its URL
         "ingredients": rows,
         "kept_count": len(kept_ingredients(report)),
         "show_scores": any(row["score"] is not None for row in rows),
@@ -133,6 +134,9 @@ def template_context(report: dict[str, Any], model_id: str) -> dict[str, Any]:
         "hf_soup_version": report.get("hf_soup_version", ""),
         "report": report,
     }
+    section = method.card_section if method is not None else None
+    context["method_section"] = jinja2.Template(section).render(**context) if section else ""
+    return context
 
 
 def template_error(error: Exception) -> str:

@@ -32,7 +32,7 @@ def ingredient_entries(ingredients: Sequence[Any], plan_indices: Sequence[int], 
         }
         if scores is not None and scores[index] is not None:
             row["score"] = scores[index]
-        card = getattr(ingredient, "card_data", None) or {}  # Hub metadata, set by hub_pull
+        card = ingredient.card_data or {}  # Hub metadata, set by hub_pull
         row.update({k: card[k] for k in ("license", "pipeline_tag", "library_name") if card.get(k) is not None})
         rows.append(row)
     return rows

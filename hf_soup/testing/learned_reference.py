@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from ..methods.learned.bcd import LearnConfig, LearnedCoefficients, LoadFn, LossFn, ReduceFn, _reduce_step, float_params
+from ..methods.learned.bcd import LearnConfig, LearnedCoefficients, LoadFn, LossFn, ReduceFn, reduce_step, float_params
 from ..methods.learned.bcd import make_optimizer, make_scheduler
 from ..methods.learned.blocks import BlockLayout
 from ..methods.learned.coefficients import mixing_weights
@@ -65,7 +65,7 @@ def learn_full_graph(
             loss, grad = torch.zeros((), device=device), torch.zeros_like(alpha)
         else:
             (grad,) = torch.autograd.grad(loss, [alpha])
-        mean_loss, grad = _reduce_step(reduce, loss, count, grad)
+        mean_loss, grad = reduce_step(reduce, loss, count, grad)
         optimizer.zero_grad(set_to_none=True)
         alpha.grad = grad
         optimizer.step()

@@ -68,7 +68,7 @@ class GreedyAme(PlanningMethod):
 
     def setup(self, context: MergeContext) -> None:
         evaluator = context.evaluator
-        if evaluator is None or getattr(evaluator, "builder", None) is None:
+        if evaluator is None or evaluator.builder is None:
             raise MethodParameterError(
                 "method: ame_greedy scores a candidate after every step, so it needs an evaluation; add "
                 "evaluation: {dataset: ...} to the recipe (evaluation=... in hf_soup.soup), or use method: ame"
@@ -85,7 +85,8 @@ class GreedyAme(PlanningMethod):
         scores = list(context.scores) if context.scores is not None else list(evaluator.ingredient_scores())
         ame = self.ame
         ame.setup(MergeContext(context.num_ingredients, list(context.refs), scores=scores, higher_is_better=higher,
-                               evaluator=evaluator, device=context.device, extra=dict(context.extra)))
+                               evaluator=evaluator, device=context.device, seed=context.seed,
+                               alignment=context.alignment))
         schedule = ame.schedule
         indices = list(range(context.num_ingredients))
         pivot = ame.pivot_ingredient

@@ -190,7 +190,8 @@ class AmeSoup(TensorMethod):
     # AME is compute-bound (every element goes through epochs x N / batch_size optimizer
     # steps), so a smaller read-ahead than the engine's default costs no time and saves memory.
     buffer_bytes = 16 * 1024 * 1024
-    paper = None  # Su Hyeong Lee & Richard Ngo, "On Defining Neural Averaging" (no stable link recorded)
+    paper = None  # no stable link recorded
+    paper_title = "On Defining Neural Averaging (Su Hyeong Lee & Richard Ngo)"
 
     def __init__(self, params: AmeParams):
         super().__init__(params)
@@ -236,7 +237,7 @@ class AmeSoup(TensorMethod):
         except ValueError as error:
             raise MethodParameterError(f"method.order: {error}") from None
         self._order = order
-        self._seed = p.seed if p.seed is not None else int(context.extra.get("seed", 0) or 0)
+        self._seed = p.seed if p.seed is not None else context.seed
         schedule = build_schedule(count, epochs=p.epochs, batch_size=p.batch_size, shuffle=p.shuffle,
                                   seed=self._seed, order=order, lr=self._lr, lr_schedule=p.lr_schedule)
         # ``first`` is the first ingredient the schedule visits (after the epoch-1 shuffle).
@@ -255,7 +256,7 @@ class AmeSoup(TensorMethod):
         if context.scores is not None:
             return list(context.scores), context.higher_is_better
         evaluator = context.evaluator
-        if evaluator is not None and getattr(evaluator, "builder", None) is not None:
+        if evaluator is not None and evaluator.builder is not None:
             return list(evaluator.ingredient_scores()), bool(evaluator.higher_is_better)
         p = self.params
         field, value, alternative = (("order", p.order, "order: given") if p.order != "given"
@@ -284,7 +285,7 @@ class AmeSoup(TensorMethod):
 
         source = StateDictSource(state_dict, origin="method.pivot")
         self._pivot_keys = {canonical_key(k): k for k in source.keys()}
-        alignment = context.extra.get("alignment")
+        alignment = context.alignment
         if alignment is not None:
             problems = []
             for tensor in alignment.tensors:

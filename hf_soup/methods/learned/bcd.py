@@ -116,7 +116,7 @@ def ingredient_mean(load: LoadFn, names: list[str], num_models: int) -> dict[str
     return mean
 
 
-def _reduce_step(reduce: ReduceFn | None, loss: torch.Tensor, count: float, *parts: torch.Tensor) -> list[torch.Tensor]:
+def reduce_step(reduce: ReduceFn | None, loss: torch.Tensor, count: float, *parts: torch.Tensor) -> list[torch.Tensor]:
     """Example-weighted mean over processes of the loss and of each gradient part."""
     flat = torch.cat([loss.detach().reshape(1) * count, *(p.reshape(-1) * count for p in parts),
                       torch.tensor([float(count)], dtype=torch.float32, device=loss.device)])
@@ -192,7 +192,7 @@ def learn_block_coordinate(
                     if rest is not None:
                         g_rest[block[i]] += torch.dot(rest[name], flat)
                 del grads, leaves
-                mean_loss, g_batch, g_rest = _reduce_step(reduce, loss, count, g_batch, g_rest)
+                mean_loss, g_batch, g_rest = reduce_step(reduce, loss, count, g_batch, g_rest)
             optimizer.zero_grad(set_to_none=True)  # rows outside the batch keep grad None: unchanged (eq. 7)
             coefficients, rho = batch_combination(rows, batch, hyperplane=config.hyperplane, lse_start=lse_start)
             surrogate = (coefficients * g_batch).sum()

@@ -91,6 +91,25 @@ class LearnedParams(MethodParams):
             compile_patterns(self.blocks)
         return self
 
+# The model card's section on the coefficients (Jinja, rendered with the card template's variables).
+CARD_SECTION = (
+    '{% set learned = report.details or {} %}{% if learned.coefficients %}\n'
+    '## Learned coefficients\n'
+    '\n'
+    '{{ learned.variant }}: {{ learned.coefficients.weights | length }} block(s) x {{ ingredients | length }} '
+    'ingredients, trained on the **{{ learned.train_split }}** split ({{ learned.train_examples }} examples, '
+    '{{ learned.steps }} steps, {{ learned.model_batch }} ingredients loaded at a time); the score above is on the '
+    '**{{ learned.score_split }}** split{% if learned.test_score is defined and learned.test_score is not none %}, '
+    'and on the held-out **{{ learned.test_split }}** split it is **{{ "%.4f" | format(learned.test_score) }}**'
+    '{% endif %}. Training loss: uniform soup {{ "%.4f" | format(learned.train_loss_uniform) }} -> learned soup '
+    '{{ "%.4f" | format(learned.train_loss_learned) }}. Weights range from '
+    '{{ "%.3f" | format(learned.coefficients.min) }} to {{ "%.3f" | format(learned.coefficients.max) }} '
+    "(each block's weights sum to 1).\n"
+    '{% if learned.coefficients_plot %}\n'
+    '![Distribution of the learned mixing weights]({{ learned.coefficients_plot }})\n'
+    '{% endif %}{% endif %}'
+)
+
 
 class LearnedSoup(PlanningMethod):
     """MEHL-Soup(+): learned per-(ingredient, block) weights, O(b x model) memory."""
@@ -98,6 +117,9 @@ class LearnedSoup(PlanningMethod):
     name = "learned"
     Params = LearnedParams
     paper = "https://github.com/nblt/MEHL-Soup"
+    paper_title = ("Scalable Learned Model Soup on a Single GPU: An Efficient Subspace Training Strategy "
+                   "(Li et al., ECCV 2024), code and paper")
+    card_section = CARD_SECTION
 
     def setup(self, context: MergeContext) -> None:
         count = context.num_ingredients
@@ -122,7 +144,7 @@ class LearnedSoup(PlanningMethod):
 
         params = self.params
         evaluator = context.evaluator
-        seed = params.seed if params.seed is not None else int(context.extra.get("seed", 0))
+        seed = params.seed if params.seed is not None else context.seed
         task = LearnedTask(evaluator, split=params.train_split,
                            batch_size=params.data_batch_size or evaluator.spec.batch_size, seed=seed)
         if params.test_split:  # fail on a bad test split now, build its evaluator after learning
