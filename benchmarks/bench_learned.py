@@ -16,7 +16,7 @@ Contenders, all in this run, on the same data, loss, optimizer and schedule:
   when b = K/4 (Table 1, note c).
 
 Peak memory is the growth of this process's resident set during coefficient learning
-(``hf_soup.learned.memory.PeakMemory``: sampled RSS after ``malloc_trim``); the
+(``hf_soup.testing.memory.PeakMemory``: sampled RSS after ``malloc_trim``); the
 block-coordinate runs go first (after an unmeasured warm-up), so memory freed by them can
 only hide part of the all-models runs' growth (a conservative ratio). Wall time is the
 learning time. The fixed part (mean, soup, its gradient, activations, one ingredient
@@ -126,14 +126,14 @@ def main() -> None:
     from hf_soup.align import align
     from hf_soup.evaluation import EvaluationSpec, Evaluator
     from hf_soup.ingredients import resolve_ingredients
-    from hf_soup.learned.bcd import LearnConfig, learn_block_coordinate
-    from hf_soup.learned.full_graph import learn_full_graph
-    from hf_soup.learned.memory import PeakMemory
-    from hf_soup.learned.schedule import data_stream
-    from hf_soup.learned.task import LearnedTask
+    from hf_soup.methods.learned.bcd import LearnConfig, learn_block_coordinate
+    from hf_soup.testing.learned_reference import learn_full_graph
+    from hf_soup.testing.memory import PeakMemory
+    from hf_soup.methods.learned.schedule import data_stream
+    from hf_soup.methods.learned.task import LearnedTask
     from hf_soup.methods.base import MergeContext
     from hf_soup.methods.greedy import GreedySoup
-    from hf_soup.methods.learned import LearnedSoup
+    from hf_soup.methods.learned.method import LearnedSoup
 
     dirs, dataset = ingredients(args.hidden)
     with ExitStack() as stack:

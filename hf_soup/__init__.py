@@ -10,18 +10,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import moved
 from ._version import __version__
+
+moved.install()
 
 _LAZY = {
     "soup": "hf_soup.api",
     "merge_state_dicts": "hf_soup.api",
-    "evaluate": "hf_soup.reference_scores",
+    "evaluate": "hf_soup.scores",
     "SoupResult": "hf_soup.pipeline",
     "run_recipe": "hf_soup.pipeline",
     "load_recipe": "hf_soup.recipe",
     "register_method": "hf_soup.methods.registry",
     "available_methods": "hf_soup.methods.registry",
-    "SoupCallback": "hf_soup.callbacks",
+    "SoupCallback": "hf_soup.training.callback",
 }
 
 __all__ = ["__version__", *_LAZY]

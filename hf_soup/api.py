@@ -81,13 +81,12 @@ def merge_state_dicts(
 
     The inputs are never modified.
     """
-    from .align import align
     from .engine import execute
     from .engine.execute import default_threads
     from .engine.sinks import StateDictSink
-    from .ingredients import resolve_ingredients
     from .methods.base import MergeContext, TensorMethod
     from .methods.registry import build_method
+    from .prepare import open_aligned, resolve_with_bases
 
     if not state_dicts:
         raise RecipeError("state_dicts: give at least one state dict")
@@ -97,12 +96,10 @@ def merge_state_dicts(
     merger = build_method(recipe.method.name, recipe.method.params)
     if not isinstance(merger, TensorMethod):
         raise RecipeError(f"method: {method!r} needs an evaluation; use hf_soup.soup(..., evaluation=...) instead")
-    ingredients = resolve_ingredients(recipe.ingredients)
+    ingredients, _ = resolve_with_bases(recipe.ingredients)
     with ExitStack() as stack:
-        sources = {i: stack.enter_context(ing.open()) for i, ing in enumerate(ingredients)}
-        alignment = align(list(sources.values()), [i.name for i in ingredients], on_missing=on_missing,
-                          dtype=recipe.output.dtype)
-        merger.setup(MergeContext(len(ingredients), [i.name for i in ingredients], extra={"alignment": alignment}))
+        sources, alignment = open_aligned(stack, ingredients, on_missing=on_missing, dtype=recipe.output.dtype)
+        merger.setup(MergeContext(len(ingredients), [i.name for i in ingredients], alignment=alignment))
         sink = StateDictSink()
         execute(merger, alignment.tensors, sources, list(range(len(ingredients))), lambda _: sink,
                 threads=threads or default_threads())

@@ -167,7 +167,7 @@ class Dist:
 
     def write_shards(self, directory: Path, shards: Sequence[Any], *args: Any, **kwargs: Any) -> None:
         """Merge and write this process's share of ``shards`` (see :func:`hf_soup.output.write_shards`)."""
-        from .output import write_shards
+        from .output.files import write_shards
 
         start = time.perf_counter()
         with self.stage("merging its shards"):

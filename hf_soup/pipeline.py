@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .align import align
 from .errors import RecipeError
-from .ingredients import Ingredient, resolve_ingredients
-from .methods.base import MergeContext, MergePlan, PlanningMethod, TensorMethod
+from .ingredients.ingredient import Ingredient
+from .methods.base import MergeContext, MergePlan, plan_merge
 from .methods.registry import build_method
+from .output.report import build_report, ingredient_entries, write_report
+from .prepare import open_aligned, resolve_with_bases
 from .recipe import Recipe
-from .report import build_report, ingredient_entries, write_report
 
 logger = logging.getLogger("hf_soup")
 
@@ -31,7 +31,7 @@ class SoupResult:
 
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
         """Push the soup directory to ``repo_id``; return the commit URL."""
-        from .hub import push_soup
+        from .output.push import push_soup
 
         if self.output_dir is None:
             raise RecipeError("this soup was not written to a directory; give output_dir to push it")
@@ -53,23 +53,10 @@ class _Timer:
         return {**self.timings, "total": time.perf_counter() - self._start}
 
 
-def _plan(method, context: MergeContext, ingredients: list[Ingredient]) -> MergePlan:
-    method.setup(context)
-    if isinstance(method, PlanningMethod):
-        return method.plan(context, ingredients)
-    assert isinstance(method, TensorMethod)
-    return MergePlan(method, list(range(len(ingredients))))
-
-
 def _weights_of(plan: MergePlan) -> list[float] | None:
     """Each planned ingredient's weight, or ``None`` when the soup is no fixed linear combination (AME)."""
-    from .methods.uniform import UniformSoup
-
-    n = len(plan.ingredients)
-    if isinstance(plan.method, UniformSoup):
-        return [1.0 / n] * n
-    weights = plan.method.report().get("weights")
-    return list(weights) if weights is not None and len(weights) == n else None
+    weights = plan.method.linear_weights(len(plan.ingredients))
+    return list(weights) if weights is not None else None
 
 
 def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = False) -> SoupResult:
@@ -116,12 +103,12 @@ class _Run:
         recipe = self.recipe
         self.destination = check_destination(recipe.output.dir, recipe.output.overwrite)
         if recipe.output.card_template is not None:
-            from .card.render import check_template
+            from .output.card import check_template
 
             check_template(recipe.output.card_template)
         self.method = build_method(recipe.method.name, recipe.method.params)
         if self.adapter_output:
-            from .adapters.output import check_adapter_method
+            from .adapters.export import check_adapter_method
 
             check_adapter_method(self.method)
         if self.dist.is_main:  # header-only check of Hub ingredients before any download; one process suffices
@@ -141,11 +128,8 @@ class _Run:
         """Download / locate the ingredients (main process of each node first), build the evaluator."""
         recipe, dist = self.recipe, self.dist
 
-        def resolve() -> tuple[list[Ingredient], Any]:
-            resolved = resolve_ingredients(recipe.ingredients, token=self.token)
-            return resolved, _attach_bases(resolved, recipe, self.token)
-
-        self.ingredients, self.base = dist.local_main_first(resolve)
+        self.ingredients, self.base = dist.local_main_first(
+            lambda: resolve_with_bases(recipe.ingredients, recipe.base_model, token=self.token))
         _check_inputs_outside(self.destination, recipe, self.ingredients)
         dist.agree_on_revisions(self.ingredients)
         self.timer.lap("resolve")
@@ -163,21 +147,19 @@ class _Run:
         """Open the ingredients, align them, let the method decide, and run the comparison."""
         recipe, dist, ingredients = self.recipe, self.dist, self.ingredients
         with dist.stage("aligning the ingredients"):
-            self.sources = {i: stack.enter_context(ing.open()) for i, ing in enumerate(ingredients)}
-            self.alignment = align(list(self.sources.values()), [i.name for i in ingredients],
-                                   [i.config for i in ingredients], on_missing=recipe.on_missing,
-                                   dtype=recipe.output.dtype, reference=recipe.output.config_from)
+            self.sources, self.alignment = open_aligned(stack, ingredients, on_missing=recipe.on_missing,
+                                                        dtype=recipe.output.dtype, reference=recipe.output.config_from)
         self.timer.lap("align")
         logger.info("aligned %d tensors (%d parameters)", len(self.alignment.tensors), self.alignment.num_parameters)
         context = MergeContext(len(ingredients), [i.name for i in ingredients], device=dist.device,
-                               extra={"seed": recipe.seed, "alignment": self.alignment})
+                               seed=recipe.seed, alignment=self.alignment)
         if self.evaluator is not None:
             context.evaluator = self.evaluator.bind(self.alignment.tensors, self.sources)
             context.higher_is_better = self.evaluator.higher_is_better
         with dist.stage("planning the merge"):
-            self.merge_plan = _plan(self.method, context, ingredients)
+            self.merge_plan = plan_merge(self.method, context, ingredients)
             if self.adapter_output:
-                from .adapters.output import check_adapter_plan
+                from .adapters.export import check_adapter_plan
 
                 check_adapter_plan(self.merge_plan, ingredients)
         dist.agree_on_plan(self.merge_plan)
@@ -186,7 +168,7 @@ class _Run:
         if recipe.compare:
             from .evaluation.compare import compare_soups
 
-            held_out = getattr(self.method, "comparison_evaluator", lambda _: None)(self.evaluator)
+            held_out = self.method.comparison_evaluator(self.evaluator)
             with dist.stage("comparing the soups"):
                 self.comparison = compare_soups(held_out or self.evaluator, self.method.name, self.merge_plan,
                                                 context.refs, selection=self.evaluator)
@@ -199,7 +181,7 @@ class _Run:
         """Write the soup into a staged directory and publish it; return the report (process 0)."""
         from .engine.execute import default_threads
         from .io.shards import parse_size
-        from .output import shard_plan
+        from .output.files import shard_plan
 
         recipe, dist, plan = self.recipe, self.dist, self.merge_plan
         shards = [] if self.adapter_output else shard_plan(self.alignment.tensors, parse_size(recipe.output.max_shard_size))
@@ -219,11 +201,11 @@ class _Run:
 
     def _finish(self, staging: Path, shards: list) -> dict[str, Any]:
         """Process 0: index or adapter files, config files, report, plots and model card."""
-        from .output import copy_sidecars, write_index
+        from .output.files import copy_sidecars, write_index
 
         recipe, plan = self.recipe, self.merge_plan
         if self.adapter_output:  # small: process 0 writes it alone
-            from .adapters.output import write_adapter_soup
+            from .adapters.export import write_adapter_soup
 
             written = write_adapter_soup(staging, self.ingredients, self.sources, plan, self.base, recipe.output.rank,
                                          recipe.output.dtype)
@@ -235,7 +217,7 @@ class _Run:
         report = _report(recipe, self.method, plan, self.ingredients, self.alignment, shards, self.timer)
         report["output"].update(written)
         if self.base is not None:
-            from .adapters import adapters_report
+            from .adapters.bases import adapters_report
 
             report["adapters"] = adapters_report(self.ingredients, self.base)
         if self.evaluator is not None:
@@ -277,15 +259,6 @@ def _check_inputs_outside(destination: Path, recipe: Recipe, ingredients: list[I
     check_not_an_input(destination, inputs)
 
 
-def _attach_bases(ingredients: list[Ingredient], recipe: Recipe, token: str | None):
-    """Give PEFT adapter ingredients their base model; ``None`` when there are no adapters."""
-    if recipe.base_model is None and all(i.weight_format != "adapter" for i in ingredients):
-        return None
-    from .adapters import attach_bases
-
-    return attach_bases(ingredients, recipe.base_model, token=token)
-
-
 def _progress_bar(total: int, enabled: bool):
     if not enabled:
         return None
@@ -295,7 +268,7 @@ def _progress_bar(total: int, enabled: bool):
 
 
 def _write_card(directory: Path, template: str | None = None) -> None:
-    from .card import write_card
+    from .output.card import write_card
 
     write_card(directory, template)
 

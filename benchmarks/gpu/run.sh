@@ -42,7 +42,7 @@ fi
 echo "device: $DEVICE" | tee -a "$LOG"
 
 step env 60 bash -c "nvidia-smi || true; nproc; free -g; $PY -c 'import torch, transformers, huggingface_hub, accelerate, safetensors, numpy, pydantic; print(\"torch\", torch.__version__, \"cuda\", torch.cuda.is_available(), \"transformers\", transformers.__version__, \"hub\", huggingface_hub.__version__, \"accelerate\", accelerate.__version__, \"safetensors\", safetensors.__version__, \"numpy\", numpy.__version__, \"pydantic\", pydantic.__version__)'"
-step identity 180 "$PY" -m pytest -q -p no:cacheprovider tests/test_engine_gpu.py tests/test_engine.py
+step identity 180 "$PY" -m pytest -q -p no:cacheprovider tests/engine/
 step bench "${HF_SOUP_GPU_BENCH_SECONDS:-330}" "$PY" benchmarks/bench_scale.py --device "$DEVICE" --runs 1 \
     --layers "${HF_SOUP_GPU_LAYERS:-22}" --json "$OUT/bench_scale.json"
 XDIST=""

@@ -20,7 +20,7 @@ import numpy as np
 
 def concat(factors: Sequence[tuple[np.ndarray, np.ndarray]], weights: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """``(left, right)`` with ``left @ right = Σ_k weights[k] · left_k @ right_k`` exactly."""
-    left = np.concatenate([np.float32(w) * l for (l, _), w in zip(factors, weights)], axis=1)
+    left = np.concatenate([np.float32(w) * left_k for (left_k, _), w in zip(factors, weights)], axis=1)
     right = np.concatenate([r for _, r in factors], axis=0)
     return left.astype(np.float32), right.astype(np.float32)
 

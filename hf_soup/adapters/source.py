@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import AdapterBaseError, CorruptWeightsError, UnsupportedAdapterError
 from ..io import dtypes
+from ..ingredients.ingredient import Ingredient
 from ..io.source import TensorMeta, TensorSource
 from .config import CONFIG_FILE, LoraAdapterConfig
 from .layout import BaseLayout
@@ -212,9 +213,8 @@ class AdapterSource(TensorSource):
         from ..io.torch_source import load_torch_checkpoint
 
         if ingredient.base is None:
-            from .bases import attach_bases
-
-            attach_bases([ingredient])
+            raise AdapterBaseError(f"{ingredient.name}: the adapter's base model is not resolved yet; "
+                                   "call hf_soup.adapters.attach_bases(ingredients) before opening it")
         base = ingredient.base.open()
         try:
             path = ingredient.files[0]
@@ -276,3 +276,10 @@ class AdapterSource(TensorSource):
     def close(self) -> None:
         self.adapter.close()
         self.base.close()
+
+
+class AdapterIngredient(Ingredient):
+    """A PEFT adapter ingredient: it opens as the full model ``base + ΔW`` once its ``base`` is attached."""
+
+    def open(self) -> AdapterSource:
+        return AdapterSource.open(self)

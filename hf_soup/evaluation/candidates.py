@@ -5,9 +5,9 @@ models in memory) and cast to each tensor's output dtype, so the weights that ar
 scored are exactly the weights a merge with the same plan would write.
 
 >>> builder = SoupBuilder(alignment.tensors, sources)          # doctest: +SKIP
->>> state_dict = builder.state_dict([0, 2])                     # uniform soup of ingredients 0 and 2
->>> running = builder.running_sum(); running.add(0)             # greedy: a running sum ...
->>> candidate = running.candidate(2)                            # ... + one streamed ingredient
+>>> state_dict = builder.state_dict([0, 2])                     # uniform soup of ingredients 0 and 2  # doctest: +SKIP
+>>> running = builder.running_sum(); running.add(0)             # greedy: a running sum ...  # doctest: +SKIP
+>>> candidate = running.candidate(2)                            # ... + one streamed ingredient  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ own ingredients):
 direction). Feature ensembles (Table 1's "Ens Fts") are not computed.
 
 >>> comparison = compare_soups(evaluator, "radin", plan, refs)      # doctest: +SKIP
->>> comparison["rows"][0]
+>>> comparison["rows"][0]  # doctest: +SKIP
 {'name': 'best ingredient', 'kind': 'ingredient', 'score': 0.91, 'num_models': 1, ...}
 
 Each row's ``num_full_evaluations`` is what that entry costs on its own (a logit pass

@@ -1,11 +1,11 @@
 """The :class:`Evaluator`: one task model, one validation split, any number of candidate weights.
 
 >>> spec = EvaluationSpec(dataset="./val.parquet", text_column="text")        # doctest: +SKIP
->>> evaluator = Evaluator.for_ingredients(spec, ingredients)                 # checks data, builds the model once
->>> evaluator.bind(alignment.tensors, sources)                               # enables soup/ingredient helpers
->>> evaluator.evaluate_ingredient(0), evaluator.evaluate_soup([0, 1, 2])
+>>> evaluator = Evaluator.for_ingredients(spec, ingredients)                 # checks data, builds the model once  # doctest: +SKIP
+>>> evaluator.bind(alignment.tensors, sources)                               # enables soup/ingredient helpers  # doctest: +SKIP
+>>> evaluator.evaluate_ingredient(0), evaluator.evaluate_soup([0, 1, 2])  # doctest: +SKIP
 (0.91, 0.93)
->>> evaluator.num_full_evaluations
+>>> evaluator.num_full_evaluations  # doctest: +SKIP
 2
 
 Every pass goes through an accelerate-prepared dataloader and its metrics are gathered
@@ -143,7 +143,8 @@ class Evaluator:
         self._logit_cache = None
         return self
 
-    def _require_builder(self) -> Any:
+    def require_builder(self) -> Any:
+        """The candidate builder of the bound ingredients (raise ``EvaluationError`` before :meth:`bind`)."""
         if self.builder is None:
             raise EvaluationError(
                 "evaluator: no ingredients bound; call evaluator.bind(alignment.tensors, sources) first"
@@ -270,7 +271,7 @@ class Evaluator:
     def evaluate_soup(self, indices: Sequence[int], weights: Sequence[float] | None = None,
                       description: str | None = None) -> float:
         """Score the uniform (or weighted) soup of ingredients ``indices`` (needs :meth:`bind`)."""
-        state_dict = self._require_builder().state_dict(indices, weights)
+        state_dict = self.require_builder().state_dict(indices, weights)
         return self.evaluate_state_dict(state_dict, description or f"soup of {len(indices)}")
 
     def evaluate_ingredient(self, index: int) -> float:
@@ -279,13 +280,13 @@ class Evaluator:
             if self._logit_cache is not None and index in self._logit_cache.scores:
                 self._ingredient_scores[index] = self._logit_cache.scores[index]
             else:
-                state_dict = self._require_builder().ingredient(index)
+                state_dict = self.require_builder().ingredient(index)
                 self._ingredient_scores[index] = self.evaluate_state_dict(state_dict, f"ingredient {index}")
         return self._ingredient_scores[index]
 
     def ingredient_scores(self) -> list[float]:
         """Every bound ingredient's score, in ingredient order."""
-        return [self.evaluate_ingredient(i) for i in range(self._require_builder().num_ingredients)]
+        return [self.evaluate_ingredient(i) for i in range(self.require_builder().num_ingredients)]
 
     def known_ingredient_scores(self) -> dict[int, float]:
         """The ingredient scores computed so far (no new evaluation)."""

@@ -1,7 +1,28 @@
-"""Ingredient references, their resolution, and the files that make a checkpoint."""
+"""Ingredient references, their resolution, and the files that make a checkpoint.
 
-from .ingredient import Ingredient
-from .ref import IngredientRef, parse_ref
-from .resolve import resolve_ingredient, resolve_ingredients
+``ref`` → (``local`` | ``hub_pull`` | a state dict, dispatched by ``resolve``) → :class:`Ingredient`.
+Names are loaded on first use: a PEFT adapter folder resolves through :mod:`hf_soup.adapters`,
+whose ingredient class builds on :mod:`.ingredient`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["Ingredient", "IngredientRef", "parse_ref", "resolve_ingredient", "resolve_ingredients"]
+
+_LAZY = {
+    "Ingredient": ".ingredient",
+    "IngredientRef": ".ref",
+    "parse_ref": ".ref",
+    "resolve_ingredient": ".resolve",
+    "resolve_ingredients": ".resolve",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -48,11 +48,11 @@ def header_source(ref: IngredientRef, *, token: str | bool | None = None) -> tup
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub import errors as hf
 
-    from .hub_pull import _translated
+    from .hub_pull import translated_errors
 
     endpoint = hub_settings.endpoint()
     api = HfApi(endpoint=endpoint, token=token)
-    with _translated(ref, endpoint):
+    with translated_errors(ref, endpoint):
         info = api.model_info(ref.name, revision=ref.revision)  # a missing repo or revision fails here, early
         try:
             metadata = api.get_safetensors_metadata(ref.name, revision=info.sha)

@@ -25,7 +25,7 @@ from ..errors import HubError, IngredientAccessError, IngredientError, Ingredien
 from .files import ADAPTER_PATTERNS, BIN_INDEX, SAFETENSORS_INDEX, is_sidecar
 from .ingredient import Ingredient
 from .ref import IngredientRef
-from .resolve import resolve_local
+from .local import resolve_local
 
 logger = logging.getLogger("hf_soup")
 
@@ -55,7 +55,7 @@ def pull_ingredient(
     endpoint = hub_settings.endpoint()
     api = HfApi(endpoint=endpoint, token=token)
     try:
-        with _translated(ref, endpoint):
+        with translated_errors(ref, endpoint):
             info = api.model_info(ref.name, revision=ref.revision)
             names = [s.rfilename for s in info.siblings or []]
 
@@ -145,7 +145,7 @@ class _Unreachable(Exception):
 
 
 @contextlib.contextmanager
-def _translated(ref: IngredientRef, endpoint: str) -> Iterator[None]:
+def translated_errors(ref: IngredientRef, endpoint: str) -> Iterator[None]:
     """Turn huggingface_hub's exceptions into hf_soup's, naming the ref and what to do next."""
     from huggingface_hub import errors as hf
 

@@ -23,6 +23,7 @@ class Ingredient:
     A PEFT adapter has ``weight_format == "adapter"``, its LoRA config in ``adapter`` and,
     once :func:`hf_soup.adapters.attach_bases` ran, its base model in ``base`` (and the
     base's ``config`` and ``directory``); it then reads as the full model ``base + ΔW``.
+    ``card_data`` is a Hub ingredient's model card metadata (license, pipeline tag...).
     """
 
     ref: IngredientRef
@@ -33,6 +34,7 @@ class Ingredient:
     config: dict[str, Any] | None = None
     adapter: Any = None
     base: "Ingredient | None" = None
+    card_data: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -45,10 +47,6 @@ class Ingredient:
 
     def open(self) -> TensorSource:
         """Open the weights lazily; close the result (or use it as a context manager)."""
-        if self.weight_format == "adapter":
-            from ..adapters.source import AdapterSource
-
-            return AdapterSource.open(self)
         if self.weight_format == "state_dict":
             return StateDictSource(self.ref.state_dict, origin=self.name)
         if self.weight_format == "bin":

@@ -12,10 +12,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..align import Alignment
+    from ..evaluation.evaluator import Evaluator
 
 
 class MethodParams(BaseModel):
@@ -40,24 +46,33 @@ class MergeContext:
 
     ``scores`` holds one validation score per ingredient when an evaluation ran
     (``higher_is_better`` tells the direction), else ``None``. ``evaluator`` is the
-    evaluation object for data-driven methods, else ``None``.
+    evaluation, bound to the ingredients, for data-driven methods (and ``compare``), else
+    ``None``. ``seed`` is the recipe's seed; ``alignment`` the aligned tensors, when known.
     """
 
     num_ingredients: int
     refs: list[str]
     scores: list[float] | None = None
     higher_is_better: bool = True
-    evaluator: Any = None
+    evaluator: Evaluator | None = None
     device: str = "cpu"
-    extra: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    alignment: Alignment | None = None
 
 
 class SoupMethod(ABC):
-    """Common base: a registered name, a parameter model and a paper reference."""
+    """Common base: a registered name, a parameter model and what the model card shows.
+
+    ``paper`` (a link) and ``paper_title`` are cited on the card; ``card_section`` is an
+    optional Jinja Markdown section the default card template renders with its variables
+    (the report is ``report``). The card's description is the method module's docstring.
+    """
 
     name: ClassVar[str]
     Params: ClassVar[type[MethodParams]] = MethodParams
     paper: ClassVar[str | None] = None
+    paper_title: ClassVar[str | None] = None
+    card_section: ClassVar[str | None] = None
     needs_evaluation: ClassVar[bool] = False
 
     def __init__(self, params: MethodParams):
@@ -69,6 +84,10 @@ class SoupMethod(ABC):
     def report(self) -> dict[str, Any]:
         """What the soup report and model card should record about this run."""
         return {}
+
+    def comparison_evaluator(self, evaluator: Evaluator | None) -> Evaluator | None:
+        """The evaluator ``compare: true`` scores its table on, when not the one the method chose with."""
+        return None
 
 
 class TensorMethod(SoupMethod):
@@ -85,6 +104,9 @@ class TensorMethod(SoupMethod):
     max_threads: ClassVar[int | None] = None
     #: ``True``: each call receives whole tensors (for per-tensor statistics), not chunks.
     whole_tensor: ClassVar[bool] = False
+    #: Optional GPU path, ``merge_torch(info, chunks) -> torch.Tensor``: :meth:`merge`'s operations in
+    #: the same order on torch tensors, so the bytes match (see :mod:`hf_soup.engine.device`).
+    merge_torch: ClassVar[Callable[..., torch.Tensor] | None] = None
 
     @abstractmethod
     def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
@@ -96,6 +118,18 @@ class TensorMethod(SoupMethod):
         that element in each chunk and on ``info``) unless :attr:`whole_tensor` is set, so
         chunking never changes the output bytes; may be called from several threads at once.
         """
+
+    def linear_weights(self, count: int, key: str | None = None) -> list[float] | None:
+        """The ``w_k`` when the soup of tensor ``key`` is ``Σ w_k x_k`` for fixed weights, else ``None``.
+
+        The report shows them per ingredient; an adapter soup needs them (``base + Σ w_k ΔW_k``).
+        """
+        return None
+
+    @classmethod
+    def is_linear(cls) -> bool:
+        """Whether this method's soup is a fixed weighted sum (it overrides :meth:`linear_weights`)."""
+        return cls.linear_weights is not TensorMethod.linear_weights
 
 
 @dataclass
@@ -121,3 +155,12 @@ class PlanningMethod(SoupMethod):
     @abstractmethod
     def plan(self, context: MergeContext, ingredients: Sequence[Any]) -> MergePlan:
         """Evaluate candidates and return the plan the engine will write."""
+
+
+def plan_merge(method: SoupMethod, context: MergeContext, ingredients: Sequence[Any]) -> MergePlan:
+    """Set ``method`` up and decide the plan: a data-free method merges every ingredient."""
+    method.setup(context)
+    if isinstance(method, PlanningMethod):
+        return method.plan(context, ingredients)
+    assert isinstance(method, TensorMethod)
+    return MergePlan(method, list(range(len(ingredients))))

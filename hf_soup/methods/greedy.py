@@ -35,7 +35,7 @@ class GreedyParams(MethodParams):
 def require_evaluator(context: MergeContext, method: str) -> Any:
     """The context's evaluator, bound to the ingredients; else a clear error."""
     evaluator = context.evaluator
-    if evaluator is None or getattr(evaluator, "builder", None) is None:
+    if evaluator is None or evaluator.builder is None:
         raise MethodParameterError(
             f"method: {method} needs an evaluation; add evaluation: {{dataset: ..., ...}} to the recipe "
             "(or evaluation=... to hf_soup.soup)"
@@ -55,6 +55,8 @@ class GreedySoup(PlanningMethod):
     name = "greedy"
     Params = GreedyParams
     paper = "https://arxiv.org/abs/2203.05482"
+    paper_title = ("Model soups: averaging weights of multiple fine-tuned models improves accuracy without "
+                   "increasing inference time (Wortsman et al., 2022)")
 
     def setup(self, context: MergeContext) -> None:
         if context.num_ingredients < 1:

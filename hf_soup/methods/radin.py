@@ -85,7 +85,8 @@ class RadinSoup(PlanningMethod):
 
     name = "radin"
     Params = RadinParams
-    paper = None  # "RADIN: Souping on a Budget", Ménès & Risser-Maroux (no URL in the project's copy)
+    paper = None  # no URL in the project's copy
+    paper_title = "RADIN: Souping on a Budget (Ménès & Risser-Maroux)"
 
     def _sizes(self, n: int) -> tuple[int, int]:
         high = self.params.max_size if self.params.max_size is not None else n - 1
@@ -117,7 +118,7 @@ class RadinSoup(PlanningMethod):
         start, start_logits = evaluator.num_full_evaluations, evaluator.num_logit_passes
         cache = evaluator.logit_cache()
         scores = [cache.scores[i] for i in range(n)]
-        seed = self.params.seed if self.params.seed is not None else int(context.extra.get("seed", 0) or 0)
+        seed = self.params.seed if self.params.seed is not None else context.seed
         low, high = self._sizes(n)
         subsets = sample_subsets(n, self.params.candidates, low, high, seed) if low <= high else []
         full = tuple(range(n))

@@ -24,13 +24,19 @@ from .base import SoupMethod
 _BUILTIN: dict[str, str] = {
     "uniform": "hf_soup.methods.uniform:UniformSoup",
     "weighted": "hf_soup.methods.weighted:WeightedSoup",
-    "ame": "hf_soup.methods.ame:AmeSoup",
-    "ame_greedy": "hf_soup.methods.ame_greedy:GreedyAme",
+    "ame": "hf_soup.methods.ame.method:AmeSoup",
+    "ame_greedy": "hf_soup.methods.ame.greedy:GreedyAme",
     "greedy": "hf_soup.methods.greedy:GreedySoup",
     "radin": "hf_soup.methods.radin:RadinSoup",
-    "learned": "hf_soup.methods.learned:LearnedSoup",
+    "learned": "hf_soup.methods.learned.method:LearnedSoup",
 }
 _REGISTERED: dict[str, type[SoupMethod]] = {}
+ENSEMBLE_IS_NOT_A_SOUP = (
+    "method: 'ensemble' is a reference score, not a soup: the logit ensemble averages the ingredients' outputs "
+    "(N forward passes at inference) and has no weights to write; get its score with "
+    "`hf-soup evaluate REF... --eval-dataset D` (hf_soup.evaluate(...) in Python), or next to a soup with "
+    "`hf-soup merge ... --compare` (compare: true)"
+)
 
 
 def register_method(cls: type[SoupMethod]) -> type[SoupMethod]:
@@ -49,8 +55,6 @@ def get_method_class(name: str) -> type[SoupMethod]:
     if name in _REGISTERED:
         return _REGISTERED[name]
     if name == "ensemble":  # a reference score (hf_soup.evaluate / --compare), nothing to write
-        from ..reference_scores import ENSEMBLE_IS_NOT_A_SOUP
-
         raise UnknownMethodError(ENSEMBLE_IS_NOT_A_SOUP)
     if name not in _BUILTIN:
         raise UnknownMethodError(

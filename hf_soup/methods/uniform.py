@@ -26,9 +26,14 @@ class UniformSoup(TensorMethod):
 
     name = "uniform"
     paper = "https://arxiv.org/abs/2203.05482"
+    paper_title = ("Model soups: averaging weights of multiple fine-tuned models improves accuracy without "
+                   "increasing inference time (Wortsman et al., 2022)")
 
     def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
         return linear_combination(chunks, [1.0] * len(chunks), float(len(chunks)))
+
+    def linear_weights(self, count: int, key: str | None = None) -> list[float]:
+        return [1.0 / count] * count
 
     def merge_torch(self, info: ChunkInfo, chunks: Sequence["torch.Tensor"]) -> "torch.Tensor":
         """:meth:`merge` on the chunks' device (GPU path): the same float64 operations, same bytes."""

@@ -76,6 +76,11 @@ class WeightedSoup(TensorMethod):
         weights = self._weights_for(info.key if info else None)
         return linear_combination(chunks, weights, self._divisor(weights))
 
+    def linear_weights(self, count: int, key: str | None = None) -> list[float]:
+        weights = self._weights_for(key)
+        divisor = self._divisor(weights)
+        return [w / divisor for w in weights]
+
     def merge_torch(self, info: ChunkInfo, chunks: Sequence["torch.Tensor"]) -> "torch.Tensor":
         """:meth:`merge` on the chunks' device (GPU path): the same float64 operations, same bytes."""
         weights = self._weights_for(info.key if info else None)

@@ -1,0 +1,532 @@
+"""AME, Amortized Model Ensembling (Lee & Ngo, "On Defining Neural Averaging").
+
+A soup as meta-optimization in weight space: starting from a pivot w₀, each step takes
+a batch B of ingredients, sets the gradient of w to the pivoted pseudogradient
+
+    g = ζ · mean_{j∈B}(w_ref − x_j) / N,   w_ref = w (adaptive pivot) or the fixed pivot,
+
+and lets a real ``torch.optim`` optimizer update w (Algorithm 1, §3.2–3.3). SGD with
+lr 1, a constant rate and a fixed pivot gives the uniform soup (eq. 3–4); with the
+harmonic rate lr/t and an adaptive pivot it gives the running mean (§3.1).
+
+The update is elementwise (App. A.1, "Compute Efficiency"), so the engine streams it
+tensor by tensor: each chunk of each tensor replays one seeded schedule (order, shuffles,
+batches, rates) from a fresh optimizer state, which equals running AME on the whole
+flattened model at once, byte for byte. The steps run through torch's functional
+optimizers (``torch.optim.adam.adam``...) with exactly the state and arguments
+``optimizer.step()`` uses (:mod:`~hf_soup.methods.ame_functional`): bit-identical, but
+without an ``Optimizer`` object, whose ``step`` imports ``torch._dynamo`` (~70 MB).
+On CPU a chunk is processed in cache-sized blocks (the whole schedule runs on one block
+before the next), blocks are multiples of 64 elements (the last one zero-padded) so
+that every element goes through the same vectorised kernels. The single-tensor implementation
+runs by default (``fused: true`` asks for torch's fused kernels, see ``_run_arguments``).
+Memory: the engine's read buffers (16 MiB for AME) plus one output chunk and a block's
+optimizer state.
+
+Ordering by validation score and ``pivot: best`` need scores: ``MergeContext.scores`` or
+the context's evaluator. Greedy AME (App. A.4) is :mod:`hf_soup.methods.ame_greedy`.
+
+Integer and boolean tensors (buffers such as position ids) are not optimized: the engine
+copies them from the reference ingredient (``output.config_from``, the first by default).
+
+    method: {name: ame, optimizer: adam, lr: 0.01, betas: [0.8, 0.99], epochs: 5, batch_size: 2}
+
+>>> import numpy as np
+>>> ame = AmeSoup(AmeParams(lr_schedule="constant", adaptive_pivot=False, pivot=0))
+>>> ame.merge(None, [np.array([0.0, 2.0], "f4"), np.array([1.0, 4.0], "f4")])
+array([0.5, 3. ], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from contextlib import contextmanager
+from typing import Any, Iterator, Literal, Mapping, Sequence
+
+import numpy as np
+from pydantic import ConfigDict, field_serializer, field_validator, model_validator
+
+from ...errors import MethodParameterError, RecipeError
+from .functional import FunctionalOptimizer
+from .optim import check_optimizer, default_lr, optimizer_group, resolve_optimizer
+from .schedule import AmeStep, build_schedule, ingredient_order
+from ..base import ChunkInfo, MergeContext, MethodParams, TensorMethod
+
+PIVOT_NAMES = ("soup", "first", "best")
+# Elements per block on CPU: the ingredients' block, w, its gradient and the optimizer
+# state (a few MB) stay in cache while every step of the schedule runs over them.
+_CPU_BLOCK = 1 << 18
+# Blocks are multiples of this many elements (the last one is zero-padded to it).
+_ALIGN = 64
+_COPIED_NOTE = ("integer and boolean tensors are not optimized: they are copied unchanged from the "
+                "reference ingredient (output.config_from, the first by default)")
+
+
+class AmeParams(MethodParams):
+    """Parameters of ``method: ame``; any other key is a keyword argument of the optimizer.
+
+    * ``optimizer``: an elementwise ``torch.optim`` optimizer by name (sgd, adam, adamw,
+      adagrad, adadelta, rmsprop, adamax, nadam, radam, asgd, rprop); default ``sgd``.
+    * ``lr``: base learning rate; default 1 for sgd (the paper's GD ensembling), torch's
+      default for the others.
+    * ``lr_schedule``: ``harmonic`` (lr / t, t = optimizer step from 1; the paper's default),
+      ``constant`` or ``cosine`` (from lr down towards 0 over the run).
+    * ``epochs`` (default 1), ``batch_size`` (ingredients per step, default 1), ``shuffle``
+      (a fresh seeded shuffle every epoch), ``seed`` (default: the recipe's seed).
+    * ``pivot``: ``soup`` (default, as in the paper's experiments), ``first`` (the first
+      ingredient the schedule visits: x₁ of Algorithm 1's ordered list, or the first of
+      epoch 1's shuffle with ``shuffle: true``), ``best`` (the best by validation score), an ingredient index,
+      or (Python API) a state dict.
+    * ``adaptive_pivot``: pseudogradients against the current w (default) or the fixed pivot.
+    * ``amplification``: ζ, one number or one per ingredient (default 1). A list is indexed
+      like the ingredients and applies whenever that ingredient is visited; Algorithm 1
+      indexes ζ_i by position in the ordered list, which is the same with ``order: given``
+      and no shuffle (a choice the paper leaves open: its experiments use ζ = 1).
+    * ``order``: ``given``, ``ascending`` (weakest first) or ``descending`` (strongest first)
+      by validation score; needs an evaluation.
+    * ``num_threads``: torch threads for the math on CPU (default: all cores but one, which
+      the engine's read-ahead thread uses).
+    * Optimizer arguments, e.g. ``betas``, ``eps``, ``weight_decay``, ``momentum``, ``rho``.
+    """
+
+    model_config = ConfigDict(extra="allow", arbitrary_types_allowed=True)
+
+    optimizer: str = "sgd"
+    lr: float | None = None
+    lr_schedule: Literal["harmonic", "constant", "cosine"] = "harmonic"
+    epochs: int = 1
+    batch_size: int = 1
+    shuffle: bool = False
+    seed: int | None = None
+    pivot: Any = "soup"
+    adaptive_pivot: bool = True
+    amplification: float | list[float] = 1.0
+    order: Literal["given", "ascending", "descending"] = "given"
+    num_threads: int | None = None
+
+    @field_validator("lr")
+    @classmethod
+    def _lr(cls, value: float | None) -> float | None:
+        if value is not None and not (np.isfinite(value) and value > 0):
+            raise ValueError(f"must be a number > 0, got {value}; the paper uses 1 for SGD and 1e-4 to 0.1 for Adam(W)")
+        return value
+
+    @field_validator("epochs")
+    @classmethod
+    def _epochs(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"must be at least 1 (passes over the ingredients), got {value}")
+        return value
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_size(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"must be at least 1 (ingredients per optimizer step), got {value}")
+        return value
+
+    @field_validator("num_threads")
+    @classmethod
+    def _num_threads(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError(f"must be at least 1, got {value}")
+        return value
+
+    @field_validator("amplification")
+    @classmethod
+    def _amplification(cls, value: float | list[float]) -> float | list[float]:
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(np.isfinite(v) and v > 0 for v in values):
+            raise ValueError("ζ must be a number > 0, or a list of one number > 0 per ingredient")
+        return value
+
+    @field_validator("pivot")
+    @classmethod
+    def _pivot(cls, value: Any) -> Any:
+        if isinstance(value, str) and value in PIVOT_NAMES:
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 0:
+                raise ValueError(f"an ingredient index must be >= 0, got {value}")
+            return value
+        if isinstance(value, Mapping) and value:
+            for key, tensor in value.items():
+                if not (isinstance(tensor, np.ndarray) or hasattr(tensor, "detach")):
+                    raise ValueError(f"the pivot state dict entry {key!r} is a {type(tensor).__name__}, not a tensor")
+            return value
+        raise ValueError(f"must be soup, first, best, an ingredient index or (Python API) a non-empty state dict; "
+                         f"got {value!r}")
+
+    @field_serializer("pivot")
+    def _dump_pivot(self, value: Any) -> Any:
+        return f"<state dict of {len(value)} tensors>" if isinstance(value, Mapping) else value
+
+    @model_validator(mode="after")
+    def _optimizer(self) -> "AmeParams":
+        resolve_optimizer(self.optimizer)
+        lr = self.lr if self.lr is not None else default_lr(self.optimizer)
+        check_optimizer(self.optimizer, lr, self.optimizer_kwargs, method_fields=list(type(self).model_fields))
+        return self
+
+    @property
+    def optimizer_kwargs(self) -> dict[str, Any]:
+        """The optimizer's own keyword arguments (every key that is not an AME parameter)."""
+        return dict(self.model_extra or {})
+
+
+class AmeSoup(TensorMethod):
+    """Amortized Model Ensembling with any elementwise ``torch.optim`` optimizer.
+
+    >>> import numpy as np
+    >>> ame = AmeSoup(AmeParams(optimizer="adam", lr=0.1, epochs=3, batch_size=2))
+    >>> ame.setup(MergeContext(2, ["a", "b"]))
+    >>> ame.merge(None, [np.zeros(1, "f4"), np.ones(1, "f4")]).shape
+    (1,)
+    """
+
+    name = "ame"
+    Params = AmeParams
+    # AME is compute-bound (every element goes through epochs x N / batch_size optimizer
+    # steps), so a smaller read-ahead than the engine's default costs no time and saves memory.
+    buffer_bytes = 16 * 1024 * 1024
+    max_threads: int | None = 1  # on the CPU, AME runs its blocks on torch's own threads (``num_threads``)
+    paper = None  # no stable link recorded
+    paper_title = "On Defining Neural Averaging (Su Hyeong Lee & Richard Ngo)"
+
+    def __init__(self, params: AmeParams):
+        super().__init__(params)
+        self._schedule: list[AmeStep] | None = None
+        self._order: list[int] = []
+        self._pivot: Any = None
+        self._pivot_keys: dict[str, str] = {}
+        self._zetas: list[float] = []
+        self._seed: int = 0
+        self._device = "cpu"
+        self._lr = params.lr if params.lr is not None else default_lr(params.optimizer)
+        self._arguments = check_optimizer(params.optimizer, self._lr, params.optimizer_kwargs)
+        self._optimizer_class: type = resolve_optimizer(params.optimizer)
+        self._run_args: dict[str, Any] = {}
+        self._implementation = ""
+        self._threads = 1
+        self._validation_scores: list[float] | None = None
+        # Ordering by score or a ``best`` pivot needs validation scores (an evaluation).
+        self.needs_evaluation = params.order != "given" or params.pivot == "best"
+
+    # -- planning (before any tensor is read) -------------------------------------------
+
+    def setup(self, context: MergeContext) -> None:
+        p = self.params
+        count = context.num_ingredients
+        if p.batch_size > count:
+            raise MethodParameterError(f"method.batch_size: {p.batch_size} is more than the {count} ingredients; "
+                                       f"use at most {count}")
+        zetas = p.amplification if isinstance(p.amplification, list) else [p.amplification] * count
+        if len(zetas) != count:
+            raise MethodParameterError(f"method.amplification: got {len(zetas)} values for {count} ingredients; "
+                                       "give one number, or one per ingredient")
+        scores, higher_is_better = self._scores(context)
+        self._validation_scores = scores if self.needs_evaluation else None
+        if p.order != "given" and p.shuffle:
+            raise MethodParameterError(f"method.order: {p.order} has no effect with shuffle: true (every epoch "
+                                       "is shuffled); use one of them")
+        if isinstance(p.pivot, int) and not isinstance(p.pivot, bool) and p.pivot >= count:
+            raise MethodParameterError(f"method.pivot: {p.pivot} is not an ingredient index (there are {count}); "
+                                       f"use 0 to {count - 1}")
+        try:
+            order = ingredient_order(count, p.order, scores, higher_is_better)
+        except ValueError as error:
+            raise MethodParameterError(f"method.order: {error}") from None
+        self._order = order
+        self._seed = p.seed if p.seed is not None else context.seed
+        schedule = build_schedule(count, epochs=p.epochs, batch_size=p.batch_size, shuffle=p.shuffle,
+                                  seed=self._seed, order=order, lr=self._lr, lr_schedule=p.lr_schedule)
+        # ``first`` is the first ingredient the schedule visits (after the epoch-1 shuffle).
+        self._pivot = self._resolve_pivot(context, [schedule[0].batch[0]], scores, higher_is_better)
+        self._zetas = [float(z) for z in zetas]
+        self._device = self._check_device(context.device)
+        # On a GPU, several engine threads may feed it at once (reads overlap the steps).
+        self.max_threads = 1 if self._device == "cpu" else None
+        self._optimizer_class = resolve_optimizer(p.optimizer)
+        self._run_args, self._implementation = self._run_arguments(self._device)
+        self._threads = p.num_threads or max(1, (os.cpu_count() or 1) - 1)
+        self._schedule = schedule
+
+    def _scores(self, context: MergeContext) -> tuple[list[float] | None, bool]:
+        """Validation scores when the order or the pivot needs them: the context's, or the evaluator's."""
+        if not self.needs_evaluation:
+            return context.scores, context.higher_is_better
+        if context.scores is not None:
+            return list(context.scores), context.higher_is_better
+        evaluator = context.evaluator
+        if evaluator is not None and evaluator.builder is not None:
+            return list(evaluator.ingredient_scores()), bool(evaluator.higher_is_better)
+        p = self.params
+        field, value, alternative = (("order", p.order, "order: given") if p.order != "given"
+                                     else ("pivot", p.pivot, "pivot: soup"))
+        raise MethodParameterError(f"method.{field}: {value} ranks the ingredients by validation score, so it needs "
+                                   f"an evaluation; configure one (evaluation: ...) or use {alternative}")
+
+    def _resolve_pivot(self, context: MergeContext, visited: list[int], scores: list[float] | None,
+                       higher_is_better: bool) -> Any:
+        """w₀: ``visited[0]`` (the first ingredient of the schedule) for ``first``, else per ``pivot``."""
+        pivot = self.params.pivot
+        if pivot == "soup":
+            return "soup"
+        if pivot == "first":
+            return visited[0]
+        if pivot == "best":
+            quality = [s if higher_is_better else -s for s in scores]
+            return max(range(len(quality)), key=lambda i: (quality[i], -i))
+        if isinstance(pivot, int):
+            return pivot
+        return self._open_pivot_state_dict(pivot, context)
+
+    def _open_pivot_state_dict(self, state_dict: Mapping[str, Any], context: MergeContext) -> Any:
+        from ...align import canonical_key
+        from ...io.torch_source import StateDictSource
+
+        source = StateDictSource(state_dict, origin="method.pivot")
+        self._pivot_keys = {canonical_key(k): k for k in source.keys()}
+        alignment = context.alignment
+        if alignment is not None:
+            problems = []
+            for tensor in alignment.tensors:
+                if tensor.action != "merge":
+                    continue
+                own = self._pivot_keys.get(tensor.key)
+                if own is None:
+                    problems.append(f"{tensor.key} is missing")
+                elif source.meta(own).shape != tensor.shape:
+                    problems.append(f"{tensor.key} has shape {list(source.meta(own).shape)}, "
+                                    f"the ingredients {list(tensor.shape)}")
+            if problems:
+                raise MethodParameterError(f"method.pivot: the pivot state dict does not match the ingredients "
+                                           f"({len(problems)} problem(s), first: {'; '.join(problems[:5])}); give the "
+                                           "state dict of a model of the same architecture, e.g. model.state_dict()")
+        return source
+
+    @staticmethod
+    def _check_device(device: str) -> str:
+        if device in (None, "", "cpu"):
+            return "cpu"
+        import torch
+
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise RecipeError(f"device: {device!r} was asked for but torch sees no CUDA device; use device: cpu")
+        return str(device)
+
+    @property
+    def schedule(self) -> list[AmeStep]:
+        """Every optimizer step this merge runs (after :meth:`setup`)."""
+        if self._schedule is None:
+            raise RuntimeError("AmeSoup.setup(context) must run before the schedule exists")
+        return list(self._schedule)
+
+    @property
+    def pivot_ingredient(self) -> int | None:
+        """The ingredient w₀ is copied from, or ``None`` (soup or state-dict pivot)."""
+        return self._pivot if isinstance(self._pivot, int) else None
+
+    def restrict(self, steps: Sequence[AmeStep]) -> None:
+        """Run only ``steps`` (a subsequence of :attr:`schedule`; greedy AME's accepted steps).
+
+        Each keeps its own learning rate; the optimizer state evolves over the kept steps
+        only, as if each rejected step had been undone.
+        """
+        self._schedule = list(steps)
+
+    def _run_arguments(self, device: str) -> tuple[dict[str, Any], str]:
+        """The optimizer's full parameter group, and which torch implementation runs.
+
+        By default the single-tensor ("for-loop") implementation runs on every device
+        (``foreach`` and ``fused`` off), the textbook update of Algorithm 1, so CPU and GPU
+        run the same arithmetic. ``fused: true`` (or ``foreach: true``) asks for torch's
+        multi-tensor kernels instead: faster, but their results differ from the single-tensor
+        ones, and from one device to another, in the last bits.
+        """
+        arguments = dict(self.params.optimizer_kwargs)
+        name = self.params.optimizer
+        group = optimizer_group(name, self._lr, arguments)
+        if group.get("fused"):
+            return group, "fused"
+        if group.get("foreach"):
+            return group, "foreach"
+        if "foreach" in group:
+            group["foreach"] = False  # torch would pick its multi-tensor kernels on a GPU
+        return group, "for-loop"
+
+    # -- the elementwise merge ----------------------------------------------------------
+
+    def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
+        import torch
+
+        if self._schedule is None:
+            self.setup(MergeContext(len(chunks), [f"ingredient {i}" for i in range(len(chunks))]))
+        length = int(chunks[0].size)
+        if length == 0:
+            return np.empty(0, dtype=np.float32)
+        with warnings.catch_warnings():  # read-only inputs: AME never writes to them
+            warnings.simplefilter("ignore", UserWarning)
+            xs = [torch.from_numpy(np.ascontiguousarray(c, dtype=np.float32).reshape(-1)) for c in chunks]
+        on_cpu = self._device == "cpu"
+        if on_cpu:
+            result = np.empty(length, dtype=np.float32)
+            out = torch.from_numpy(result)
+        else:
+            xs = [x.to(self._device) for x in xs]
+            out = torch.empty(length, dtype=torch.float32, device=self._device)
+        # On CPU, run the whole schedule block by block so that w, its gradient, the optimizer
+        # state and the ingredients' block stay in cache across steps (the update is elementwise).
+        block = _CPU_BLOCK if on_cpu else length
+        aligned = length - length % _ALIGN
+        with _torch_threads(self._threads if on_cpu else None):
+            for start in range(0, aligned, block):
+                stop = min(aligned, start + block)
+                self._run(out[start:stop], [x[start:stop] for x in xs], info, start, stop - start)
+            if aligned < length:
+                self._run_padded(out, xs, info, aligned, length)
+        return result if on_cpu else out.cpu().numpy()
+
+    def _run_padded(self, out: Any, xs: list[Any], info: ChunkInfo | None, start: int, stop: int) -> None:
+        """Run the last ``stop - start`` (< 64) elements inside zero-padded 64-element buffers.
+
+        Every element then goes through the same vectorised kernels, whatever its position:
+        torch's fused optimizers compute a block's last few elements with scalar code that
+        can round differently, which would make the result depend on the chunking.
+        """
+        import torch
+
+        count = stop - start
+        padded = [torch.zeros(_ALIGN, dtype=out.dtype, device=out.device) for _ in xs]
+        for buffer, x in zip(padded, xs):
+            buffer[:count] = x[start:stop]
+        values = torch.zeros(_ALIGN, dtype=out.dtype, device=out.device)
+        self._run(values, padded, info, start, count)
+        out[start:stop] = values[:count]
+
+    def _run(self, values: Any, xs: list[Any], info: ChunkInfo | None, offset: int, count: int) -> None:
+        """Run every step of the schedule on one block; ``values`` (a view) ends up holding w.
+
+        ``count``: how many leading elements are real (the rest is padding).
+        """
+        import torch
+
+        self._fill_pivot(values, xs, info, offset, count)
+        reference = values if self.params.adaptive_pivot else values.clone()
+        grad = torch.empty_like(values)
+        # torch's functional optimizer, as ``optimizer.step()`` calls it (bit-identical), on
+        # ``values`` in place: no ``Optimizer`` object, so ``torch._dynamo`` is never imported.
+        optimizer = FunctionalOptimizer(self.params.optimizer, values, grad, self._run_args)
+        num = len(xs)
+        for step in self._schedule:
+            self._pseudogradient(grad, reference, xs, step.batch, num)
+            optimizer.step(step.lr)
+
+    def _fill_pivot(self, values: Any, xs: list[Any], info: ChunkInfo | None, offset: int, count: int) -> None:
+        """Write w₀ for this block into ``values`` (its first ``count`` elements are real)."""
+        import torch
+
+        pivot = self._pivot
+        if pivot == "soup":
+            values.copy_(xs[0])
+            for x in xs[1:]:
+                values.add_(x)
+            values.div_(len(xs))
+            return
+        if isinstance(pivot, int):
+            values.copy_(xs[pivot])
+            return
+        key = info.key if info is not None else None
+        own = self._pivot_keys.get(key) if key is not None else None
+        if own is None:
+            raise MethodParameterError(f"method.pivot: the pivot state dict has no tensor {key!r}; "
+                                       "give the state dict of a model of the same architecture")
+        if pivot.meta(own).numel != math.prod(info.shape):
+            raise MethodParameterError(f"method.pivot: tensor {key!r} has shape {list(pivot.meta(own).shape)}, "
+                                       f"the ingredients {list(info.shape)}")
+        start = info.start + offset
+        if values.device.type == "cpu":
+            pivot.read_float32(own, start, start + count, values[:count].numpy())
+        else:
+            buffer = np.empty(count, dtype=np.float32)
+            values[:count].copy_(torch.from_numpy(pivot.read_float32(own, start, start + count, buffer)))
+
+    def _pseudogradient(self, grad: Any, reference: Any, xs: list[Any], batch: tuple[int, ...], count: int) -> None:
+        """``grad ← Σ_{j∈B} ζ_j (reference − x_j) / (N |B|)``, in place."""
+        import torch
+
+        zetas = self._zetas
+        if len(batch) == 1:
+            (j,) = batch
+            torch.sub(reference, xs[j], out=grad)
+            grad.mul_(zetas[j] / count)
+            return
+        first, second, rest = batch[0], batch[1], batch[2:]
+        if zetas[first] == zetas[second] == 1.0:
+            torch.add(xs[first], xs[second], out=grad)
+        else:
+            torch.mul(xs[first], zetas[first], out=grad)
+            grad.add_(xs[second], alpha=zetas[second])
+        for j in rest:
+            grad.add_(xs[j], alpha=zetas[j])
+        grad.sub_(reference, alpha=sum(zetas[j] for j in batch))  # Σζx − Σζ·w_ref
+        grad.mul_(-1.0 / (count * len(batch)))
+
+    # -- reporting ------------------------------------------------------------------------
+
+    def report(self) -> dict[str, Any]:
+        p = self.params
+        pivot = p.pivot
+        if isinstance(pivot, Mapping):
+            pivot = "state dict"
+        details: dict[str, Any] = {
+            "optimizer": resolve_optimizer(p.optimizer).__name__,
+            "optimizer_args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self._arguments.items()},
+            "implementation": self._implementation or None,
+            "lr_schedule": p.lr_schedule,
+            "epochs": p.epochs,
+            "batch_size": p.batch_size,
+            "shuffle": p.shuffle,
+            "seed": self._seed,
+            "pivot": pivot,
+            "adaptive_pivot": p.adaptive_pivot,
+            "amplification": p.amplification,
+            "order": p.order,
+            "non_float_tensors": _COPIED_NOTE,
+        }
+        if isinstance(self._pivot, int):
+            details["pivot_ingredient"] = self._pivot
+        if self._validation_scores is not None:
+            details["scores"] = list(self._validation_scores)
+        details["card_parameters"] = {k: details[k] for k in (
+            "optimizer", "optimizer_args", "lr_schedule", "epochs", "batch_size", "shuffle", "seed", "pivot",
+            "adaptive_pivot", "amplification", "order")}
+        if self._schedule is not None:
+            details["ingredient_order"] = self._order
+            details["num_steps"] = len(self._schedule)
+            details["epoch_orders"] = [list(s) for s in self._epoch_orders()]
+        return details
+
+    def _epoch_orders(self) -> list[list[int]]:
+        orders: dict[int, list[int]] = {}
+        for step in self._schedule or []:
+            orders.setdefault(step.epoch, []).extend(step.batch)
+        return [orders[e] for e in sorted(orders)]
+
+
+@contextmanager
+def _torch_threads(count: int | None) -> Iterator[None]:
+    """Run torch ops on ``count`` intra-op threads, restoring the previous setting after."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if count is None or count == previous:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
