@@ -62,6 +62,52 @@ def test_greedy_keeps_ties_unless_strict(digit_vit, tmp_path):
     assert loose["steps"][1]["kept"] is True and strict["steps"][1]["kept"] is False
 
 
+def _official_greedy(evaluator, n):
+    """The official model-soups selection, re-stated: stable ascending sort reversed, running mean, strict ``>``."""
+    scores = {i: evaluator.evaluate_ingredient(i) for i in range(n)}
+    ranked = sorted(scores.items(), key=lambda item: item[1])
+    ranked.reverse()  # equal scores: the later ingredient first
+    kept, best = [ranked[0][0]], ranked[0][1]
+    soup = evaluator.builder.ingredient(ranked[0][0])
+    for index, _ in ranked[1:]:
+        new, count = evaluator.builder.ingredient(index), len(kept)
+        candidate = {k: v * (count / (count + 1.0)) + new[k] * (1.0 / (count + 1)) for k, v in soup.items()}
+        score = evaluator.evaluate_state_dict(candidate, "official greedy")
+        if score > best:
+            kept, best, soup = kept + [index], score, candidate
+    return kept, best
+
+
+def test_greedy_official_rule_reproduces_the_official_selection_on_ties(digit_vit, tmp_path):
+    """A copy of the best ingredient ties it: the official code visits the later copy first and drops the other."""
+    with bound_evaluator(digit_vit) as evaluator:
+        best = max(range(4), key=lambda i: (evaluator.evaluate_ingredient(i), -i))
+    refs = [str(digit_vit.dirs[best])] + [str(d) for i, d in enumerate(digit_vit.dirs) if i != best]
+    refs.append(refs[0])  # ingredients 0 and 4: the same checkpoint, equal scores
+    with bound_evaluator(digit_vit, dirs=[Path(r) for r in refs]) as evaluator:
+        expected_kept, expected_score = _official_greedy(evaluator, len(refs))
+    evaluation = {"dataset": digit_vit.validation, "batch_size": 64}
+    official = hf_soup.soup(refs, method="greedy", rule="official", output_dir=tmp_path / "official",
+                            evaluation=evaluation).report["details"]
+    recipe1 = hf_soup.soup(refs, method="greedy", output_dir=tmp_path / "recipe1",
+                           evaluation=evaluation).report["details"]
+    assert official["order"][:2] == [4, 0] and recipe1["order"][:2] == [0, 4]
+    assert official["kept"] == expected_kept and official["kept"][0] == 4 and 0 not in official["kept"]
+    assert official["score"] == pytest.approx(expected_score, abs=1e-9)
+    assert recipe1["kept"][:2] == [0, 4]  # ">=" keeps the tying copy
+    assert official["rule"] == {"name": "official", "order": "descending", "ties": "later", "strict": True}
+    assert recipe1["rule"] == {"name": "recipe1", "order": "descending", "ties": "earlier", "strict": False}
+
+
+def test_greedy_rule_keys_can_be_overridden():
+    from hf_soup.methods.greedy import GreedyParams
+
+    assert GreedyParams(rule="official", strict=False).resolved() == ("descending", "later", False)
+    assert GreedyParams(ties="later").resolved() == ("descending", "later", False)
+    with pytest.raises(ValueError, match="rule"):
+        GreedyParams(rule="wortsman")
+
+
 def test_greedy_ascending_starts_from_the_worst(digit_bert, tmp_path):
     details = hf_soup.soup([str(d) for d in digit_bert.dirs], method="greedy", order="ascending",
                            output_dir=tmp_path / "s", evaluation={"dataset": digit_bert.validation, "metric": "loss"}
@@ -188,7 +234,7 @@ def test_cli_greedy_with_csv_evaluation_and_compare(digit_bert, tmp_path, capsys
     assert "Validation accuracy:" in out and "| greedy soup (chosen) |" in out
     assert "Logit ensemble ahead of the uniform soup by" in out
     report = json.loads((tmp_path / "soup" / "soup_report.json").read_text())
-    assert report["parameters"] == {"order": "descending", "strict": True}
+    assert report["parameters"] == {"rule": "recipe1", "order": "descending", "ties": "earlier", "strict": True}
     assert report["evaluation"]["batch_size"] == 16 and report["recipe"]["evaluation"]["dataset"].endswith("val.csv")
     assert main([*argv[:-2], "-e", "text_column=nope", "-o", str(tmp_path / "other")]) == 1
     assert "evaluation.text_column" in capsys.readouterr().err and not (tmp_path / "other").exists()
