@@ -29,6 +29,26 @@ def _rescore(digits, directory: Path, **spec) -> float:
     return evaluator.evaluate_model(auto.from_pretrained(directory))
 
 
+def test_radin_offers_the_single_ingredients_and_warns_when_a_soup_is_below_the_best(digit_bert, tmp_path):
+    """Budget 1 + a strong prior evaluates only the uniform soup; a better single ingredient is free to return."""
+    refs = [str(d) for d in digit_bert.dirs]
+    evaluation = {"dataset": digit_bert.validation, "metric": "loss"}
+    exact = hf_soup.soup(refs, method="radin", budget=1, prior=10.0, include_singles=False,
+                         output_dir=tmp_path / "exact", evaluation=evaluation).report
+    scores, score = exact["details"]["scores"], exact["score"]
+    best = min(range(4), key=lambda i: scores[i])
+    assert exact["details"]["kept"] == [0, 1, 2, 3] and score > scores[best]  # the fixture: uniform soup is worse
+    warnings = exact["summary"]["warnings"]
+    assert len(warnings) == 1 and f"below its best ingredient {best}" in warnings[0]
+    assert "include_singles: true" in warnings[0]
+    assert f"> **Warning:** {warnings[0]}" in (tmp_path / "exact" / "README.md").read_text()
+    free = hf_soup.soup(refs, method="radin", budget=1, prior=10.0, output_dir=tmp_path / "free",
+                        evaluation=evaluation).report
+    assert free["details"]["kept"] == [best] and free["score"] == scores[best]
+    assert free["details"]["chosen"] == "single ingredient" and free["summary"]["warnings"] == []
+    assert free["num_full_evaluations"] == 4 + 1  # the singles' scores came with the logit passes
+
+
 @pytest.mark.parametrize("kind", ["vit", "bert"])
 def test_greedy_never_below_the_best_ingredient_and_scores_what_it_writes(kind, digit_vit, digit_bert, tmp_path):
     digits = digit_vit if kind == "vit" else digit_bert
@@ -141,7 +161,7 @@ def test_radin_prior_favours_larger_soups_and_is_reproducible(digit_bert, tmp_pa
     refs = [str(d) for d in digit_bert.dirs]
     evaluation = {"dataset": digit_bert.validation, "metric": "loss"}
     # a strong prior ranks the largest soup (the uniform one) first; budget 1 evaluates only it
-    top = hf_soup.soup(refs, method="radin", budget=1, prior=10.0, output_dir=tmp_path / "a",
+    top = hf_soup.soup(refs, method="radin", budget=1, prior=10.0, include_singles=False, output_dir=tmp_path / "a",
                        evaluation=evaluation).report
     assert top["details"]["kept"] == [0, 1, 2, 3] and top["num_full_evaluations"] == 4 + 1
     without = hf_soup.soup(refs, method="radin", budget=3, candidates=5, include_uniform=False, seed=7,
@@ -218,7 +238,11 @@ def test_compare_with_a_data_free_method_scores_the_written_soup(digit_bert, tmp
                           output_dir=tmp_path / "s", evaluation={"dataset": digit_bert.validation})
     rows = {row["name"]: row for row in result.report["comparison"]["rows"]}
     assert result.report["score"] == rows["weighted soup (chosen)"]["score"] == _rescore(digit_bert, tmp_path / "s")
-    assert result.report["num_full_evaluations"] == 0  # the method itself needed none
+    counts = result.report["summary"]["num_full_evaluations"]
+    spent = result.report["comparison"]["num_full_evaluations"]
+    assert counts == {"method": 0, "comparison": spent, "total": spent}  # the method itself needed none
+    assert result.report["num_full_evaluations"] == result.report["evaluation"]["num_full_evaluations"] == spent
+    assert [s["role"] for s in result.report["summary"]["scores"]] == ["scored on"]
     assert [row["score"] for row in result.report["ingredients"]] == result.report["comparison"]["ingredient_scores"]
 
 

@@ -169,7 +169,8 @@ def test_the_cards_recipe_reproduces_an_evaluated_soup(digit_bert, tmp_path, cap
     report = json.loads((first / "soup_report.json").read_text())
     kept = sum(row["kept"] for row in report["ingredients"])
     assert (f"{kept} of 3 ingredients kept" if kept < 3 else "3 ingredients,") in out
-    assert f"({report['num_full_evaluations']} full evaluations)" in out
+    assert f"Full evaluations: {report['num_full_evaluations']} (" in out
+    assert f"Validation accuracy: {report['score']:.4f} on" in out and "(chosen on this split: in-sample)" in out
 
     # the "Reproduce this soup" recipe of the card must run as written and give the same soup
     card = (first / "README.md").read_text()

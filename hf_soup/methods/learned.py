@@ -162,6 +162,11 @@ class LearnedSoup(PlanningMethod):
             return None
         return test.bind(evaluator.builder.tensors, evaluator.builder.sources)
 
+    @property
+    def held_out_evaluator(self) -> Any:
+        """The ``test_split`` evaluator once the soup is learned (its passes count in the report), else ``None``."""
+        return getattr(self, "_test", None)
+
     # -- pieces ----------------------------------------------------------------------------
 
     def _test_evaluator(self, evaluator: Any, ingredients: Sequence[Any]) -> Any:
