@@ -1,12 +1,18 @@
 """The papers' claims, checked on this project's own small benchmark (figures for docs/papers.md).
 
-    PYTHONPATH=. python benchmarks/bench_papers.py [--hidden 256] [--threads 1]
+    PYTHONPATH=. python -u benchmarks/bench_papers.py [--setup sharded|sweep] [--hidden 256] [--threads 1]
 
-K = 12 tiny ViT digit classifiers (``bench_learned.ingredients``: fine-tuned from one base,
-each on two of the ten classes, so that no single ingredient is good at everything),
-a 300-row validation split the methods choose or train on, and a 300-row held-out test
-split that only scores. Every method runs with its defaults unless a claim needs a
-setting; each line prints the figure next to the paper's.
+Two sets of tiny ViT digit classifiers, fine-tuned from one base:
+
+* ``sharded`` (default) — K = 12 (``bench_learned.ingredients``), each fine-tuned on two
+  of the ten classes, so no single ingredient is good at everything; 300 validation rows
+  the methods choose or train on, 300 held-out test rows that only score;
+* ``sweep`` — K = 8 (``tests/fixtures_classifiers.make_vit_ingredients``), each fine-tuned
+  on its own shard of all classes with its own learning rate, like the papers'
+  hyperparameter sweeps; the 240 held-out digits split 120 / 120 into validation / test.
+
+Every method runs with its defaults unless a claim needs a setting; each line prints the
+figure next to the paper's.
 
 Claims checked:
 
@@ -35,16 +41,35 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+def _ingredients(setup: str, hidden: int):
+    """The ingredient folders and a ``DatasetDict`` with ``validation`` and ``test``."""
+    if setup == "sharded":
+        from bench_learned import ingredients
+
+        return ingredients(hidden)
+    import tempfile
+
+    import datasets
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from fixtures_classifiers import make_vit_ingredients
+
+    digits = make_vit_ingredients(Path(tempfile.mkdtemp(prefix="bench-papers-")) / "ingredients", count=8, steps=30)
+    half = len(digits.validation) // 2
+    return digits.dirs, datasets.DatasetDict({"validation": digits.validation.select(range(half)),
+                                              "test": digits.validation.select(range(half, 2 * half))})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--setup", choices=["sharded", "sweep"], default="sharded")
+    parser.add_argument("--hidden", type=int, default=256, help="ViT width of the sharded set")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
-    from bench_learned import K, ingredients
 
     from hf_soup.align import align
     from hf_soup.evaluation import EvaluationSpec, Evaluator
@@ -54,13 +79,14 @@ def main() -> None:
     from hf_soup.methods.registry import build_method
 
     started = time.perf_counter()
-    dirs, dataset = ingredients(args.hidden)
+    dirs, dataset = _ingredients(args.setup, args.hidden)
+    K = len(dirs)
     with ExitStack() as stack:
         ings = resolve_ingredients([str(d) for d in dirs])
         refs = [i.name for i in ings]
         sources = {i: stack.enter_context(ing.open()) for i, ing in enumerate(ings)}
         alignment = align(list(sources.values()), refs, [i.config for i in ings])
-        spec = dict(dataset=dataset, batch_size=64)
+        spec = {"dataset": dataset, "batch_size": 64}
         val = Evaluator.for_ingredients(EvaluationSpec(**spec, split="validation"), ings).bind(alignment.tensors, sources)
         test = Evaluator.for_ingredients(EvaluationSpec(**spec, split="test"), ings,
                                          accelerator=val.accelerator).bind(alignment.tensors, sources)
@@ -117,9 +143,9 @@ def main() -> None:
         # -- MEHL-Soup ----------------------------------------------------------------------
         print("\n[MEHL-Soup] paper Table 1 (ImageNet, test): MEHL-Soup+ 81.62 > MEHL-Soup 81.20 > greedy 81.03 "
               "> best 80.38; §4.4: more inner iterations than 1K (5 epochs) give no gain")
-        for label, params in (("MEHL-Soup+ b=3, defaults (5 inner epochs)", dict(layerwise=True, model_batch=3)),
-                              ("MEHL-Soup+ b=3, 1 inner epoch", dict(layerwise=True, model_batch=3, inner_epochs=1)),
-                              ("MEHL-Soup b=3, defaults", dict(model_batch=3))):
+        for label, params in (("MEHL-Soup+ b=3, defaults (5 inner epochs)", {"layerwise": True, "model_batch": 3}),
+                              ("MEHL-Soup+ b=3, 1 inner epoch", {"layerwise": True, "model_batch": 3, "inner_epochs": 1}),
+                              ("MEHL-Soup b=3, defaults", {"model_batch": 3})):
             t0 = time.perf_counter()
             learned = plan("learned", **params)
             seconds = time.perf_counter() - t0
@@ -130,13 +156,13 @@ def main() -> None:
         print("\n[AME] eq. 3-4: GD, fixed pivot, lr 1, constant = uniform soup; §3.1: harmonic, adaptive, lr = N "
               "= running mean")
         uniform = val.builder.state_dict(list(range(K)))
-        for label, params in (("fixed pivot, constant, lr 1", dict(adaptive_pivot=False, lr_schedule="constant")),
-                              ("adaptive, harmonic, lr = N", dict(lr=float(K))),
+        for label, params in (("fixed pivot, constant, lr 1", {"adaptive_pivot": False, "lr_schedule": "constant"}),
+                              ("adaptive, harmonic, lr = N", {"lr": float(K)}),
                               ("adaptive, harmonic, lr 1 (default)", {})):
             soup = val.builder.merge(build_method("ame", params), list(range(K)))
             diff = max(float((soup[k] - uniform[k]).abs().max()) for k in uniform if uniform[k].is_floating_point())
             print(f"  {label}: max |AME - uniform| = {diff:.3g}")
-        adam = val.builder.merge(build_method("ame", dict(optimizer="adam", lr=1e-3, epochs=5, batch_size=2)),
+        adam = val.builder.merge(build_method("ame", {"optimizer": "adam", "lr": 1e-3, "epochs": 5, "batch_size": 2}),
                                  list(range(K)))
         print(f"  AME adam (lr 1e-3, 5 epochs, batch 2): val {val.evaluate_state_dict(adam):.3f} "
               f"test {test.evaluate_state_dict(adam):.3f}")

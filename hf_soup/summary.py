@@ -23,7 +23,8 @@ Full evaluations: 7 (7 to make the soup, 0 for the comparison)
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 _ROLE_TEXT = {
     "chosen on": ("Validation", "chosen on this split: in-sample"),
