@@ -228,6 +228,8 @@ class _Run:
             if not plot_comparison(self.comparison, [i.name for i in self.ingredients], staging / self.comparison["plot"]):
                 self.comparison["plot"] = None  # matplotlib is not installed
             report["comparison"] = self.comparison
+        if self.evaluator is not None:
+            self._summarise(report)
         if self.dist.report():
             report["distributed"] = self.dist.report()
         write_report(staging, report)
@@ -235,6 +237,23 @@ class _Run:
             (staging / name).write_bytes(data)
         _write_card(staging, recipe.output.card_template)
         return report
+
+
+    def _summarise(self, report: dict[str, Any]) -> None:
+        """One source for the scores and counts that the CLI, the report and the card show."""
+        from .summary import build_summary
+
+        held_out = getattr(self.method, "held_out_evaluator", None)
+        total = self.evaluator.num_full_evaluations + (
+            held_out.num_full_evaluations if held_out is not None and held_out is not self.evaluator else 0)
+        summary = build_summary(report["details"], report["evaluation"],
+                                data_driven=isinstance(self.method, PlanningMethod), total_evaluations=total,
+                                comparison_evaluations=(self.comparison or {}).get("num_full_evaluations", 0),
+                                refs=[i.name for i in self.ingredients])
+        report["summary"] = summary
+        report["num_full_evaluations"] = report["evaluation"]["num_full_evaluations"] = total
+        for warning in summary["warnings"]:
+            logger.warning("%s", warning)
 
 
 def _check_inputs_outside(destination: Path, recipe: Recipe, ingredients: list[Ingredient]) -> None:

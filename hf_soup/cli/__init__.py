@@ -148,9 +148,10 @@ def merge_command(args) -> int:
     used = _plural(len(rows), "ingredient") if kept == len(rows) else f"{kept} of {len(rows)} ingredients kept"
     print(f"Soup written to {result.output_dir} ({report['method']}, {report['output']['num_parameters']:,} parameters, "
           f"{used}, {report['timings']['total']:.2f}s)")
-    if report.get("score") is not None:
-        print(f"Validation {report['evaluation']['metric']}: {report['score']:.4f} "
-              f"({_plural(report['num_full_evaluations'], 'full evaluation')})")
+    from .summary import score_lines
+
+    for line in score_lines(report.get("summary")):
+        print(line)
     if report.get("comparison"):
         from ..evaluation.compare import comparison_markdown
 

@@ -54,14 +54,16 @@ def resolve_ingredients(values: Sequence[Any], **hub_options: Any) -> list[Ingre
 
 
 def _warn_duplicates(ingredients: Sequence[Ingredient]) -> None:
-    """A checkpoint given twice counts twice in the soup: usually a copy-paste slip, so say so."""
-    seen: dict[Any, int] = {}
+    """A checkpoint given more than once weighs that many times in the soup: usually a copy-paste slip, so say so."""
+    copies: dict[Any, list[int]] = {}
     for index, ingredient in enumerate(ingredients):
         files = tuple(str(Path(f).resolve()) for f in ingredient.files or [])
-        if not files:
-            continue
-        if files in seen:
-            logger.warning("ingredients[%d] (%s) is the same checkpoint as ingredients[%d]; it counts twice in the soup",
-                           index, ingredient.name, seen[files])
-        else:
-            seen[files] = index
+        if files:
+            copies.setdefault(files, []).append(index)
+    for indices in copies.values():
+        if len(indices) > 1:
+            first, *others = indices
+            listed = ", ".join(f"ingredients[{i}]" for i in others)
+            logger.warning("%s (%s) %s the same checkpoint as ingredients[%d]; it is %d of the %d ingredients, "
+                           "so it counts %d times in the soup", listed, ingredients[first].name,
+                           "is" if len(others) == 1 else "are", first, len(indices), len(ingredients), len(indices))

@@ -6,21 +6,39 @@
 3. Rank them by the metric of their averaged logits (eq. 3, no full evaluation) plus
    the prior ``prior * |S|`` (eq. 4), signed so that the prior favours larger soups.
 4. Fully evaluate the top ``budget`` candidates; return the best by its real score.
+5. ``include_singles``: the N single ingredients compete too. Their real scores are
+   already known — the logit pass of step 1 *is* a full evaluation of each — so this
+   costs nothing; a soup must beat the best ingredient strictly to be returned.
 
 Cost: N logit passes + ``budget`` full evaluations.
 
 ```yaml
 method: {name: radin, budget: 4, candidates: 200, prior: 0.0, include_uniform: true}
+method: {name: radin, include_singles: false, include_uniform: false}   # the paper's §4.1 protocol
 ```
+
+Defaults and where they come from:
+
+* ``candidates: 200``, sizes ``[2, N-1]``, no duplicates — §4.1 ("200 candidates without
+  overlap ... size evenly sampled in [2, N-1]").
+* ``include_uniform: true`` — §4.1 excludes the uniform soup for its evaluation but
+  "in real world application we recommend adding it to candidates".
+* ``prior: 0.0`` — §4.1 compares λ = 0 and λ = 1 (accuracy in percent); neither is
+  called the default, so hf-soup takes the plain eq. 3 ranking. ``prior`` is in the
+  metric's units: λ = 1 on accuracy in percent is ``prior: 0.01`` for accuracy in [0, 1].
+* ``budget`` — the paper's tables use B = 1 and B = 25 and leave B to the user; the
+  default N - 1 gives RADIN the same 2N - 1 passes as the greedy soup.
+* ``include_singles: true`` — not in Recipe 2, which returns the best *soup*: a set
+  dominated by one fine-tune can make every candidate soup worse than that ingredient
+  on validation, although the greedy soup, the paper's baseline, can never be. It is on
+  by default because it is free; ``include_singles: false`` is the exact Recipe 2, and
+  then a returned soup scoring below the best ingredient is reported as a warning (in
+  the output and the model card).
 
 The Spearman correlation in the report is between the approximate and the real scores
 of the ``budget`` fully evaluated candidates (the paper's is over all 200 candidates,
 scored on the test set; here only the evaluated ones have a real score); ``None`` when
 fewer than 3 are evaluated.
-
-``prior`` is in the metric's units: the paper's λ = 1 on accuracy in percent is
-``prior: 0.01`` for accuracy in [0, 1]. ``budget`` defaults to N - 1, so RADIN costs
-the same 2N - 1 passes as the greedy soup.
 """
 
 from __future__ import annotations
@@ -45,6 +63,7 @@ class RadinParams(MethodParams):
     candidates: int = Field(default=200, ge=1)
     prior: float = 0.0
     include_uniform: bool = True
+    include_singles: bool = True
     min_size: int = Field(default=2, ge=1)
     max_size: int | None = Field(default=None, ge=1)
     seed: int | None = None
@@ -143,6 +162,11 @@ class RadinSoup(PlanningMethod):
         for candidate in evaluated[1:]:
             if metric.better(candidate["score"], best["score"], strict=True):
                 best = candidate
+        best_single = min(range(n), key=lambda i: (metric.sort_key(scores[i]), i))
+        singles = {"best": best_single, "score": scores[best_single], "included": self.params.include_singles}
+        if self.params.include_singles and metric.better(scores[best_single], best["score"], strict=True):
+            best = {"ingredients": [best_single], "size": 1, "approx_score": scores[best_single],
+                    "score": scores[best_single], "single_ingredient": True}
         from ..evaluation.metrics import spearman
 
         self._details = {
@@ -155,6 +179,8 @@ class RadinSoup(PlanningMethod):
             "num_candidates": len(ranked),
             "seed": seed,
             "evaluated_candidates": evaluated,
+            "single_ingredients": singles,
+            "chosen": "single ingredient" if best.get("single_ingredient") else "soup",
             "spearman": spearman([c["approx_score"] for c in evaluated], [c["score"] for c in evaluated]),
             "metric": metric.name,
             "higher_is_better": metric.higher_is_better,

@@ -65,6 +65,13 @@ def _load_code(report: dict[str, Any], model_id: str) -> str:
     )
 
 
+def _score_lines(report: dict[str, Any]) -> list[str]:
+    from ..summary import score_lines
+
+    summary = report.get("summary")
+    return score_lines(summary) if isinstance(summary, dict) else []
+
+
 def _comparison(report: dict[str, Any]) -> list[tuple[str, float | None]]:
     comparison = report.get("comparison")
     if isinstance(comparison, dict) and isinstance(comparison.get("rows"), list):
@@ -123,6 +130,9 @@ def template_context(report: dict[str, Any], model_id: str) -> dict[str, Any]:
         "dataset": (dataset.get("path") if isinstance(dataset, dict) else dataset),
         "split": evaluation.get("split"),
         "num_full_evaluations": report.get("num_full_evaluations") or 0,
+        # the same lines `hf-soup merge` prints, and the report's warnings (hf_soup.summary)
+        "score_lines": _score_lines(report),
+        "warnings": [str(w) for w in ((report.get("summary") or {}).get("warnings") or [])],
         # a method may add resolved values (defaults filled in, seeds...) as details["card_parameters"]
         "parameters_yaml": _dump({**(report.get("parameters") or {}),
                                   **((report.get("details") or {}).get("card_parameters") or {})}),

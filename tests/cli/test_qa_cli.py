@@ -117,6 +117,17 @@ def test_same_checkpoint_twice_is_warned_about(make_ingredients, tmp_path, caplo
         assert main(["merge", "-m", str(paths[0]), "-m", str(paths[1]), "-m", f"{paths[0]}/",
                      "-o", str(tmp_path / "soup")]) == 0
     assert "ingredients[2]" in caplog.text and "same checkpoint as ingredients[0]" in caplog.text
+    assert "counts 2 times in the soup" in caplog.text
+
+
+def test_a_third_copy_is_counted_as_such(make_ingredients, tmp_path, caplog):
+    paths = make_ingredients("bert", 2)
+    with caplog.at_level("WARNING", logger="hf_soup"):
+        assert main(["merge", "-m", str(paths[0]), "-m", str(paths[1]), "-m", f"{paths[0]}/", "-m", str(paths[0]),
+                     "-o", str(tmp_path / "soup")]) == 0
+    assert "ingredients[2], ingredients[3]" in caplog.text and "are the same checkpoint as ingredients[0]" in caplog.text
+    assert "it is 3 of the 4 ingredients, so it counts 3 times in the soup" in caplog.text
+    assert caplog.text.count("same checkpoint") == 1
 
 
 _BLOCKING_CHILD = """
@@ -169,7 +180,8 @@ def test_the_cards_recipe_reproduces_an_evaluated_soup(digit_bert, tmp_path, cap
     report = json.loads((first / "soup_report.json").read_text())
     kept = sum(row["kept"] for row in report["ingredients"])
     assert (f"{kept} of 3 ingredients kept" if kept < 3 else "3 ingredients,") in out
-    assert f"({report['num_full_evaluations']} full evaluations)" in out
+    assert f"Full evaluations: {report['num_full_evaluations']} (" in out
+    assert f"Validation accuracy: {report['score']:.4f} on" in out and "(chosen on this split: in-sample)" in out
 
     # the "Reproduce this soup" recipe of the card must run as written and give the same soup
     card = (first / "README.md").read_text()

@@ -29,6 +29,26 @@ def _rescore(digits, directory: Path, **spec) -> float:
     return evaluator.evaluate_model(auto.from_pretrained(directory))
 
 
+def test_radin_offers_the_single_ingredients_and_warns_when_a_soup_is_below_the_best(digit_bert, tmp_path):
+    """Budget 1 + a strong prior evaluates only the uniform soup; a better single ingredient is free to return."""
+    refs = [str(d) for d in digit_bert.dirs]
+    evaluation = {"dataset": digit_bert.validation, "metric": "loss"}
+    exact = hf_soup.soup(refs, method="radin", budget=1, prior=10.0, include_singles=False,
+                         output_dir=tmp_path / "exact", evaluation=evaluation).report
+    scores, score = exact["details"]["scores"], exact["score"]
+    best = min(range(4), key=lambda i: scores[i])
+    assert exact["details"]["kept"] == [0, 1, 2, 3] and score > scores[best]  # the fixture: uniform soup is worse
+    warnings = exact["summary"]["warnings"]
+    assert len(warnings) == 1 and f"below its best ingredient {best}" in warnings[0]
+    assert "include_singles: true" in warnings[0]
+    assert f"> **Warning:** {warnings[0]}" in (tmp_path / "exact" / "README.md").read_text()
+    free = hf_soup.soup(refs, method="radin", budget=1, prior=10.0, output_dir=tmp_path / "free",
+                        evaluation=evaluation).report
+    assert free["details"]["kept"] == [best] and free["score"] == scores[best]
+    assert free["details"]["chosen"] == "single ingredient" and free["summary"]["warnings"] == []
+    assert free["num_full_evaluations"] == 4 + 1  # the singles' scores came with the logit passes
+
+
 @pytest.mark.parametrize("kind", ["vit", "bert"])
 def test_greedy_never_below_the_best_ingredient_and_scores_what_it_writes(kind, digit_vit, digit_bert, tmp_path):
     digits = digit_vit if kind == "vit" else digit_bert
@@ -60,6 +80,52 @@ def test_greedy_keeps_ties_unless_strict(digit_vit, tmp_path):
     assert loose["order"][:2] == [0, 1] and strict["order"][:2] == [0, 1]
     assert loose["steps"][1]["soup_score"] == loose["steps"][0]["soup_score"]
     assert loose["steps"][1]["kept"] is True and strict["steps"][1]["kept"] is False
+
+
+def _official_greedy(evaluator, n):
+    """The official model-soups selection, re-stated: stable ascending sort reversed, running mean, strict ``>``."""
+    scores = {i: evaluator.evaluate_ingredient(i) for i in range(n)}
+    ranked = sorted(scores.items(), key=lambda item: item[1])
+    ranked.reverse()  # equal scores: the later ingredient first
+    kept, best = [ranked[0][0]], ranked[0][1]
+    soup = evaluator.builder.ingredient(ranked[0][0])
+    for index, _ in ranked[1:]:
+        new, count = evaluator.builder.ingredient(index), len(kept)
+        candidate = {k: v * (count / (count + 1.0)) + new[k] * (1.0 / (count + 1)) for k, v in soup.items()}
+        score = evaluator.evaluate_state_dict(candidate, "official greedy")
+        if score > best:
+            kept, best, soup = kept + [index], score, candidate
+    return kept, best
+
+
+def test_greedy_official_rule_reproduces_the_official_selection_on_ties(digit_vit, tmp_path):
+    """A copy of the best ingredient ties it: the official code visits the later copy first and drops the other."""
+    with bound_evaluator(digit_vit) as evaluator:
+        best = max(range(4), key=lambda i: (evaluator.evaluate_ingredient(i), -i))
+    refs = [str(digit_vit.dirs[best])] + [str(d) for i, d in enumerate(digit_vit.dirs) if i != best]
+    refs.append(refs[0])  # ingredients 0 and 4: the same checkpoint, equal scores
+    with bound_evaluator(digit_vit, dirs=[Path(r) for r in refs]) as evaluator:
+        expected_kept, expected_score = _official_greedy(evaluator, len(refs))
+    evaluation = {"dataset": digit_vit.validation, "batch_size": 64}
+    official = hf_soup.soup(refs, method="greedy", rule="official", output_dir=tmp_path / "official",
+                            evaluation=evaluation).report["details"]
+    recipe1 = hf_soup.soup(refs, method="greedy", output_dir=tmp_path / "recipe1",
+                           evaluation=evaluation).report["details"]
+    assert official["order"][:2] == [4, 0] and recipe1["order"][:2] == [0, 4]
+    assert official["kept"] == expected_kept and official["kept"][0] == 4 and 0 not in official["kept"]
+    assert official["score"] == pytest.approx(expected_score, abs=1e-9)
+    assert recipe1["kept"][:2] == [0, 4]  # ">=" keeps the tying copy
+    assert official["rule"] == {"name": "official", "order": "descending", "ties": "later", "strict": True}
+    assert recipe1["rule"] == {"name": "recipe1", "order": "descending", "ties": "earlier", "strict": False}
+
+
+def test_greedy_rule_keys_can_be_overridden():
+    from hf_soup.methods.greedy import GreedyParams
+
+    assert GreedyParams(rule="official", strict=False).resolved() == ("descending", "later", False)
+    assert GreedyParams(ties="later").resolved() == ("descending", "later", False)
+    with pytest.raises(ValueError, match="rule"):
+        GreedyParams(rule="wortsman")
 
 
 def test_greedy_ascending_starts_from_the_worst(digit_bert, tmp_path):
@@ -95,7 +161,7 @@ def test_radin_prior_favours_larger_soups_and_is_reproducible(digit_bert, tmp_pa
     refs = [str(d) for d in digit_bert.dirs]
     evaluation = {"dataset": digit_bert.validation, "metric": "loss"}
     # a strong prior ranks the largest soup (the uniform one) first; budget 1 evaluates only it
-    top = hf_soup.soup(refs, method="radin", budget=1, prior=10.0, output_dir=tmp_path / "a",
+    top = hf_soup.soup(refs, method="radin", budget=1, prior=10.0, include_singles=False, output_dir=tmp_path / "a",
                        evaluation=evaluation).report
     assert top["details"]["kept"] == [0, 1, 2, 3] and top["num_full_evaluations"] == 4 + 1
     without = hf_soup.soup(refs, method="radin", budget=3, candidates=5, include_uniform=False, seed=7,
@@ -172,7 +238,11 @@ def test_compare_with_a_data_free_method_scores_the_written_soup(digit_bert, tmp
                           output_dir=tmp_path / "s", evaluation={"dataset": digit_bert.validation})
     rows = {row["name"]: row for row in result.report["comparison"]["rows"]}
     assert result.report["score"] == rows["weighted soup (chosen)"]["score"] == _rescore(digit_bert, tmp_path / "s")
-    assert result.report["num_full_evaluations"] == 0  # the method itself needed none
+    counts = result.report["summary"]["num_full_evaluations"]
+    spent = result.report["comparison"]["num_full_evaluations"]
+    assert counts == {"method": 0, "comparison": spent, "total": spent}  # the method itself needed none
+    assert result.report["num_full_evaluations"] == result.report["evaluation"]["num_full_evaluations"] == spent
+    assert [s["role"] for s in result.report["summary"]["scores"]] == ["scored on"]
     assert [row["score"] for row in result.report["ingredients"]] == result.report["comparison"]["ingredient_scores"]
 
 
@@ -188,7 +258,7 @@ def test_cli_greedy_with_csv_evaluation_and_compare(digit_bert, tmp_path, capsys
     assert "Validation accuracy:" in out and "| greedy soup (chosen) |" in out
     assert "Logit ensemble ahead of the uniform soup by" in out
     report = json.loads((tmp_path / "soup" / "soup_report.json").read_text())
-    assert report["parameters"] == {"order": "descending", "strict": True}
+    assert report["parameters"] == {"rule": "recipe1", "order": "descending", "ties": "earlier", "strict": True}
     assert report["evaluation"]["batch_size"] == 16 and report["recipe"]["evaluation"]["dataset"].endswith("val.csv")
     assert main([*argv[:-2], "-e", "text_column=nope", "-o", str(tmp_path / "other")]) == 1
     assert "evaluation.text_column" in capsys.readouterr().err and not (tmp_path / "other").exists()

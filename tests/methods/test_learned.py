@@ -304,6 +304,15 @@ def test_soup_api_writes_the_learned_soup_with_coefficients_and_plot(sharded_dig
     card = (tmp_path / "soup" / "README.md").read_text()
     assert "## Learned coefficients" in card and "![Distribution of the learned mixing weights](learned_coefficients.png)" in card
     assert "trained on the **validation** split" in card and "held-out **test** split" in card
+    # one source for scores and counts: the report's summary, the card and the CLI lines agree
+    from hf_soup.summary import score_lines
+
+    summary = report["summary"]
+    assert summary["scores"] == [{"split": "validation", "score": details["score"], "role": "chosen on"},
+                                 {"split": "test", "score": details["test_score"], "role": "held out"}]
+    assert report["num_full_evaluations"] == report["evaluation"]["num_full_evaluations"] == 2
+    assert summary["num_full_evaluations"] == {"method": 2, "comparison": 0, "total": 2}
+    assert all(f"- {line}" in card for line in score_lines(summary)) and "Held-out accuracy" in card
     # The written soup, loaded the ordinary way, scores what the method reported.
     model = ViTForImageClassification.from_pretrained(tmp_path / "soup")
     evaluator = Evaluator(EvaluationSpec(**evaluation), config=dirs[0], processor_dir=dirs[0])

@@ -1,13 +1,42 @@
 """AME, Amortized Model Ensembling (Lee & Ngo, "On Defining Neural Averaging").
 
-A soup as meta-optimization in weight space: starting from a pivot w₀, each step takes
+A soup as meta-optimization in weight space: starting from a pivot w₀, each step t takes
 a batch B of ingredients, sets the gradient of w to the pivoted pseudogradient
 
-    g = ζ · mean_{j∈B}(w_ref − x_j) / N,   w_ref = w (adaptive pivot) or the fixed pivot,
+    g_t = (1 / (N·|B|)) · Σ_{j∈B} ζ_j (w_ref − x_j),   w_ref = w_{t−1} (adaptive pivot) or w₀,
 
-and lets a real ``torch.optim`` optimizer update w (Algorithm 1, §3.2–3.3). SGD with
-lr 1, a constant rate and a fixed pivot gives the uniform soup (eq. 3–4); with the
-harmonic rate lr/t and an adaptive pivot it gives the running mean (§3.1).
+and lets a real ``torch.optim`` optimizer update w with the rate η_t = lr · f(t)
+(Algorithm 1, §3.2–3.3; f = 1/t for ``harmonic``, 1 for ``constant``). As computed, in
+float32: for |B| = 1, ``g = (w_ref − x_j) * (ζ_j / N)`` — one subtraction, then one
+multiplication by the float ζ_j/N (not a division by N); for |B| > 1,
+``g = (Σ ζ_j x_j − (Σ ζ_j)·w_ref) * (−1 / (N·|B|))``. N is the number of ingredients.
+
+When the identities hold (SGD without momentum or weight decay, ζ = 1, batch_size 1,
+one epoch, float rounding aside):
+
+* uniform soup, eq. 3–4: fixed pivot (``adaptive_pivot: false``), ``lr_schedule:
+  constant``, lr 1 — w_N = w₀ − (1/N) Σ (w₀ − x_i) = mean of the x_i, for any pivot w₀;
+* running mean, §3.1: adaptive pivot, ``harmonic``, **lr = N** — then η_t·(1/N) = 1/t,
+  so w_t = w_{t−1} − (w_{t−1} − x_t)/t is the mean of x_1..x_t (the pivot drops out at
+  t = 1). §3.1 derives it with the plain gradient (x − ξ) and η_t = 1/t; Algorithm 1
+  adds the 1/N, which the rate must cancel. With the default lr 1 each step moves w
+  only 1/(tN) of the way towards x_t: the result stays near the pivot (by default the
+  uniform soup) and is *not* the running mean;
+* eq. 5: adaptive pivot with a constant lr 1 is an exponential moving average with
+  factor 1/N, not the soup.
+
+Defaults: ``optimizer: sgd``, ``lr`` 1 for SGD (the GD ensembling of §3) and torch's
+default for the others, ``lr_schedule: harmonic`` (App. A.2: "we decayed the learning
+rate harmonically"), ``pivot: soup`` (the experiments start from the uniform soup),
+``adaptive_pivot: true`` (eq. 5, Algorithm 1's w = w_{i−1}), ``epochs: 1``, ζ = 1.
+
+``fused`` (an optimizer argument): unless ``fused`` or ``foreach`` is given, torch's
+fused kernel runs where one exists for the optimizer and device (SGD, Adam, AdamW,
+Adagrad): the same update rule in one pass per step, which rounds differently in the last
+bits (measured: one bf16 ulp in most tensors on CUDA against the CPU single-tensor
+path). ``fused: false`` runs torch's single-tensor implementation, which on CPU equals a
+textbook Algorithm 1 (w ← w − η_t · Optimizer(g_t)) bit for bit, and is the way to get
+the same bytes on every device.
 
 The update is elementwise (App. A.1, "Compute Efficiency"), so the engine streams it
 tensor by tensor: each chunk of each tensor replays one seeded schedule (order, shuffles,
@@ -35,6 +64,9 @@ copies them from the reference ingredient (``output.config_from``, the first by 
 >>> ame = AmeSoup(AmeParams(lr_schedule="constant", adaptive_pivot=False, pivot=0))
 >>> ame.merge(None, [np.array([0.0, 2.0], "f4"), np.array([1.0, 4.0], "f4")])
 array([0.5, 3. ], dtype=float32)
+>>> xs = [np.array([0.0, 2.0], "f4"), np.array([1.0, 4.0], "f4"), np.array([5.0, 0.0], "f4")]
+>>> AmeSoup(AmeParams(lr=3, pivot=0)).merge(None, xs)    # harmonic, adaptive, lr = N: the running mean
+array([2., 2.], dtype=float32)
 """
 
 from __future__ import annotations
@@ -70,7 +102,8 @@ class AmeParams(MethodParams):
     * ``optimizer``: an elementwise ``torch.optim`` optimizer by name (sgd, adam, adamw,
       adagrad, adadelta, rmsprop, adamax, nadam, radam, asgd, rprop); default ``sgd``.
     * ``lr``: base learning rate; default 1 for sgd (the paper's GD ensembling), torch's
-      default for the others.
+      default for the others. With sgd, ``harmonic`` and the adaptive pivot, ``lr`` = N
+      (the number of ingredients) gives the running mean of §3.1 (see the module docstring).
     * ``lr_schedule``: ``harmonic`` (lr / t, t = optimizer step from 1; the paper's default),
       ``constant`` or ``cosine`` (from lr down towards 0 over the run).
     * ``epochs`` (default 1), ``batch_size`` (ingredients per step, default 1), ``shuffle``
@@ -88,7 +121,9 @@ class AmeParams(MethodParams):
       by validation score; needs an evaluation.
     * ``num_threads``: torch threads for the math on CPU (default: all cores but one, which
       the engine's read-ahead thread uses).
-    * Optimizer arguments, e.g. ``betas``, ``eps``, ``weight_decay``, ``momentum``, ``rho``.
+    * Optimizer arguments, e.g. ``betas``, ``eps``, ``weight_decay``, ``momentum``, ``rho``,
+      ``fused`` (default: torch's fused kernel where one exists; ``fused: false``: the
+      single-tensor implementation, bit-identical to a textbook Algorithm 1 on CPU).
     """
 
     model_config = ConfigDict(extra="allow", arbitrary_types_allowed=True)

@@ -1,7 +1,7 @@
 """Learned soups: MEHL-Soup and MEHL-Soup+ (Li et al., ECCV 2024), and the simplex Learned-Soup.
 
 ```yaml
-method: {name: learned, layerwise: true, model_batch: 3, outer_epochs: 2, inner_epochs: 1, lr: 0.05}
+method: {name: learned, layerwise: true, model_batch: 3}
 evaluation: {dataset: ./val.parquet, split: validation}
 ```
 
@@ -32,31 +32,49 @@ from ..base import MergeContext, MergePlan, MethodParams, PlanningMethod
 logger = logging.getLogger("hf_soup")
 
 DEFAULT_MODEL_BATCH = 4
+#: Paper §4.4, "Number of inner training iterations": 1K inner iterations, i.e. 5 epochs
+#: over the validation set, for every model batch.
+DEFAULT_INNER_EPOCHS = 5.0
 _MAX_LOSS_POINTS = 200
 
 
 class LearnedParams(MethodParams):
-    """Recipe keys of ``method: learned``.
+    """Recipe keys of ``method: learned``; the defaults are the paper's experimental settings.
 
     * ``layerwise`` — false: MEHL-Soup (one coefficient per ingredient); true: MEHL-Soup+
-      (one per ingredient and parameter tensor, or per ``blocks`` pattern).
+      (one per ingredient and parameter tensor, or per ``blocks`` pattern). Paper §3.3 /
+      Algorithm 1 (layer-wise ``+``); Table 1 reports both.
     * ``blocks`` — regular expressions grouping parameters (in-memory names) into blocks
       with ``layerwise: true``; capture groups split a pattern into one block per value
       (``'layers\\.(\\d+)\\.'``: one block per layer); unmatched tensors keep their own block.
-    * ``model_batch`` — ingredients held at once, b (default min(K, 4)).
-    * ``outer_epochs`` — passes over the ingredients, each a new seeded shuffle (T/ceil(K/b)).
+    * ``model_batch`` — ingredients held at once, b (default min(K, 4)). §4.4, "Model
+      mini-batch size": accuracy varies by < 0.1 % with b, so b is a memory choice.
+    * ``outer_epochs`` — passes over the ingredients, each a new seeded shuffle (default 1).
+      §4.4, "Number of model training iterations": one model epoch, T = ceil(K/b) outer
+      iterations, "for efficiency" (more gave minor gains).
     * ``inner_steps`` / ``inner_epochs`` — steps J per model batch, given directly or as
-      passes over the training split (default ``inner_epochs: 1``).
+      passes over the training split (default ``inner_epochs: 5``). §4.4, "Number of inner
+      training iterations": 1K inner iterations, "corresponding to 5 epochs over the
+      validation set"; more did not help.
     * ``optimizer`` (``adamw`` | ``sgd``), ``lr``, ``weight_decay``, ``momentum`` (sgd).
-    * ``lr_schedule`` — ``cosine`` (default), ``linear`` or ``constant``, after a linear
-      warmup over ``warmup_ratio`` of all steps.
+      The paper's text does not state them (Algorithm 1 writes a plain gradient step
+      with η; §4 defers training details to its Appendix B). Defaults: ``adamw``
+      with ``weight_decay: 0`` as in the authors' released script; ``lr: 0.05`` is this
+      project's choice: the released script's lr 0.01 applies to ingredient directions
+      normalised to unit norm per block, which hf-soup does not do (coefficients here
+      are the α of eq. 5 on the raw differences θ_k − θ̄), so the value does not carry over.
+    * ``lr_schedule`` — ``cosine`` (default, as the released script), ``linear`` or
+      ``constant``, after a linear warmup over ``warmup_ratio`` of all steps (default 0.1).
+      The released script restarts a cosine with 20 % warmup for every model batch; here
+      one schedule spans the whole run (a documented difference).
     * ``data_batch_size`` — examples per step (default: the evaluation's ``batch_size``).
     * ``seed`` — model order and data shuffles (default: the recipe's seed).
     * ``hyperplane`` — true (default): coefficients on the hyperplane through the
-      ingredients (extrapolation allowed); false: softmax weights on the simplex, the
-      original Learned-Soup, kept for comparison.
+      ingredients (eq. 5, extrapolation allowed); false: softmax weights on the simplex,
+      the original Learned-Soup (eq. 2), kept for comparison.
     * ``train_split`` — the split the coefficients are trained on (default: the
-      evaluation split); ``test_split`` — a further split the result is scored on.
+      evaluation split, as the paper's D^val); ``test_split`` — a further split the
+      result is scored on (held out).
     """
 
     layerwise: bool = False
@@ -166,6 +184,11 @@ class LearnedSoup(PlanningMethod):
             return None
         return test.bind(evaluator.builder.tensors, evaluator.builder.sources)
 
+    @property
+    def held_out_evaluator(self) -> Any:
+        """The ``test_split`` evaluator once the soup is learned (its passes count in the report), else ``None``."""
+        return getattr(self, "_test", None)
+
     # -- pieces ----------------------------------------------------------------------------
 
     def _test_evaluator(self, evaluator: Any, ingredients: Sequence[Any]) -> Any:
@@ -179,7 +202,8 @@ class LearnedSoup(PlanningMethod):
         from .bcd import LearnConfig
 
         p = self.params
-        steps = p.inner_steps or max(1, math.ceil((p.inner_epochs or 1.0) * task.batches_per_epoch))
+        epochs = p.inner_epochs if p.inner_epochs is not None else DEFAULT_INNER_EPOCHS
+        steps = p.inner_steps or max(1, math.ceil(epochs * task.batches_per_epoch))
         return LearnConfig(model_batch=self.model_batch(task.num_models), outer_epochs=p.outer_epochs,
                            inner_steps=steps, optimizer=p.optimizer, lr=p.lr, weight_decay=p.weight_decay,
                            momentum=p.momentum, lr_schedule=p.lr_schedule, warmup_ratio=p.warmup_ratio, seed=seed,
