@@ -119,11 +119,12 @@ class AmeParams(MethodParams):
       and no shuffle (a choice the paper leaves open: its experiments use ζ = 1).
     * ``order``: ``given``, ``ascending`` (weakest first) or ``descending`` (strongest first)
       by validation score; needs an evaluation.
-    * ``num_threads``: torch threads for the math on CPU (default: all cores but one, which
-      the engine's read-ahead thread uses).
+    * ``num_threads``: torch threads for the math on CPU (default: all cores but one; the
+      engine then feeds AME from one thread).
     * Optimizer arguments, e.g. ``betas``, ``eps``, ``weight_decay``, ``momentum``, ``rho``,
-      ``fused`` (default: torch's fused kernel where one exists; ``fused: false``: the
-      single-tensor implementation, bit-identical to a textbook Algorithm 1 on CPU).
+      ``fused`` (default off: torch's single-tensor implementation on every device,
+      bit-identical to a textbook Algorithm 1 on CPU; ``fused: true``: torch's fused kernel
+      where one exists, faster and different in the last bits).
     """
 
     model_config = ConfigDict(extra="allow", arbitrary_types_allowed=True)
