@@ -286,20 +286,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (2 for bad input, 1 for other failures)."""
+    """Entry point; returns the exit code (2 for bad input, 1 for other failures, 130 / 143 when stopped).
+
+    Every failure is one line on stderr; the traceback of an unexpected one is shown with ``-v``.
+    """
+    from .hard_stop import Terminated, sigterm_as_interrupt
+    from .hub_token import redact
+    from .io.os_errors import describe
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+
+    def say(message: str) -> None:  # a token never reaches the terminal, whatever an error quotes
+        print(redact(f"hf-soup: {message}", getattr(args, "token", None)), file=sys.stderr)
+
     try:
-        return args.handler(args)
+        with sigterm_as_interrupt():
+            return args.handler(args)
     except RecipeError as error:
-        print(f"hf-soup: error: {error}", file=sys.stderr)
+        say(f"error: {error}")
         return 2
     except HfSoupError as error:
-        print(f"hf-soup: error: {error}", file=sys.stderr)
+        say(f"error: {error}")
         return 1
-    except KeyboardInterrupt:
-        print("hf-soup: interrupted; an unfinished soup is never left in the output directory", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, Terminated)
+        say(f"{'terminated' if terminated else 'interrupted'}; an unfinished soup is never left in the output directory")
+        return 143 if terminated else 130
+    except OSError as error:
+        if describe(error) is None and args.verbose:
+            raise
+        say(f"error: {describe(error) or _one_line(error)}")
+        return 1
+    except Exception as error:
+        if args.verbose:
+            raise
+        say(f"error: unexpected {_one_line(error)}; rerun with -v for the traceback, and please report it")
+        return 1
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())[:300]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 if __name__ == "__main__":

@@ -105,6 +105,9 @@ def push_soup(
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub import errors as hf
 
+    from .hub_token import check_token
+
+    check_token(token)
     output_dir = Path(output_dir)
     if not output_dir.is_dir() or not any(output_dir.glob("*.safetensors")):
         raise HubError(f"{output_dir}: not a soup directory (no *.safetensors); run `hf-soup merge` first")

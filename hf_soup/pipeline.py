@@ -78,6 +78,15 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
     Launched as several processes (``torchrun`` / ``accelerate launch``), the processes
     share the work; see :mod:`hf_soup.distributed`.
     """
+    from .hub_token import check_token
+    from .io.os_errors import resource_errors
+
+    check_token(token)  # a malformed token is refused before any request, never echoed
+    with resource_errors():  # disk full, too many open files: one clean line, nothing left behind
+        return _run_recipe(recipe, token, progress)
+
+
+def _run_recipe(recipe: Recipe, token: str | None, progress: bool) -> SoupResult:
     from .distributed import get_dist
 
     if not recipe.output.dir:

@@ -187,12 +187,13 @@ def test_overwrite_never_deletes_the_ingredients_or_the_data(make_ingredients, t
 
     paths = make_ingredients("bert", 2)  # tmp_path/run-bert-0, tmp_path/run-bert-1
     for output in (paths[1], tmp_path):  # an ingredient itself, and the folder that holds both
-        assert main(["merge", *_flags(paths), "-o", str(output), "--overwrite"]) == 2
+        assert main(["merge", *_flags(paths), "-o", str(output), "--overwrite"]) == 1
         err = capsys.readouterr().err
-        assert "hf-soup: error: output.dir:" in err and "which this soup reads" in err
+        assert "hf-soup: error: output directory" in err and "holds no soup" in err
     data = tmp_path / "data"
     data.mkdir()
     (data / "val.csv").write_text("text,label\np1 p2,0\n")
+    (data / "soup_report.json").write_text("{}")  # even a folder that looks like a soup is kept when it holds the data
     before = tree_digest(tmp_path)
     assert main(["merge", *_flags(paths), "--method", "greedy", "--eval-dataset", str(data / "val.csv"),
                  "-o", str(data), "--overwrite"]) == 2

@@ -48,8 +48,10 @@ def header_source(ref: IngredientRef, *, token: str | bool | None = None) -> tup
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub import errors as hf
 
+    from ..hub_token import check_token
     from .hub_pull import _translated
 
+    check_token(token)
     endpoint = hub_settings.endpoint()
     api = HfApi(endpoint=endpoint, token=token)
     with _translated(ref, endpoint):
