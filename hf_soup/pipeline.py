@@ -82,8 +82,13 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
     from .io.os_errors import resource_errors
 
     check_token(token)  # a malformed token is refused before any request, never echoed
-    with resource_errors():  # disk full, too many open files: one clean line, nothing left behind
-        return _run_recipe(recipe, token, progress)
+    try:
+        with resource_errors():  # disk full, too many open files: one clean line, nothing left behind
+            return _run_recipe(recipe, token, progress)
+    finally:
+        from .io.staging import retry_discards
+
+        retry_discards()  # a staging folder that could not be removed while the ingredients were open
 
 
 def _run_recipe(recipe: Recipe, token: str | None, progress: bool) -> SoupResult:

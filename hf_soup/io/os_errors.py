@@ -15,6 +15,8 @@ from ..errors import HfSoupError, ResourceError
 _FIXES = {
     errno.ENOSPC: "no space left on the device{where}; free some space or write the soup to another disk (-o DIR)",
     errno.EDQUOT: "disk quota exceeded{where}; free some space or write the soup to another disk (-o DIR)",
+    errno.EFBIG: "file too large{where}: the file size limit (`ulimit -f`) or the filesystem is too small for this "
+                 "shard; lower --max-shard-size, raise the limit, or write the soup elsewhere (-o DIR)",
     errno.EMFILE: "too many open files{where}: the ingredients' weight files exceed this process's limit; raise it "
                   "(e.g. `ulimit -n 65536`) or soup fewer or less-sharded checkpoints",
     errno.ENFILE: "the system ran out of file handles{where}; close other programs or raise fs.file-max, then retry",
@@ -26,7 +28,7 @@ def describe(error: OSError) -> str | None:
     text = _FIXES.get(error.errno)
     if text is None:
         return None
-    where = f" writing {error.filename}" if error.errno in (errno.ENOSPC, errno.EDQUOT) and error.filename else (
+    where = f" writing {error.filename}" if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) and error.filename else (
         f" ({error.filename})" if error.filename else "")
     return text.format(where=where)
 

@@ -8,6 +8,7 @@ folder the next run on that host recognises as stale and removes (see :func:`swe
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
@@ -109,7 +110,7 @@ def staged_directory(destination: str | os.PathLike, overwrite: bool = False) ->
         yield staging
         publish(staging, path, overwrite)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        discard(staging)
         raise
 
 
@@ -134,6 +135,26 @@ def publish(staging: Path, path: Path, overwrite: bool) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(staging, path)
+
+
+_leftovers: set[Path] = set()
+
+
+def discard(path: Path) -> None:
+    """Remove a staging folder; when that fails (e.g. no file descriptor left), retry later and at exit."""
+    shutil.rmtree(path, ignore_errors=True)
+    if path.exists():
+        if not _leftovers:
+            atexit.register(retry_discards)
+        _leftovers.add(path)
+
+
+def retry_discards() -> None:
+    """Remove the staging folders an earlier :func:`discard` could not (their files are closed by now)."""
+    for path in sorted(_leftovers):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            _leftovers.discard(path)
 
 
 def _host() -> str:
