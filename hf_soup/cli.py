@@ -53,7 +53,11 @@ def _add_merge(sub) -> None:
                    help="evaluation setting, e.g. split=test, text_column=sentence, metric=loss; repeatable")
     p.add_argument("--compare", action="store_true", default=None,
                    help="also score the best ingredient, uniform and greedy soups and the logit ensemble")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output directory (only an empty folder or a previous soup)")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="merge even with NaN / Inf in the ingredients or values the output dtype cannot hold "
+                        "(refused by default; the report counts them either way)")
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="push the soup to this Hub repo")
     p.add_argument("--private", action="store_true", default=None, help="create the pushed repo as private")
     p.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
@@ -115,6 +119,8 @@ def _recipe_data(args) -> dict[str, Any]:
         data["seed"] = args.seed
     if args.device:
         data["device"] = args.device
+    if args.allow_nonfinite:
+        data["allow_nonfinite"] = True
     if args.push_to_hub:
         push = data.get("push_to_hub") or {}
         push = {"repo_id": push} if isinstance(push, str) else dict(push)

@@ -217,15 +217,27 @@ class _Run:
 
         recipe, dist, plan = self.recipe, self.dist, self.merge_plan
         shards = [] if self.adapter_output else shard_plan(self.alignment.tensors, parse_size(recipe.output.max_shard_size))
+        from .engine.finite import FiniteGuard, guarding
+
         report = None
+        names = [i.name for i in self.ingredients]
+        guard = FiniteGuard(names, recipe.allow_nonfinite)
         with dist.staged_directory(self.destination, recipe.output.overwrite) as staging:
             if not self.adapter_output:
                 mine = dist.my_shards(shards)
                 bar = _progress_bar(sum(meta.numel for s in mine for _, meta in s.entries), self.progress and dist.is_main)
-                dist.write_shards(staging, shards, self.alignment.tensors, on_device(plan.method, dist.device),
-                                  self.sources, plan.ingredients, progress=bar.update if bar else None)
+                with guarding(guard):
+                    dist.write_shards(staging, shards, self.alignment.tensors, on_device(plan.method, dist.device),
+                                      self.sources, plan.ingredients, progress=bar.update if bar else None)
                 if bar:
                     bar.close()
+                counts = FiniteGuard(names, recipe.allow_nonfinite)
+                for part in dist.all_gather(guard.report()):  # every process's shards
+                    counts.merge_counts(part)
+                self.nonfinite = counts.report()
+                if self.nonfinite["total"] and dist.is_main:
+                    logger.warning("%d non-finite or overflowing value(s) merged (allow_nonfinite); see the report's "
+                                   "'nonfinite' entry", self.nonfinite["total"])
             if dist.is_main:
                 report = self._finish(staging, shards)
         return report
@@ -243,7 +255,7 @@ class _Run:
         else:
             write_index(staging, shards)
             copy_sidecars(staging, self.ingredients[recipe.output.config_from], recipe.output.dtype)
-            written = {"format": "model"}
+            written = {"format": "model", "nonfinite": self.nonfinite}
         self.timer.lap("merge")
         report = _report(recipe, self.method, plan, self.ingredients, self.alignment, shards, self.timer)
         report["output"].update(written)

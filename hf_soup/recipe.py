@@ -122,6 +122,7 @@ class Recipe(_Strict):
     compare: bool = False
     seed: int = 0
     device: Literal["cpu", "cuda", "auto"] = "auto"
+    allow_nonfinite: bool = False  # NaN / Inf in the ingredients, or overflow of the output dtype: refused unless true
 
     @field_validator("ingredients", mode="before")
     @classmethod

@@ -159,7 +159,7 @@ def _overflow(w: World) -> list[str]:
     import numpy as np
 
     for n, path in enumerate(w.ingredients):
-        _save(path / "model.safetensors", {"w": np.full(4, 60000.0 + 9000 * n, dtype=np.float32)})
+        _save(path / "model.safetensors", {"w": np.full(4, 60000.0 + 20000 * n, dtype=np.float32)})
     return ["merge", *w.flags(), "-o", str(w.output), "--dtype", "float16"]
 
 
@@ -232,6 +232,27 @@ CASES = [
     Case("NaN and Inf in an ingredient", _nan, 1, "2 non-finite value(s) (NaN or Inf) in tensor 'w'"),
     Case("values overflow float16", _overflow, 1, "overflow float16"),
 ]
+
+
+@pytest.mark.parametrize("build, entry", [(_nan, ("inputs", {"w": 2})), (_overflow, ("overflow", {"w": 4}))])
+def test_allow_nonfinite_merges_and_the_report_counts(build, entry, make_ingredients, tmp_path):
+    world = _world(tmp_path, make_ingredients)
+    argv = build(world)
+    assert main([*argv, "--allow-nonfinite"]) == 0
+    counts = json.loads((world.output / "soup_report.json").read_text())["output"]["nonfinite"]
+    assert counts["allowed"] is True and counts["total"] == sum(entry[1].values())
+    found = counts[entry[0]]
+    assert (found[str(world.ingredients[1])] if entry[0] == "inputs" else found) == entry[1]
+    recipe = tmp_path / "recipe.yaml"  # the recipe key does the same
+    recipe.write_text(f"allow_nonfinite: true\ningredients: {json.dumps([str(p) for p in world.ingredients])}\n")
+    assert main(["merge", str(recipe), "-o", str(tmp_path / "again")]) == 0
+
+
+def test_clean_soups_report_zero_nonfinite(make_ingredients, tmp_path):
+    world = _world(tmp_path, make_ingredients)
+    assert main(["merge", *world.flags(), "-o", str(world.output), "--dtype", "bfloat16"]) == 0
+    counts = json.loads((world.output / "soup_report.json").read_text())["output"]["nonfinite"]
+    assert counts == {"allowed": False, "inputs": {}, "overflow": {}, "total": 0}
 
 
 def _left_behind(tmp: Path) -> list[str]:

@@ -11,6 +11,7 @@ from ..io import dtypes
 from ..io.source import TensorSource
 from ..methods.base import ChunkInfo, TensorMethod
 from . import chunks as _chunks
+from . import finite
 from .chunks import chunk_elements, iter_chunks
 from .sinks import Sink
 
@@ -58,8 +59,9 @@ def execute(
             chunk = next(merged_chunks)
             assert chunk.tensor is tensor, "chunk stream out of order"
             info = ChunkInfo(tensor.key, tensor.shape, chunk.start, chunk.stop)
-            values = method.merge(info, chunk.arrays)
-            sink.append(tensor, dtypes.from_float32(np.asarray(values, dtype=np.float32), tensor.dtype))
+            values = np.asarray(method.merge(info, chunk.arrays), dtype=np.float32)
+            finite.observe(tensor.key, chunk.arrays, indices, values, tensor.dtype, chunk.last)  # NaN / Inf / overflow
+            sink.append(tensor, dtypes.from_float32(values, tensor.dtype))
             if progress:
                 progress(chunk.stop - chunk.start)
             if chunk.last:
