@@ -201,4 +201,10 @@ def load_recipe(path: str | Path) -> Recipe:
         raise RecipeError(f"recipe {path} does not exist; check the path (or give the ingredients with -m REF)") from None
     except yaml.YAMLError as error:
         raise RecipeError(f"{path}: not valid YAML ({error})") from None
+    except RecursionError:
+        raise RecipeError(f"{path}: nested too deeply to be a recipe; check the file") from None
+    except UnicodeDecodeError as error:
+        raise RecipeError(f"{path}: not a text file ({error.reason} at byte {error.start}); give a YAML recipe") from None
+    except IsADirectoryError:
+        raise RecipeError(f"recipe {path} is a folder; give a YAML recipe file") from None
     return parse_recipe(data, str(path))
