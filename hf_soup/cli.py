@@ -59,7 +59,10 @@ def _add_merge(sub) -> None:
                    help="merge even with NaN / Inf in the ingredients or values the output dtype cannot hold "
                         "(refused by default; the report counts them either way)")
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="push the soup to this Hub repo")
-    p.add_argument("--private", action="store_true", default=None, help="create the pushed repo as private")
+    visibility = p.add_mutually_exclusive_group()
+    visibility.add_argument("--private", action="store_true", default=None, help="create the pushed repo as private")
+    visibility.add_argument("--public", dest="private", action="store_false", default=None,
+                            help="create the pushed repo as public even when ingredients are private")
     p.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
     p.add_argument("--card-template", metavar="PATH", help="Jinja template for the soup's README.md (default: hf-soup's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -60,6 +60,9 @@ def header_source(ref: IngredientRef, *, token: str | bool | None = None) -> tup
             metadata = api.get_safetensors_metadata(ref.name, revision=info.sha)
         except hf.NotASafetensorsRepoError:
             return None
+        except (hf.HfHubHTTPError, ValueError) as error:  # e.g. an index naming shards that are not there
+            logger.debug("header pre-check of %s skipped: %s", ref, error)  # the download reports it precisely
+            return None
         config = None
         if "config.json" in {s.rfilename for s in info.siblings or []}:
             config_path = hf_hub_download(ref.name, "config.json", revision=info.sha, token=token,

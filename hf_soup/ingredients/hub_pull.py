@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 from .. import hub_settings
 from ..errors import HubError, IngredientAccessError, IngredientError, IngredientNotFoundError, NoWeightsError, RevisionNotFoundError
 from .confine import safe_member_name
+from .custom_code import folder_code_files
 from .files import ADAPTER_PATTERNS, BIN_INDEX, SAFETENSORS_INDEX, is_sidecar
 from .ingredient import Ingredient
 from .ref import IngredientRef
@@ -69,6 +70,10 @@ def pull_ingredient(
 
             files = select_files(names, lambda index: json.loads((fetch([glob.escape(index)]) / index).read_text()), str(ref))
             directory = fetch([glob.escape(name) for name in files])
+            code = sorted({f for found in folder_code_files(directory).values() for f in found} & set(names))
+            if code:  # custom code auto_map points to: carried into the soup (never imported here)
+                files = sorted(set(files) | {safe_member_name(f, f"{ref}: auto_map") for f in code})
+                directory = fetch([glob.escape(name) for name in files])
     except _Unreachable as unreachable:
         return _cache_fallback(ref, cache, unreachable)
     _remember_revision(directory, ref.revision or "main", info.sha)
@@ -141,6 +146,7 @@ def _card_data(info: Any) -> dict[str, Any]:
         "pipeline_tag": getattr(info, "pipeline_tag", None) or card.get("pipeline_tag"),
         "library_name": getattr(info, "library_name", None) or card.get("library_name"),
         "datasets": card.get("datasets"),
+        "private": bool(getattr(info, "private", False)),
     }
 
 
