@@ -393,3 +393,46 @@ def test_too_many_open_files_is_one_clean_line(make_ingredients, tmp_path):
     assert "hf-soup: error: too many open files" in result.stderr and "ulimit -n" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+_TORCHRUN_CHILD = """
+import os, sys, time
+from pathlib import Path
+Path(sys.argv[1], "pid-" + os.environ["RANK"]).write_text(str(os.getpid()))
+import hf_soup.output as output
+def blocked(*args, **kwargs):  # process 0, shards written: wait here to be stopped
+    Path(sys.argv[1], "ready").write_text("ready")
+    time.sleep(120)
+output.write_index = blocked
+from hf_soup.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_killed_torchrun_rank_leaves_nothing_behind(make_ingredients, tmp_path):
+    """SIGKILL of process 1: torchrun stops process 0 with SIGTERM, which removes the staging folder."""
+    paths = make_ingredients("bert", 2)
+    before = {p: tree_digest(p) for p in paths}
+    script, state = tmp_path / "child.py", tmp_path / "state"
+    script.write_text(_TORCHRUN_CHILD)
+    state.mkdir()
+    flags = [arg for path in paths for arg in ("-m", str(path))]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+               str(state), "merge", *flags, "-o", str(tmp_path / "out" / "soup"), "--device", "cpu", "--quiet",
+               "--max-shard-size", "20KB"]
+    launcher = subprocess.Popen(command, env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(1800):
+            if (state / "ready").exists() or launcher.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert (state / "ready").exists(), launcher.communicate(timeout=60)[1][-3000:]
+        assert list((tmp_path / "out").glob(".soup.hf-soup-*")), "expected a staging folder mid-merge"
+        os.kill(int((state / "pid-1").read_text()), signal.SIGKILL)
+        _, err = launcher.communicate(timeout=180)
+    finally:
+        launcher.kill()
+    assert launcher.returncode != 0
+    assert list((tmp_path / "out").iterdir()) == [], err[-3000:]
+    assert {p: tree_digest(p) for p in paths} == before
