@@ -367,7 +367,7 @@ def test_file_size_limit_mid_write_is_one_clean_line(make_ingredients, tmp_path)
                             env=dict(os.environ, PYTHONPATH=str(REPO)), preexec_fn=limit, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 1, result.stderr
-    assert "hf-soup: error: file too large" in result.stderr and "Traceback" not in result.stderr
+    assert "hf-soup: error: File too large" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
     assert {p: tree_digest(p) for p in paths} == before
 
@@ -390,7 +390,7 @@ def test_too_many_open_files_is_one_clean_line(make_ingredients, tmp_path):
                             env=dict(os.environ, PYTHONPATH=str(REPO)), preexec_fn=limit, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 1, result.stderr
-    assert "hf-soup: error: too many open files" in result.stderr and "ulimit -n" in result.stderr
+    assert "hf-soup: error: Too many open files" in result.stderr and "ulimit -n" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 

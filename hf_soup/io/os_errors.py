@@ -1,36 +1,40 @@
 """Operating-system failures a user can fix (disk full, quota, too many open files) as clean errors.
 
 >>> describe(OSError(28, "No space left on device", "/data/soup/model.safetensors"))
-'no space left on the device writing /data/soup/model.safetensors; free some space or write the soup to another disk (-o DIR)'
+'No space left on device writing /data/soup/model.safetensors; free some space or write the soup to another disk (-o DIR)'
 """
 
 from __future__ import annotations
 
 import errno
+import os
 from contextlib import contextmanager
 from typing import Iterator
 
 from ..errors import HfSoupError, ResourceError
 
+_MORE_SPACE = "free some space or write the soup to another disk (-o DIR)"
 _FIXES = {
-    errno.ENOSPC: "no space left on the device{where}; free some space or write the soup to another disk (-o DIR)",
-    errno.EDQUOT: "disk quota exceeded{where}; free some space or write the soup to another disk (-o DIR)",
-    errno.EFBIG: "file too large{where}: the file size limit (`ulimit -f`) or the filesystem is too small for this "
-                 "shard; lower --max-shard-size, raise the limit, or write the soup elsewhere (-o DIR)",
-    errno.EMFILE: "too many open files{where}: the ingredients' weight files exceed this process's limit; raise it "
+    errno.ENOSPC: _MORE_SPACE,
+    errno.EDQUOT: _MORE_SPACE,
+    errno.EFBIG: "the file size limit (`ulimit -f`) or the filesystem is too small for a shard; lower "
+                 "--max-shard-size, raise the limit, or write the soup elsewhere (-o DIR)",
+    errno.EMFILE: "the ingredients' weight files exceed this process's open-file limit; raise it "
                   "(e.g. `ulimit -n 65536`) or soup fewer or less-sharded checkpoints",
-    errno.ENFILE: "the system ran out of file handles{where}; close other programs or raise fs.file-max, then retry",
+    errno.ENFILE: "the system ran out of file handles; close other programs or raise fs.file-max, then retry",
 }
+_WRITING = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def describe(error: OSError) -> str | None:
     """A one-line description and fix for a resource error, ``None`` for any other ``OSError``."""
-    text = _FIXES.get(error.errno)
-    if text is None:
+    fix = _FIXES.get(error.errno)
+    if fix is None:
         return None
-    where = f" writing {error.filename}" if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) and error.filename else (
-        f" ({error.filename})" if error.filename else "")
-    return text.format(where=where)
+    where = ""
+    if error.filename:
+        where = f" writing {error.filename}" if error.errno in _WRITING else f" ({error.filename})"
+    return f"{error.strerror or os.strerror(error.errno)}{where}; {fix}"
 
 
 @contextmanager
