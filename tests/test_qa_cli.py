@@ -174,7 +174,10 @@ def test_the_cards_recipe_reproduces_an_evaluated_soup(digit_bert, tmp_path, cap
     # the "Reproduce this soup" recipe of the card must run as written and give the same soup
     card = (first / "README.md").read_text()
     recipe_yaml = card.split("## Reproduce this soup")[1].split("```yaml\n")[1].split("```")[0]
-    assert yaml.safe_load(recipe_yaml) == report["recipe"]
+    from hf_soup.card.reproduce import card_recipe
+
+    assert yaml.safe_load(recipe_yaml) == card_recipe(report)  # the report's, less where it was written
+    assert "output" not in yaml.safe_load(recipe_yaml) and report["recipe"]["output"]["dir"] == str(first)
     assert report["recipe"]["evaluation"] == {"dataset": str(csv), "batch_size": 16}
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(recipe_yaml)
