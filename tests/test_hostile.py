@@ -266,6 +266,8 @@ def test_hostile_input_is_one_clean_line_and_changes_nothing(case, make_ingredie
     monkeypatch.chdir(tmp_path)
     world = World(tmp_path, make_ingredients(case.arch, 2), tmp_path / "out" / "soup", [])
     argv = case.build(world)
+    if "--token" not in argv:  # a valid token too: no failing command may show or write it
+        argv = [*argv, "--token", SECRET]
     inputs = [*world.ingredients, *world.extra_inputs]
     before = {str(p): tree_digest(p) if p.is_dir() else p.read_bytes() for p in inputs}
     output_existed = world.output.exists()
@@ -285,6 +287,7 @@ def test_hostile_input_is_one_clean_line_and_changes_nothing(case, make_ingredie
     lines = [line for line in err.splitlines() if line.startswith("hf-soup:")]
     assert len(lines) == 1 and "Traceback" not in err, err
     assert SECRET not in out + err
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink() and SECRET.encode() in p.read_bytes()]
     assert {str(p): tree_digest(p) if p.is_dir() else p.read_bytes() for p in inputs} == before
     assert output_existed or not world.output.exists()
     assert _left_behind(tmp_path) == []
