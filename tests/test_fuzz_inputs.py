@@ -13,13 +13,13 @@ import struct
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from hf_soup.errors import CorruptWeightsError, RecipeError  # noqa: E402
-from hf_soup.io.header import check_header  # noqa: E402
-from hf_soup.io.safetensors_reader import SafetensorsFile, read_header  # noqa: E402
-from hf_soup.recipe import load_recipe, parse_recipe  # noqa: E402
+from hf_soup.errors import CorruptWeightsError, RecipeError
+from hf_soup.io.header import check_header
+from hf_soup.io.safetensors_reader import SafetensorsFile, read_header
+from hf_soup.recipe import load_recipe, parse_recipe
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

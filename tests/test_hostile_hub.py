@@ -8,8 +8,16 @@ import logging
 import shutil
 
 import pytest
+from hub_fixtures import (  # noqa: F401
+    READ_TOKEN,
+    WRITE_TOKEN,
+    hub,
+    local_hub,
+    publish_model,
+    repo_name,
+    save_tiny,
+)
 from huggingface_hub import HfApi
-from hub_fixtures import READ_TOKEN, WRITE_TOKEN, hub, local_hub, publish_model, repo_name, save_tiny  # noqa: F401
 
 import hf_soup
 from hf_soup.cli import main

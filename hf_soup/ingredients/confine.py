@@ -13,8 +13,8 @@ for a Hub cache snapshot (``models--org--name/snapshots/<sha>``), inside that re
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Iterable
 
 from ..errors import UnsafePathError
 
