@@ -32,6 +32,7 @@ def soup(
     device: str = "auto",
     threads: int | None = None,
     progress: bool = False,
+    allow_nonfinite: bool = False,
     **params: Any,
 ) -> SoupResult:
     """Merge ``ingredients`` (repo IDs, paths or state dicts) and write the soup.
@@ -43,6 +44,8 @@ def soup(
     Method parameters are keyword arguments (``weights=[...]`` for ``weighted``).
     PEFT adapters are ingredients too (``base_model`` overrides the base they name);
     ``output_format="adapter"`` writes a LoRA adapter (``adapter_rank``: ``"concat"`` or an int).
+    NaN / Inf in an ingredient, or values that overflow ``dtype``, raise
+    :class:`~hf_soup.errors.NonFiniteError` unless ``allow_nonfinite=True``.
     """
     data: dict[str, Any] = {
         "ingredients": list(ingredients),
@@ -55,6 +58,7 @@ def soup(
         "compare": compare,
         "device": device,
         "threads": threads,
+        "allow_nonfinite": allow_nonfinite,
     }
     if base_model is not None:
         data["base_model"] = base_model

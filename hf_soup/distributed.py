@@ -328,7 +328,7 @@ class ProcessGroupDist(Dist):
 
     @contextmanager
     def staged_directory(self, destination: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
-        from .io.staging import check_destination, make_staging_dir, publish
+        from .io.staging import check_destination, discard, make_staging_dir, publish
 
         created = None
         try:
@@ -360,7 +360,7 @@ class ProcessGroupDist(Dist):
                     publish(staging, path, overwrite)
         except BaseException:
             if self.is_main:
-                shutil.rmtree(staging, ignore_errors=True)
+                discard(staging)
             self._quiet_barrier()  # nobody exits before the staging directory is gone
             raise
 

@@ -43,6 +43,17 @@ class CorruptWeightsError(IngredientError):
     """A weight file is truncated, malformed or otherwise unreadable."""
 
 
+class UnsafePathError(IngredientError):
+    """An ingredient names or links to a file outside its own folder (``..``, an absolute path, a symlink)."""
+
+
+class NonFiniteError(HfSoupError):
+    """NaN / Inf in an ingredient, or merged values the output dtype cannot hold.
+
+    Refused unless ``allow_nonfinite`` (``--allow-nonfinite``) is given.
+    """
+
+
 class AlignmentError(HfSoupError):
     """The ingredients' state dicts cannot be aligned key by key.
 
@@ -62,6 +73,14 @@ class OutputNotWritableError(HfSoupError, OSError):
     """The output directory (or the folder it goes in) cannot be created or written."""
 
 
+class OutputRefusedError(OutputExistsError):
+    """``overwrite`` would delete something hf-soup did not make (a folder that is not a soup, the current folder)."""
+
+
+class ResourceError(HfSoupError, OSError):
+    """The machine ran out of something the run needs: disk space, quota or file descriptors."""
+
+
 class NothingToSoupError(HfSoupError):
     """A training run or sweep produced no checkpoint or trial model to soup."""
 
@@ -72,6 +91,10 @@ class EvaluationError(HfSoupError):
 
 class HubError(HfSoupError):
     """A Hub operation (pull or push) failed; the message says how to retry."""
+
+
+class TokenError(HubError, RecipeError):
+    """A Hub token is malformed (whitespace, a newline, characters a token cannot have); never echoed."""
 
 
 class RevisionNotFoundError(IngredientNotFoundError):

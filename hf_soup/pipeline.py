@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import RecipeError
 from .ingredients.ingredient import Ingredient
-from .methods.base import MergeContext, MergePlan, plan_merge
+from .methods.base import MergeContext, MergePlan, PlanningMethod, plan_merge
 from .methods.registry import build_method
 from .output.report import build_report, ingredient_entries, write_report
 from .prepare import open_aligned, resolve_with_bases
@@ -65,6 +65,20 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
     Launched as several processes (``torchrun`` / ``accelerate launch``), the processes
     share the work; see :mod:`hf_soup.distributed`.
     """
+    from .hub_token import check_token
+    from .io.os_errors import resource_errors
+
+    check_token(token)  # a malformed token is refused before any request, never echoed
+    try:
+        with resource_errors():  # disk full, too many open files: one clean line, nothing left behind
+            return _run_recipe(recipe, token, progress)
+    finally:
+        from .io.staging import retry_discards
+
+        retry_discards()  # a staging folder that could not be removed while the ingredients were open
+
+
+def _run_recipe(recipe: Recipe, token: str | None, progress: bool) -> SoupResult:
     from .distributed import get_dist
 
     if not recipe.output.dir:
@@ -185,16 +199,28 @@ class _Run:
 
         recipe, dist, plan = self.recipe, self.dist, self.merge_plan
         shards = [] if self.adapter_output else shard_plan(self.alignment.tensors, parse_size(recipe.output.max_shard_size))
+        from .engine.finite import FiniteGuard, guarding
+
         report = None
+        names = [i.name for i in self.ingredients]
+        guard = FiniteGuard(names, recipe.allow_nonfinite)
         with dist.staged_directory(self.destination, recipe.output.overwrite) as staging:
             if not self.adapter_output:
                 mine = dist.my_shards(shards)
                 bar = _progress_bar(sum(meta.numel for s in mine for _, meta in s.entries), self.progress and dist.is_main)
-                dist.write_shards(staging, shards, self.alignment.tensors, plan.method, self.sources,
-                                  plan.ingredients, progress=bar.update if bar else None,
-                                  threads=recipe.threads or default_threads(), device=dist.device)
+                with guarding(guard):
+                    dist.write_shards(staging, shards, self.alignment.tensors, plan.method, self.sources,
+                                      plan.ingredients, progress=bar.update if bar else None,
+                                      threads=recipe.threads or default_threads(), device=dist.device)
                 if bar:
                     bar.close()
+                counts = FiniteGuard(names, recipe.allow_nonfinite)
+                for part in dist.all_gather(guard.report()):  # every process's shards
+                    counts.merge_counts(part)
+                self.nonfinite = counts.report()
+                if self.nonfinite["total"] and dist.is_main:
+                    logger.warning("%d non-finite or overflowing value(s) merged (allow_nonfinite); see the report's "
+                                   "'nonfinite' entry", self.nonfinite["total"])
             if dist.is_main:
                 report = self._finish(staging, shards)
         return report
@@ -212,7 +238,7 @@ class _Run:
         else:
             write_index(staging, shards)
             copy_sidecars(staging, self.ingredients[recipe.output.config_from], recipe.output.dtype)
-            written = {"format": "model"}
+            written = {"format": "model", "nonfinite": self.nonfinite}
         self.timer.lap("merge")
         report = _report(recipe, self.method, plan, self.ingredients, self.alignment, shards, self.timer)
         report["output"].update(written)

@@ -123,6 +123,7 @@ class Recipe(_Strict):
     seed: int = 0
     device: Literal["cpu", "cuda", "auto"] = "auto"
     threads: int | None = Field(default=None, ge=1)  # merge worker threads (default: the cores this process may use)
+    allow_nonfinite: bool = False  # NaN / Inf in the ingredients, or overflow of the output dtype: refused unless true
 
     @field_validator("ingredients", mode="before")
     @classmethod
@@ -201,4 +202,10 @@ def load_recipe(path: str | Path) -> Recipe:
         raise RecipeError(f"recipe {path} does not exist; check the path (or give the ingredients with -m REF)") from None
     except yaml.YAMLError as error:
         raise RecipeError(f"{path}: not valid YAML ({error})") from None
+    except RecursionError:
+        raise RecipeError(f"{path}: nested too deeply to be a recipe; check the file") from None
+    except UnicodeDecodeError as error:
+        raise RecipeError(f"{path}: not a text file ({error.reason} at byte {error.start}); give a YAML recipe") from None
+    except IsADirectoryError:
+        raise RecipeError(f"recipe {path} is a folder; give a YAML recipe file") from None
     return parse_recipe(data, str(path))

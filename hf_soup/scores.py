@@ -72,6 +72,9 @@ def evaluate(
     ``num_full_evaluations`` counts the passes run for it, the ingredient scores being known),
     ``num_full_evaluations`` and ``evaluation`` (the report's description).
     """
+    from .hub_token import check_token
+
+    check_token(token)
     spec, methods = _check(ingredients, evaluation, soups)
     from .evaluation.compare import ensemble_rows, score_written
     from .evaluation.evaluator import Evaluator

@@ -81,6 +81,10 @@ def test_existing_destination_is_kept_without_overwrite(make_ingredients, tmp_pa
     with pytest.raises(OutputExistsError, match="--overwrite"):
         hf_soup.soup(paths, output_dir=destination)
     assert (destination / "keep.txt").read_text() == "precious"
+    with pytest.raises(OutputExistsError, match="holds no soup"):  # overwrite replaces only soups (issue 17)
+        hf_soup.soup(paths, output_dir=destination, overwrite=True)
+    assert (destination / "keep.txt").read_text() == "precious"
+    (destination / "soup_report.json").write_text("{}")  # a previous soup is replaced
     hf_soup.soup(paths, output_dir=destination, overwrite=True)
     assert not (destination / "keep.txt").exists() and (destination / "model.safetensors").exists()
 
@@ -198,6 +202,7 @@ def test_a_failed_swap_whose_restore_also_fails_keeps_the_old_output(tmp_path, m
     old = tmp_path / "soup"
     old.mkdir()
     (old / "model.safetensors").write_bytes(b"the old soup")
+    (old / "soup_report.json").write_text("{}")
     new = tmp_path / ".soup.hf-soup-new"
     new.mkdir()
     calls = []

@@ -60,9 +60,16 @@ def _add_merge(sub) -> None:
                    help="evaluation setting, e.g. split=test, text_column=sentence, metric=loss; repeatable")
     p.add_argument("--compare", action="store_true", default=None,
                    help="also score the best ingredient, uniform and greedy soups and the logit ensemble")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output directory (only an empty folder or a previous soup)")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="merge even with NaN / Inf in the ingredients or values the output dtype cannot hold "
+                        "(refused by default; the report counts them either way)")
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="push the soup to this Hub repo")
-    p.add_argument("--private", action="store_true", default=None, help="create the pushed repo as private")
+    visibility = p.add_mutually_exclusive_group()
+    visibility.add_argument("--private", action="store_true", default=None, help="create the pushed repo as private")
+    visibility.add_argument("--public", dest="private", action="store_false", default=None,
+                            help="create the pushed repo as public even when ingredients are private")
     add_token_flag(p)
     p.add_argument("--card-template", metavar="PATH", help="Jinja template for the soup's README.md (default: hf-soup's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -124,6 +131,8 @@ def _recipe_data(args) -> dict[str, Any]:
         data["device"] = args.device
     if getattr(args, "threads", None) is not None:
         data["threads"] = args.threads
+    if args.allow_nonfinite:
+        data["allow_nonfinite"] = True
     if args.push_to_hub:
         push = data.get("push_to_hub") or {}
         push = {"repo_id": push} if isinstance(push, str) else dict(push)
@@ -290,20 +299,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (2 for bad input, 1 for other failures)."""
+    """Entry point; returns the exit code (2 for bad input, 1 for other failures, 130 / 143 when stopped).
+
+    Every failure is one line on stderr; the traceback of an unexpected one is shown with ``-v``.
+    """
+    from .hard_stop import Terminated, sigterm_as_interrupt
+    from .hub_token import redact
+    from .io.os_errors import describe
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+
+    def say(message: str) -> None:  # a token never reaches the terminal, whatever an error quotes
+        print(redact(f"hf-soup: {message}", getattr(args, "token", None)), file=sys.stderr)
+
     try:
-        return args.handler(args)
+        with sigterm_as_interrupt():
+            return args.handler(args)
     except RecipeError as error:
-        print(f"hf-soup: error: {error}", file=sys.stderr)
+        say(f"error: {error}")
         return 2
     except HfSoupError as error:
-        print(f"hf-soup: error: {error}", file=sys.stderr)
+        say(f"error: {error}")
         return 1
-    except KeyboardInterrupt:
-        print("hf-soup: interrupted; an unfinished soup is never left in the output directory", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, Terminated)
+        say(f"{'terminated' if terminated else 'interrupted'}; an unfinished soup is never left in the output directory")
+        return 143 if terminated else 130
+    except OSError as error:
+        if describe(error) is None and args.verbose:
+            raise
+        say(f"error: {describe(error) or _one_line(error)}")
+        return 1
+    except Exception as error:
+        if args.verbose:
+            raise
+        say(f"error: unexpected {_one_line(error)}; rerun with -v for the traceback, and please report it")
+        return 1
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())[:300]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 if __name__ == "__main__":

@@ -19,7 +19,12 @@ def add_push_parser(sub) -> argparse.ArgumentParser:
                        description="Upload a soup directory (weights, README.md, report) to a Hub repo in one commit.")
     p.add_argument("output_dir", metavar="OUTPUT_DIR", help="the folder `hf-soup merge` wrote")
     p.add_argument("repo_id", metavar="REPO_ID", help="the Hub repo to create or update, e.g. me/my-soup")
-    p.add_argument("--private", action="store_true", default=None, help="create the repo as private")
+    visibility = p.add_mutually_exclusive_group()
+    visibility.add_argument("--private", action="store_true", default=None, help="create the repo as private")
+    visibility.add_argument("--public", dest="private", action="store_false", default=None,
+                            help="create the repo as public even when ingredients are private (default: private then)")
+    p.add_argument("--regenerate-card", action="store_true",
+                   help="replace README.md with hf-soup's card even when it was edited by hand")
     p.add_argument("--revision", help="branch to commit to (created if missing; default main)")
     p.add_argument("--commit-message", help="commit title (default: what the soup is)")
     p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to the branch")
@@ -33,7 +38,8 @@ def push_command(args: argparse.Namespace) -> int:
     from ..output.push import push_soup
 
     url = push_soup(args.output_dir, args.repo_id, token=args.token, private=args.private, revision=args.revision,
-                    commit_message=args.commit_message, create_pr=args.create_pr)
+                    commit_message=args.commit_message, create_pr=args.create_pr,
+                    regenerate_card=args.regenerate_card)
     print(f"Pushed to {url}")
     return 0
 

@@ -23,6 +23,7 @@ from ..io import dtypes
 from ..io.source import TensorSource
 from ..methods.base import ChunkInfo, TensorMethod
 from .chunks import ReadBuffers, WorkItem, read_copy
+from .finite import OVERFLOW_AT, FiniteGuard
 from .rounding import round_to_storage_torch
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -96,10 +97,12 @@ class DeviceRunner:
     torch path gives the numpy path's bytes.
     """
 
-    def __init__(self, method: TensorMethod, sources: dict[int, TensorSource], indices: Sequence[int], device: str):
+    def __init__(self, method: TensorMethod, sources: dict[int, TensorSource], indices: Sequence[int], device: str,
+                 guard: FiniteGuard | None = None):
         import torch
 
         self.method = method
+        self.guard = guard
         self.sources = sources
         self.indices = list(indices)
         self.device = torch.device(device)
@@ -133,6 +136,18 @@ class DeviceRunner:
         values = moved.view(getattr(torch, dtypes.TORCH_NAMES[storage]))
         return values if storage in ("F32", "F64") else values.to(torch.float32)
 
+    def _check_finite(self, tensor: Any, chunks: list, values: Any) -> None:
+        """A quick device-side test; the guard counts on host copies only when it finds something."""
+        import torch
+
+        limit = OVERFLOW_AT.get(tensor.dtype)
+        suspect = not bool(torch.isfinite(torch.stack([c.sum(dtype=torch.float64) for c in chunks]).sum()))
+        if not suspect and limit is not None and values.numel():
+            suspect = bool(values.abs().max() >= limit)
+        if suspect:
+            self.guard.observe(tensor.key, [c.cpu().numpy() for c in chunks], self.indices, values.cpu().numpy(),
+                               tensor.dtype)
+
     def run(self, item: WorkItem, sink: Any) -> None:
         import torch
 
@@ -144,7 +159,10 @@ class DeviceRunner:
         with torch.cuda.stream(stream) if stream is not None else nullcontext():
             chunks = [self._to_device(item, n, index) for n, index in enumerate(self.indices)]
             info = ChunkInfo(tensor.key, tensor.shape, item.start, item.stop)
-            rounded = round_to_storage_torch(self.method.merge_torch(info, chunks), tensor.dtype)  # type: ignore[attr-defined]
+            values = self.method.merge_torch(info, chunks)  # type: ignore[attr-defined]
+            if self.guard is not None:
+                self._check_finite(tensor, chunks, values)
+            rounded = round_to_storage_torch(values, tensor.dtype)
             storage = dtypes.STORAGE[tensor.dtype]
             out = self.buffers.get("out", rounded.numel() * storage.itemsize, self.cuda)
             out.view(rounded.dtype).copy_(rounded, non_blocking=True)

@@ -21,6 +21,7 @@ from ..align import AlignedTensor
 from ..io.source import TensorSource
 from ..methods.base import ChunkInfo, TensorMethod
 from ..io import dtypes
+from . import finite
 from .chunks import (DEFAULT_BUFFER_BYTES, ReadBuffers, WorkItem, bytes_per_element,
                      chunk_elements, read_copy, read_raw, widen, work_items)
 from .rounding import round_to_storage
@@ -48,8 +49,10 @@ class _CpuRunner:
     numpy call works long without the interpreter lock, which the threads share.
     """
 
-    def __init__(self, method: TensorMethod, sources: dict[int, TensorSource], indices: Sequence[int]):
+    def __init__(self, method: TensorMethod, sources: dict[int, TensorSource], indices: Sequence[int],
+                 guard: finite.FiniteGuard | None = None):
         self.method = method
+        self.guard = guard
         self.sources = sources
         self.indices = list(indices)
         self.selected = [sources[i] for i in self.indices]
@@ -67,7 +70,10 @@ class _CpuRunner:
             stop = min(item.count, start + block)
             chunks = widen(raws, start, stop, self.buffers)
             info = ChunkInfo(tensor.key, tensor.shape, item.start + start, item.start + stop)
-            out[start:stop] = round_to_storage(np.asarray(self.method.merge(info, chunks)), tensor.dtype)
+            values = np.asarray(self.method.merge(info, chunks))
+            if self.guard is not None:  # NaN / Inf in the inputs, overflow of the output dtype
+                self.guard.observe(tensor.key, chunks, self.indices, values, tensor.dtype)
+            out[start:stop] = round_to_storage(values, tensor.dtype)
         sink.put(tensor, item.start, out)
 
 
@@ -97,7 +103,7 @@ def execute(
         largest = max((t.meta.numel for t in tensors if t.action == "merge"), default=1)
         threads = max(1, min(threads, budget // max(1, largest * per_element)))
     step = chunk_elements(len(indices), threads, budget)
-    runner = _runner(method, sources, indices, device)
+    runner = _runner(method, sources, indices, device, finite.current())
     items = work_items(tensors, step, whole_tensors=method.whole_tensor)
     if threads == 1:
         for item in items:
@@ -153,15 +159,20 @@ def _run_on_threads(runner, items: Iterator[WorkItem], sink_for: Callable[[Align
         raise errors[0]
 
 
-def _runner(method: TensorMethod, sources: dict[int, TensorSource], indices: Sequence[int], device: str):
-    """The item runner for ``device``: the host's numpy path, or the torch path on a GPU."""
+def _runner(method: TensorMethod, sources: dict[int, TensorSource], indices: Sequence[int], device: str,
+            guard: finite.FiniteGuard | None):
+    """The item runner for ``device``: the host's numpy path, or the torch path on a GPU.
+
+    ``guard`` (the run's non-finite check) is handed over explicitly: worker threads do not
+    inherit the caller's context variables.
+    """
     from .device import has_torch_path
 
     if device == "cpu" or not has_torch_path(method):
-        return _CpuRunner(method, sources, indices)
+        return _CpuRunner(method, sources, indices, guard)
     from .device import DeviceRunner
 
-    return DeviceRunner(method, sources, indices, device)
+    return DeviceRunner(method, sources, indices, device, guard)
 
 
 __all__ = ["default_threads", "execute"]

@@ -264,6 +264,12 @@ def build_collate(
         tokenizer = AutoTokenizer.from_pretrained(str(processor_dir), trust_remote_code=spec.trust_remote_code)
     except Exception as error:  # transformers raises OSError/ValueError/KeyError here
         raise _processor_error("tokenizer", processor_dir, error) from None
+    if len(tokenizer) <= 1 or not tokenizer("a b")["input_ids"]:  # transformers 5 builds an empty one from no files
+        raise EvaluationError(
+            f"evaluation: {processor_dir} has no tokenizer files (tokenizer.json, vocab / merges files...), so text "
+            "cannot be tokenized; save the tokenizer next to the first ingredient (tokenizer.save_pretrained), set "
+            "evaluation.processor_from to a folder that has one, or give a collate_fn"
+        )
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     elif tokenizer.pad_token is None and spec.batch_size > 1:

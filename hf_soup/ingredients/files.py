@@ -10,6 +10,7 @@ import fnmatch
 from pathlib import Path
 
 from ..errors import CorruptWeightsError, NoWeightsError
+from .confine import safe_member_name
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -42,9 +43,12 @@ def _indexed_files(directory: Path, index_name: str) -> list[Path]:
     index_path = directory / index_name
     try:
         weight_map = json.loads(index_path.read_text())["weight_map"]
-    except (ValueError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
         raise CorruptWeightsError(f"{index_path}: not a valid weight index ({error}); re-save the checkpoint") from None
-    files = [directory / name for name in dict.fromkeys(weight_map.values())]
+    if not isinstance(weight_map, dict):
+        raise CorruptWeightsError(f"{index_path}: weight_map is not a mapping of tensor names to files; re-save the checkpoint")
+    names = [safe_member_name(name, str(index_path)) for name in dict.fromkeys(weight_map.values())]
+    files = [directory / name for name in names]
     missing = [f.name for f in files if not f.is_file()]
     if missing:
         raise CorruptWeightsError(

@@ -48,8 +48,10 @@ def header_source(ref: IngredientRef, *, token: str | bool | None = None) -> tup
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub import errors as hf
 
+    from ..hub_token import check_token
     from .hub_pull import translated_errors
 
+    check_token(token)
     endpoint = hub_settings.endpoint()
     api = HfApi(endpoint=endpoint, token=token)
     with translated_errors(ref, endpoint):
@@ -57,6 +59,9 @@ def header_source(ref: IngredientRef, *, token: str | bool | None = None) -> tup
         try:
             metadata = api.get_safetensors_metadata(ref.name, revision=info.sha)
         except hf.NotASafetensorsRepoError:
+            return None
+        except (hf.HfHubHTTPError, ValueError) as error:  # e.g. an index naming shards that are not there
+            logger.debug("header pre-check of %s skipped: %s", ref, error)  # the download reports it precisely
             return None
         config = None
         if "config.json" in {s.rfilename for s in info.siblings or []}:

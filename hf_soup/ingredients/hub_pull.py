@@ -22,6 +22,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 from .. import hub_settings
 from ..errors import HubError, IngredientAccessError, IngredientError, IngredientNotFoundError, NoWeightsError, RevisionNotFoundError
+from .confine import safe_member_name
+from .custom_code import folder_code_files
 from .files import ADAPTER_PATTERNS, BIN_INDEX, SAFETENSORS_INDEX, is_sidecar
 from .ingredient import Ingredient
 from .ref import IngredientRef
@@ -47,6 +49,9 @@ def pull_ingredient(
     :class:`RevisionNotFoundError`, :class:`IngredientAccessError` or :class:`NoWeightsError`,
     each naming the ref.
     """
+    from ..hub_token import check_token
+
+    check_token(token)
     cache = hub_settings.cache_dir(cache_dir)
     if local_files_only or hub_settings.offline():
         return _from_cache(ref, cache)
@@ -65,6 +70,10 @@ def pull_ingredient(
 
             files = select_files(names, lambda index: json.loads((fetch([glob.escape(index)]) / index).read_text()), str(ref))
             directory = fetch([glob.escape(name) for name in files])
+            code = sorted({f for found in folder_code_files(directory).values() for f in found} & set(names))
+            if code:  # custom code auto_map points to: carried into the soup (never imported here)
+                files = sorted(set(files) | {safe_member_name(f, f"{ref}: auto_map") for f in code})
+                directory = fetch([glob.escape(name) for name in files])
     except _Unreachable as unreachable:
         return _cache_fallback(ref, cache, unreachable)
     _remember_revision(directory, ref.revision or "main", info.sha)
@@ -102,10 +111,10 @@ def select_files(names: Sequence[str], read_index: Callable[[str], dict], ref: s
     """
     top = [n for n in names if "/" not in n]
     weights = (
-        _indexed(top, SAFETENSORS_INDEX, read_index)
+        _indexed(top, SAFETENSORS_INDEX, read_index, ref)
         or (["model.safetensors"] if "model.safetensors" in top else [])
         or [n for n in top if n.endswith(".safetensors") and not n.startswith("adapter_model")]
-        or _indexed(top, BIN_INDEX, read_index)
+        or _indexed(top, BIN_INDEX, read_index, ref)
         or (["pytorch_model.bin"] if "pytorch_model.bin" in top else [])
         or [n for n in top if any(fnmatch.fnmatch(n, p) for p in ADAPTER_PATTERNS)]
     )
@@ -118,14 +127,15 @@ def select_files(names: Sequence[str], read_index: Callable[[str], dict], ref: s
     return sorted(set(weights) | {n for n in top if is_sidecar(n)})
 
 
-def _indexed(top: list[str], index: str, read_index: Callable[[str], dict]) -> list[str]:
+def _indexed(top: list[str], index: str, read_index: Callable[[str], dict], ref: str = "") -> list[str]:
     if index not in top:
         return []
     try:
-        shards = sorted(set(read_index(index)["weight_map"].values()))
-    except (ValueError, KeyError, TypeError, AttributeError):
+        shards = set(read_index(index)["weight_map"].values())
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return [index]  # a broken index: resolve_local reports it with the local path
-    return [index, *shards]
+    # refused before any download: a shard named ../../x or /x would be read from outside the snapshot
+    return [index, *sorted(safe_member_name(name, f"{ref}: {index}") for name in shards)]
 
 
 def _card_data(info: Any) -> dict[str, Any]:
@@ -136,6 +146,7 @@ def _card_data(info: Any) -> dict[str, Any]:
         "pipeline_tag": getattr(info, "pipeline_tag", None) or card.get("pipeline_tag"),
         "library_name": getattr(info, "library_name", None) or card.get("library_name"),
         "datasets": card.get("datasets"),
+        "private": bool(getattr(info, "private", False)),
     }
 
 

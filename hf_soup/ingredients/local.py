@@ -6,7 +6,8 @@ from pathlib import Path
 
 from ..adapters.detect import is_adapter_folder, resolve_adapter
 from ..errors import IngredientNotFoundError, NoWeightsError
-from .files import weight_files
+from .confine import check_files_inside
+from .files import is_sidecar, sidecar_files, weight_files
 from .ingredient import Ingredient, read_config
 from .ref import IngredientRef
 
@@ -26,6 +27,9 @@ def resolve_local(ref: IngredientRef, directory: Path | None = None, sha: str | 
         weight_format, files = weight_files(path)
     except NoWeightsError:
         if is_adapter_folder(path):  # a PEFT adapter (full-model weights win when both are there, as on the Hub)
+            check_files_inside(path, [p for p in path.iterdir()
+                                      if p.is_file() and (is_sidecar(p.name) or p.name.startswith("adapter_"))])
             return resolve_adapter(ref, path, sha)
         raise
+    check_files_inside(path, [*files, *sidecar_files(path), *path.glob("*.py")])
     return Ingredient(ref, weight_format, files, directory=path, sha=sha, config=read_config(path))

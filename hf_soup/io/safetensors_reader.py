@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import CorruptWeightsError
 from . import dtypes
+from .header import check_header
 from .source import TensorMeta, TensorSource
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -36,14 +37,10 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
             header = json.loads(handle.read(length))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise CorruptWeightsError(f"{path}: corrupt safetensors header ({error}); re-download or re-save it") from None
+        except RecursionError:
+            raise CorruptWeightsError(f"{path}: corrupt safetensors header (nested too deeply); re-download or re-save it") from None
     data_start = 8 + length
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if data_start + end > size:
-        raise CorruptWeightsError(
-            f"{path}: truncated: the header promises {data_start + end} bytes, the file has {size}; "
-            "the download or save was interrupted, fetch the file again"
-        )
-    return header, data_start
+    return check_header(header, str(path), size - data_start), data_start
 
 
 class SafetensorsFile(TensorSource):

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 from pathlib import Path
@@ -18,12 +19,16 @@ from huggingface_hub import ModelCard
 
 from ..errors import HfSoupError, RecipeError
 from .card_metadata import card_data, kept_ingredients
+from .escape import fence_for, md_code, md_text
+from .reproduce import card_recipe as _card_recipe
+from .reproduce import repo_id_given, reproduce_notes
 
 TEMPLATE_DIR_NAME = "templates"
 DEFAULT_TEMPLATE = "default.md"
 # Written at the end of a card rendered from the default template, so a push can re-render it
 # with the repo ID (the "use it" snippet then names the repo).
 DEFAULT_MARKER = "<!-- hf-soup card: default template -->"
+CARD_HASH = "card_sha256"  # report entry: sha256 of the README.md hf-soup last wrote
 
 
 def default_template() -> Path:
@@ -113,10 +118,12 @@ def template_context(report: dict[str, Any], model_id: str) -> dict[str, Any]:
     dataset = evaluation.get("dataset")
     method = _method_class(report.get("method"))
     description, paper, paper_title = _method_info(method, report.get("method"))
-    rows = [dict(row, score=row.get("score"), weight=row.get("weight"), kept=row.get("kept", True))
+    rows = [dict(row, score=row.get("score"), weight=row.get("weight"), kept=row.get("kept", True),
+                 ref_code=md_code(row.get("ref")))  # a name with | ` < or a newline cannot break the card
             for row in report.get("ingredients", [])]
+    recipe_yaml = _dump(_card_recipe(report))
     context = {
-        "model_name": _title(report, model_id),
+        "model_name": md_text(_title(report, model_id)),
         "repo_id": model_id,
         "method": report.get("method"),
         "method_description": description,
@@ -126,9 +133,9 @@ def template_context(report: dict[str, Any], model_id: str) -> dict[str, Any]:
         "kept_count": len(kept_ingredients(report)),
         "show_scores": any(row["score"] is not None for row in rows),
         "score": report.get("score"),
-        "metric": evaluation.get("metric") or "accuracy",
-        "dataset": (dataset.get("path") if isinstance(dataset, dict) else dataset),
-        "split": evaluation.get("split"),
+        "metric": md_text(evaluation.get("metric") or "accuracy"),
+        "dataset": _escaped(dataset.get("path") if isinstance(dataset, dict) else dataset),
+        "split": _escaped(evaluation.get("split")),
         "num_full_evaluations": report.get("num_full_evaluations") or 0,
         # the same lines `hf-soup merge` prints, and the report's warnings (hf_soup.summary)
         "score_lines": _score_lines(report),
@@ -136,8 +143,10 @@ def template_context(report: dict[str, Any], model_id: str) -> dict[str, Any]:
         # a method may add resolved values (defaults filled in, seeds...) as details["card_parameters"]
         "parameters_yaml": _dump({**(report.get("parameters") or {}),
                                   **((report.get("details") or {}).get("card_parameters") or {})}),
-        "recipe_yaml": _dump(report.get("recipe")),
-        "comparison": _comparison(report),
+        "recipe_yaml": recipe_yaml,
+        "recipe_fence": fence_for(recipe_yaml),
+        "reproduce_notes": reproduce_notes(report, pushed=repo_id_given(model_id)),
+        "comparison": [(md_text(name), value) for name, value in _comparison(report)],
         "comparison_plot": (report.get("comparison") or {}).get("plot") if isinstance(report.get("comparison"), dict) else None,
         "comparison_info": _comparison_info(report),
         "load_code": _load_code(report, model_id),
@@ -147,6 +156,10 @@ def template_context(report: dict[str, Any], model_id: str) -> dict[str, Any]:
     section = method.card_section if method is not None else None
     context["method_section"] = jinja2.Template(section).render(**context) if section else ""
     return context
+
+
+def _escaped(value: Any) -> str | None:
+    return md_text(value) if value else None
 
 
 def template_error(error: Exception) -> str:
@@ -209,12 +222,26 @@ def write_card(output_dir: str | Path, template_path: str | Path | None = None, 
     output_dir = Path(output_dir)
     if not (output_dir / REPORT_FILE).is_file():
         raise HfSoupError(f"{output_dir}: no {REPORT_FILE}; give the folder `hf-soup merge` wrote")
-    card = render_card(read_report(output_dir), template_path, repo_id=repo_id)
+    report = read_report(output_dir)
+    card = render_card(report, template_path, repo_id=repo_id)
     path = output_dir / "README.md"
     # a path with non-UTF-8 bytes reaches the report as lone surrogates: shown as "?" in the card
     data = str(card).encode("utf-8", errors="replace")
     _replace_atomically(path, data)
+    report[CARD_HASH] = hashlib.sha256(data).hexdigest()  # a push re-renders only a card nobody edited since
+    _replace_atomically(output_dir / REPORT_FILE, (json.dumps(report, indent=2, default=str) + "\n").encode())
     return path
+
+
+def card_edited(output_dir: str | Path) -> bool | None:
+    """Whether README.md differs from the card hf-soup last rendered (``None``: no README or no recorded hash)."""
+    from ..report import read_report
+
+    readme = Path(output_dir) / "README.md"
+    recorded = read_report(output_dir).get(CARD_HASH)
+    if not readme.is_file() or not recorded:
+        return None
+    return hashlib.sha256(readme.read_bytes()).hexdigest() != recorded
 
 
 def _replace_atomically(path: Path, data: bytes) -> None:

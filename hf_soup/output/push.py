@@ -59,6 +59,8 @@ def retry_command(output_dir: Path, repo_id: str, *, private: bool | None = None
     parts = ["hf-soup", "push", str(output_dir), repo_id]
     if private:
         parts.append("--private")
+    elif private is False:
+        parts.append("--public")
     if revision:
         parts += ["--revision", revision]
     if create_pr:
@@ -66,14 +68,31 @@ def retry_command(output_dir: Path, repo_id: str, *, private: bool | None = None
     return shlex.join(parts)
 
 
-def _prepare_card(output_dir: Path, repo_id: str) -> None:
-    """Render README.md with the repo ID when hf-soup owns it (absent, or from the default template)."""
-    from .card import is_default_card, write_card
-    from .report import REPORT_FILE
+def _prepare_card(output_dir: Path, repo_id: str, regenerate: bool = False) -> None:
+    """Render README.md with the repo ID when hf-soup owns it: absent, or exactly as hf-soup rendered it.
+
+    A README that differs from the card hf-soup rendered (its hash is in the report) was
+    edited by hand, and is pushed as it is unless ``regenerate``. The custom template a card
+    was made with is not known here, so only default-template cards are re-rendered.
+    """
+    from .card import card_edited, is_default_card, write_card
 
     readme = output_dir / "README.md"
-    if (output_dir / REPORT_FILE).is_file() and (not readme.exists() or is_default_card(readme)):
+    if not readme.exists() or regenerate:
         write_card(output_dir, repo_id=repo_id)
+    elif card_edited(output_dir) is False and is_default_card(readme):
+        write_card(output_dir, repo_id=repo_id)
+    else:
+        logger.info("README.md of %s was edited (or not rendered by hf-soup): pushed as it is; pass "
+                    "--regenerate-card (regenerate_card=True) to replace it with hf-soup's card", output_dir)
+
+
+def _private_ingredients(output_dir: Path) -> list[str]:
+    """The repo IDs of the soup's ingredients that were private repos (from its report)."""
+    from .report import read_report
+
+    rows = read_report(output_dir).get("ingredients") or []
+    return [str(row.get("repo_id") or row.get("ref")) for row in rows if isinstance(row, dict) and row.get("private")]
 
 
 def _default_message(output_dir: Path) -> str:
@@ -95,16 +114,22 @@ def push_soup(
     revision: str | None = None,
     commit_message: str | None = None,
     create_pr: bool = False,
+    regenerate_card: bool = False,
 ) -> str:
     """Upload ``output_dir`` to ``repo_id`` in one commit; return the commit URL (the PR URL with ``create_pr``).
 
-    The repo is created when missing (``private`` applies then). ``revision`` is the branch to
+    The repo is created when missing (``private`` applies then; by default it is private when
+    any ingredient is a private repo, ``private=False`` makes it public anyway). README.md is
+    re-rendered with the repo ID unless it was edited by hand (``regenerate_card`` forces it). ``revision`` is the branch to
     commit to (default ``main``, created when missing). On failure the local soup stays
     complete and :class:`HubError` gives the ``hf-soup push`` command that retries.
     """
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub import errors as hf
 
+    from .hub_token import check_token
+
+    check_token(token)
     output_dir = Path(output_dir)
     if not output_dir.is_dir() or not any(output_dir.glob("*.safetensors")):
         raise HubError(f"{output_dir}: not a soup directory (no *.safetensors); run `hf-soup merge` first")
@@ -117,18 +142,30 @@ def push_soup(
         validate_repo_id(repo_id)
     except HFValidationError as error:
         raise HubError(f"{repo_id!r} is not a valid Hub repo ID ({error}); use 'user/name' or 'org/name'") from None
+    secret = _private_ingredients(output_dir)
+    chosen = private is not None
+    if secret and private is None:
+        private = True
+        logger.warning("%s is private because ingredient(s) %s are private repos its card names; pass --public "
+                       "(private=False) to make it public", repo_id, ", ".join(secret))
     retry = retry_command(output_dir, repo_id, private=private, revision=revision, create_pr=create_pr)
     endpoint = hub_settings.endpoint()
     if hub_settings.offline():
         raise HubError(f"cannot push {output_dir}: offline mode is on (HF_HUB_OFFLINE); unset it and run: {retry}")
     api = HfApi(endpoint=endpoint, token=token)
     try:
-        _prepare_card(output_dir, repo_id)
+        _prepare_card(output_dir, repo_id, regenerate_card)
         operations = [CommitOperationAdd(p.relative_to(output_dir).as_posix(), str(p)) for p in soup_files(output_dir)]
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision and not create_pr and revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         remote, parent, is_private = _remote_state(api, repo_id, revision)
+        if private and is_private is False and not chosen:
+            raise HubError(
+                f"{repo_id} is public, and ingredient(s) {', '.join(secret)} of this soup are private repos that its "
+                "card and metadata name; nothing was pushed. Push to a private repo, or pass --public "
+                "(private=False) to publish their names"
+            )
         if private and is_private is False:  # create_repo(exist_ok=True) keeps an existing repo's visibility
             raise HubError(
                 f"{repo_id} already exists and is public, so --private (private=True) cannot apply; nothing was "

@@ -34,6 +34,8 @@ def ingredient_entries(ingredients: Sequence[Any], plan_indices: Sequence[int], 
             row["score"] = scores[index]
         card = ingredient.card_data or {}  # Hub metadata, set by hub_pull
         row.update({k: card[k] for k in ("license", "pipeline_tag", "library_name") if card.get(k) is not None})
+        if card.get("private"):  # a push then creates a private repo unless told --public
+            row["private"] = True
         rows.append(row)
     return rows
 

@@ -328,6 +328,7 @@ class SoupCallback(TrainerCallback):
         key, greater = metric_of(args)
         training = {
             "kind": "checkpoints",
+            "ingredients_kept": self.keep_ingredients,  # the card's recipe says when its folders are gone
             "run_dir": str(self._run_dir(args)),
             "metric": key,
             "greater_is_better": greater,
@@ -449,6 +450,7 @@ class SoupCallback(TrainerCallback):
         chosen = ranked[: self.top_k] if self.top_k else ranked
         training = {
             "kind": "sweep",
+            "ingredients_kept": self.keep_ingredients,
             "run_dir": str(args.output_dir),
             "metric": key,
             "greater_is_better": greater,

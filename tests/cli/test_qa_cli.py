@@ -186,7 +186,10 @@ def test_the_cards_recipe_reproduces_an_evaluated_soup(digit_bert, tmp_path, cap
     # the "Reproduce this soup" recipe of the card must run as written and give the same soup
     card = (first / "README.md").read_text()
     recipe_yaml = card.split("## Reproduce this soup")[1].split("```yaml\n")[1].split("```")[0]
-    assert yaml.safe_load(recipe_yaml) == report["recipe"]
+    from hf_soup.output.reproduce import card_recipe
+
+    assert yaml.safe_load(recipe_yaml) == card_recipe(report)  # the report's, less where it was written
+    assert "output" not in yaml.safe_load(recipe_yaml) and report["recipe"]["output"]["dir"] == str(first)
     assert report["recipe"]["evaluation"] == {"dataset": str(csv), "batch_size": 16}
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(recipe_yaml)
@@ -199,12 +202,13 @@ def test_overwrite_never_deletes_the_ingredients_or_the_data(make_ingredients, t
 
     paths = make_ingredients("bert", 2)  # tmp_path/run-bert-0, tmp_path/run-bert-1
     for output in (paths[1], tmp_path):  # an ingredient itself, and the folder that holds both
-        assert main(["merge", *_flags(paths), "-o", str(output), "--overwrite"]) == 2
+        assert main(["merge", *_flags(paths), "-o", str(output), "--overwrite"]) == 1
         err = capsys.readouterr().err
-        assert "hf-soup: error: output.dir:" in err and "which this soup reads" in err
+        assert "hf-soup: error: output directory" in err and "holds no soup" in err
     data = tmp_path / "data"
     data.mkdir()
     (data / "val.csv").write_text("text,label\np1 p2,0\n")
+    (data / "soup_report.json").write_text("{}")  # even a folder that looks like a soup is kept when it holds the data
     before = tree_digest(tmp_path)
     assert main(["merge", *_flags(paths), "--method", "greedy", "--eval-dataset", str(data / "val.csv"),
                  "-o", str(data), "--overwrite"]) == 2

@@ -96,7 +96,8 @@ def test_a_failed_push_keeps_the_output_and_says_how_to_retry(hub, publish_model
     assert READ_TOKEN not in message
     after = tree_digest(result.output_dir)
     assert after.keys() == before.keys()
-    assert {k for k in before if before[k] != after[k]} <= {"README.md"}  # only the card learns the repo ID
+    # only the card learns the repo ID (and the report the hash of the card it rendered)
+    assert {k for k in before if before[k] != after[k]} <= {"README.md", "soup_report.json"}
     assert not hub.store.exists(target)
 
     assert push_soup(result.output_dir, target, token=WRITE_TOKEN).startswith(f"{hub.endpoint}/{target}/commit/")
