@@ -56,7 +56,11 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
-from transformers import TrainerCallback
+from .compat.versions import check_installed
+
+check_installed()  # before importing transformers: an unsupported version gets one line, not an ImportError inside it
+
+from transformers import TrainerCallback  # noqa: E402
 
 from .errors import HfSoupError, NothingToSoupError, RecipeError
 from .methods.registry import build_method, get_method_class

@@ -80,6 +80,9 @@ def evaluate(
     ``num_full_evaluations`` counts the passes run for it, the ingredient scores being known),
     ``num_full_evaluations`` and ``evaluation`` (the report's description).
     """
+    from .compat.versions import check_installed
+
+    check_installed()
     spec, methods = _check(ingredients, evaluation, soups)
     from .align import align
     from .evaluation.compare import ensemble_rows, score_written
