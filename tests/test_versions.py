@@ -42,7 +42,7 @@ def test_min_constraints_pin_the_lowest_declared_versions():
     ("transformers", "6.0.0", False), ("transformers", "5.17.0rc1", False), ("transformers", "5.17.0.dev0", False),
     ("torch", "2.11.0+cu130", True), ("torch", "2.10.1", False), ("torch", "2.13.0+cpu", True),
     ("huggingface_hub", "1.33.0", True), ("huggingface_hub", "0.36.0", False), ("huggingface_hub", "2.4.0", True),
-    ("datasets", "5.0.0", False), ("datasets", "5.0.1", True), ("numpy", "2.5.0", True), ("numpy", "1.26.4", True),
+    ("datasets", "5.0.0", False), ("datasets", "5.0.1", True), ("numpy", "2.5.0", True), ("numpy", "1.26.4", False), ("numpy", "2.0.2", True),
 ])
 def test_version_problem(package, version, ok):
     problem = version_problem(package, version)

@@ -27,7 +27,7 @@ SUPPORTED: dict[str, tuple[str, str | None]] = {
     "accelerate": ("1.15", "2"),
     "datasets": ("5.0.1", "6"),
     "safetensors": ("0.8", "1"),
-    "numpy": ("1.26", "3"),
+    "numpy": ("2.0", "3"),
     "pydantic": ("2.13", "3"),
 }
 
