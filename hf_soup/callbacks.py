@@ -38,9 +38,14 @@ How it works:
   killed without ``on_train_end``, so only trials that finish, or that saved a final
   model before, are registered. (wandb sweeps run trials in-process like optuna; untested.)
 * Data-driven methods (``greedy``, ``radin``) score candidates with ``evaluation`` when
-  given, else with the Trainer's ``eval_dataset``, ``data_collator`` and ``compute_metrics``,
-  ranking by ``args.metric_for_best_model`` / ``args.greater_is_better`` (default: eval
-  loss, lower is better). See :mod:`hf_soup.training.trainer_evaluation`.
+  given, else through the Trainer's own evaluation loop — its ``eval_dataset`` (a list of
+  dicts, a torch ``Dataset``, a ``datasets.Dataset``, an ``IterableDataset``; of a dict of
+  eval datasets, the one ``metric_for_best_model`` names, e.g. ``eval_val_accuracy``), collator,
+  ``compute_metrics``, eval batch size and mixed precision — ranking by
+  ``args.metric_for_best_model`` / ``args.greater_is_better`` (default: eval loss, lower is
+  better): a soup's score is what ``trainer.evaluate()`` prints for it. See
+  :mod:`hf_soup.training.trainer_evaluator`. ``learned`` soups train on the data and take a
+  ``datasets.Dataset`` (:mod:`hf_soup.training.trainer_evaluation`).
 * Multi-process training: only the main process harvests, merges and writes; the other
   processes wait for it at the end of training.
 * A failure inside the callback (nothing saved, an evaluation error, a full disk) is
