@@ -110,6 +110,9 @@ def test_dict_of_eval_datasets_scores_on_the_one_metric_for_best_model_names(tmp
     trainer, callback = train(tmp_path, rows, eval_sets, metric_for_best_model="eval_val_other_accuracy")
     assert callback.errors == []
     assert callback.result.report["evaluation"]["dataset"] == "val_other"
+    recipe = callback.result.report["recipe"]["evaluation"]  # the card's recipe says what to give instead
+    assert recipe["dataset"] == "<Trainer eval_dataset['val_other']: list; save it with save_to_disk and give the folder>"
+    assert "trainer" not in recipe
     printed = evaluate_soup(trainer, callback)
     assert callback.result.report["score"] == pytest.approx(printed["eval_val_other_accuracy"], rel=1e-6)
 

@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from fixtures_classifiers import digit_vit  # noqa: E402,F401  (session fixture, trained once)
+from fixtures_classifiers import digit_vit  # noqa: E402,F401,F811  (session fixture, trained once)
 from hf_soup.engine.device import gpu_of_rank  # noqa: E402
 from hf_soup.errors import DistributedError  # noqa: E402
 
@@ -44,7 +44,7 @@ print("ok", PartialState().device)
 """
 
 
-def test_cpu_evaluation_after_accelerate_state_is_set_in_the_same_process(digit_vit, tmp_path):
+def test_cpu_evaluation_after_accelerate_state_is_set_in_the_same_process(digit_vit, tmp_path):  # noqa: F811
     """On a GPU machine the first evaluation runs on CUDA and fixes accelerate's process-wide state;
     ``device: cpu`` afterwards must still work (it used to raise inside accelerate)."""
     folder = tmp_path / "images"

@@ -53,6 +53,12 @@ class TrainerEvaluationSpec(EvaluationSpec):
                "metric": self.metric_key, "higher_is_better": self.higher_is_better, "batch_size": self.batch_size}
         return {k: v for k, v in out.items() if v is not None}
 
+    def as_recipe(self) -> dict[str, Any]:
+        """What a recipe would need instead of the Trainer (placeholders for what YAML cannot hold)."""
+        out = {k: v for k, v in super().as_recipe().items() if k not in ("trainer", "eval_name", "metric_key")}
+        out["dataset"] = f"<{self.dataset.strip('<>')}; save it with save_to_disk and give the folder>"
+        return out
+
     def eval_data(self) -> Any:
         """The Trainer's eval dataset this spec scores on."""
         data = self.trainer.eval_dataset
