@@ -135,3 +135,10 @@ class RankFailedError(DistributedError):
         super().__init__(message)
         self.rank = rank
         self.error_type = error_type
+
+
+class DependencyVersionError(HfSoupError, ImportError):
+    """An installed dependency's version is outside the range hf_soup supports.
+
+    The message is one line: the package, its version, the supported range and the pip command that fixes it.
+    """

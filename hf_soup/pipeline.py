@@ -79,8 +79,10 @@ def run_recipe(recipe: Recipe, *, token: str | None = None, progress: bool = Fal
 
 
 def _run_recipe(recipe: Recipe, token: str | None, progress: bool) -> SoupResult:
+    from .compat.versions import check_installed
     from .distributed import get_dist
 
+    check_installed()
     if not recipe.output.dir:
         raise RecipeError("output.dir: required; say where to write the soup (-o DIR)")
     run = _Run(recipe, get_dist(recipe.device), token, progress)

@@ -75,6 +75,9 @@ def evaluate(
     from .hub_token import check_token
 
     check_token(token)
+    from .compat.versions import check_installed
+
+    check_installed()
     spec, methods = _check(ingredients, evaluation, soups)
     from .evaluation.compare import ensemble_rows, score_written
     from .evaluation.evaluator import Evaluator

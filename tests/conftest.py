@@ -44,6 +44,13 @@ def build_model(arch: str, seed: int, dtype: torch.dtype = torch.float32, **over
     return model.to(dtype)
 
 
+def vit_processor_class():
+    """``ViTImageProcessorPil`` where transformers has it (needs no torchvision), else ``ViTImageProcessor``."""
+    import transformers
+
+    return getattr(transformers, "ViTImageProcessorPil", None) or transformers.ViTImageProcessor
+
+
 @pytest.fixture
 def make_ingredients(tmp_path):
     """``make_ingredients(arch, n)`` saves n seeded tiny models; returns their folders."""

@@ -123,10 +123,11 @@ def make_vit_ingredients(root: Path, count: int = 4, base_steps: int = 150, step
     """Fine-tune ``count`` tiny ViT image classifiers; return their folders and the validation split."""
     import datasets
     import torch
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+    from conftest import vit_processor_class
+    from transformers import ViTConfig, ViTForImageClassification
 
     images, targets = _digits()
-    processor = ViTImageProcessor(size={"height": 8, "width": 8}, do_resize=False, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor = vit_processor_class()(size={"height": 8, "width": 8}, do_resize=False, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     train_labels = targets[:-NUM_VALIDATION]
     pixel_values = _pixel_values(images[:-NUM_VALIDATION])
     config = ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=1,

@@ -5,7 +5,8 @@ PEFT saves adapter keys with the *in-memory* module names of the model it wrappe
 other names for the same weight (``vit.encoder.layer.0.attention.attention.query``):
 ``from_pretrained`` renames on load and ``save_pretrained`` renames back. This module
 maps a module's parameter name to the checkpoint key with transformers' own conversion
-mapping (``get_model_conversion_mapping``, reversed exactly as ``save_pretrained`` does)
+mapping (``get_model_conversion_mapping``, reversed exactly as ``save_pretrained`` does,
+through :mod:`hf_soup.compat.transformers_keys`)
 and refuses targets whose conversion is more than a rename (fused or split weights).
 
 It also tells how a target stores its weight: ``nn.Linear`` as ``(out, in)``, GPT-2's
@@ -81,13 +82,9 @@ def _reverse_rules(directory: str, class_hint: str | None) -> tuple[list, list]:
     model = _meta_model(directory, class_hint)
     if model is None:
         return [], []
-    from transformers.conversion_mapping import get_model_conversion_mapping
-    from transformers.core_model_loading import PrefixChange, WeightConverter, WeightRenaming
+    from ..compat.transformers_keys import reverse_rules
 
-    conversions = [c for c in get_model_conversion_mapping(model, add_legacy=False) if not isinstance(c, PrefixChange)]
-    reverse = [c.reverse_transform() for c in conversions[::-1]]
-    return ([c for c in reverse if isinstance(c, WeightRenaming)],
-            [c for c in reverse if isinstance(c, WeightConverter)])
+    return reverse_rules(model)
 
 
 class BaseLayout:
@@ -122,18 +119,17 @@ class BaseLayout:
             return name
         tried = [name]
         if self.directory:
-            from transformers.core_model_loading import apply_converters, apply_renamings
+            from ..compat.transformers_keys import reverse_rename
 
             renamings, converters = _reverse_rules(self.directory, self.class_hint)
-            converted, pattern = apply_converters(name, converters)
-            if pattern is not None:
+            renamed, converted = reverse_rename(name, renamings, converters)
+            if converted is not None:
                 raise UnsupportedAdapterError(
                     f"{origin}: the adapter targets {name!r}, which the checkpoint stores through a transformers "
                     f"conversion that fuses or splits weights (on disk: {converted!r}), not a plain rename; LoRA on "
                     "such weights is not merged. Merge the adapter with PEFT's merge_and_unload(), save the model, "
                     "and use it as a full-model ingredient (or retrain without targeting this module)"
                 )
-            renamed = apply_renamings(name, renamings)
             tried.append(renamed)
             model = self._model()
             prefix = getattr(model, "base_model_prefix", "") if model is not None else ""

@@ -18,7 +18,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import RecipeError
+from ..errors import DistributedError, RecipeError
 from ..io import dtypes
 from ..io.source import TensorSource
 from ..methods.base import ChunkInfo, TensorMethod
@@ -61,7 +61,26 @@ def resolve_device(device: str, local_rank: int | None = None) -> str:
         raise RecipeError("device: cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
     if device.startswith("cuda:"):
         return device
-    return f"cuda:{local_rank}" if local_rank is not None else "cuda"
+    if local_rank is None:
+        return "cuda"
+    import torch
+
+    return gpu_of_rank(local_rank, torch.cuda.device_count())
+
+
+def gpu_of_rank(local_rank: int, num_gpus: int) -> str:
+    """``cuda:<local_rank>``; a clear error when the machine runs more processes than it has GPUs.
+
+    >>> gpu_of_rank(0, 1)
+    'cuda:0'
+    """
+    if local_rank >= num_gpus:
+        raise DistributedError(
+            f"device: process {local_rank} on this machine has no GPU of its own ({num_gpus} visible); launch at most "
+            f"{num_gpus} process(es) per machine (torchrun --nproc_per_node={num_gpus}, accelerate launch "
+            f"--num_processes {num_gpus}), or merge on the CPU (--device cpu)"
+        )
+    return f"cuda:{local_rank}"
 
 
 def has_torch_path(method: TensorMethod) -> bool:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,6 +240,49 @@ def _processor_error(kind: str, directory: Any, error: Exception) -> EvaluationE
     )
 
 
+def _pil_processor_class(directory: Any) -> Any:
+    """The PIL-backend class (``ViTImageProcessorPil``) of the processor saved in ``directory``, or ``None``."""
+    import transformers
+
+    try:
+        saved = json.loads((Path(directory) / "preprocessor_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    name = str(saved.get("image_processor_type") or "").removesuffix("Fast").removesuffix("Pil")
+    return getattr(transformers, f"{name}Pil", None) if name else None
+
+
+def load_image_processor(directory: Any, trust_remote_code: bool = False) -> Any:
+    """The image processor saved in ``directory``; without torchvision, its PIL-backend class.
+
+    transformers 5 image processors default to a torchvision backend; most also ship a PIL
+    one (``ViTImageProcessorPil``) that needs only Pillow. One with no PIL class raises an
+    :class:`EvaluationError` naming the extra to install.
+    """
+    from transformers.utils import is_torchvision_available
+
+    if not is_torchvision_available():
+        pil = _pil_processor_class(directory)
+        if pil is not None:
+            try:
+                return pil.from_pretrained(str(directory))
+            except Exception as error:  # transformers raises OSError/ValueError/KeyError here
+                raise _processor_error("image processor", directory, error) from None
+    try:
+        from transformers import AutoImageProcessor
+
+        return AutoImageProcessor.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
+    except ImportError as error:
+        if "torchvision" not in str(error).lower():
+            raise
+        raise EvaluationError(
+            f"evaluation: the image processor of {directory} needs torchvision, which is not installed; run "
+            "pip install 'hf-soup[vision]' (or pip install torchvision matching your torch), or give a collate_fn"
+        ) from None
+    except Exception as error:  # transformers raises OSError/ValueError/KeyError here
+        raise _processor_error("image processor", directory, error) from None
+
+
 def build_collate(
     spec: EvaluationSpec, columns: Columns, task: str | None, processor_dir: Any, config: Any = None
 ) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
@@ -251,13 +295,7 @@ def build_collate(
     if spec.collate_fn is not None:
         return spec.collate_fn
     if task == "image-classification":
-        from transformers import AutoImageProcessor
-
-        try:
-            processor = AutoImageProcessor.from_pretrained(str(processor_dir), trust_remote_code=spec.trust_remote_code)
-        except Exception as error:  # transformers raises OSError/ValueError/KeyError here
-            raise _processor_error("image processor", processor_dir, error) from None
-        return _ImageCollate(processor, columns, config)
+        return _ImageCollate(load_image_processor(processor_dir, spec.trust_remote_code), columns, config)
     from transformers import AutoTokenizer
 
     try:

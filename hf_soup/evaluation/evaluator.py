@@ -113,6 +113,8 @@ class Evaluator:
         ingredient that has a folder.
         """
         spec = parse_evaluation(spec)
+        if hasattr(spec, "build_evaluator"):  # a spec that brings its own evaluation loop (a Trainer's)
+            return spec.build_evaluator(ingredients, **kwargs)
         directory = spec.processor_from if spec and spec.processor_from else next(
             (i.directory for i in ingredients if getattr(i, "directory", None) is not None), None
         )
@@ -125,6 +127,10 @@ class Evaluator:
 
     @staticmethod
     def _make_accelerator(device: str | None) -> Any:
+        from .local_accelerator import LocalAccelerator, single_process
+
+        if device == "cpu" and single_process():  # no process-wide state: works after a CUDA run
+            return LocalAccelerator()
         from accelerate import Accelerator
 
         return Accelerator(cpu=device == "cpu")

@@ -4,7 +4,8 @@ Checkpoint keys on disk may differ from ``model.state_dict()`` keys in transform
 (a ViT checkpoint stores ``vit.encoder.layer.0.attention.attention.query.weight``, the
 model calls it ``vit.layers.0.attention.q_proj.weight``). Soups are computed on
 checkpoint keys, so :func:`load_checkpoint_weights` loads them through transformers'
-own conversion (``get_model_conversion_mapping`` + ``convert_and_load_state_dict_in_model``),
+own conversion (``get_model_conversion_mapping`` + ``convert_and_load_state_dict_in_model``,
+through :mod:`hf_soup.compat.transformers_keys`),
 exactly as ``from_pretrained`` does — never through ``load_state_dict``.
 
 >>> model = build_task_model(config)                            # doctest: +SKIP
@@ -113,25 +114,20 @@ def load_checkpoint_weights(model: Any, state_dict: Mapping[str, Any]) -> None:
     unloaded or a shape does not match — a candidate is never scored with stale or
     random weights.
     """
-    from transformers.conversion_mapping import get_model_conversion_mapping
-    from transformers.core_model_loading import convert_and_load_state_dict_in_model
-    from transformers.modeling_utils import LoadStateDictConfig
+    from ..compat.transformers_keys import load_converted
 
-    device = next(model.parameters()).device
-    config = LoadStateDictConfig(device_map={"": device}, weight_mapping=get_model_conversion_mapping(model))
     with _quiet_transformers():
-        info, _ = convert_and_load_state_dict_in_model(model, dict(state_dict), config)
-        model.tie_weights(missing_keys=info.missing_keys, recompute_mapping=False)
+        missing_keys, mismatched = load_converted(model, state_dict)
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     buffers = {name for name, _ in model.named_buffers()}
-    missing = sorted(k for k in info.missing_keys if k not in tied and k not in buffers)
-    if missing or info.mismatched_keys:
+    missing = sorted(k for k in missing_keys if k not in tied and k not in buffers)
+    if missing or mismatched:
         problems = [f"missing {k}" for k in missing[:5]] + [
-            f"{k}: checkpoint shape {tuple(a)} vs model {tuple(b)}" for k, a, b in list(info.mismatched_keys)[:5]
+            f"{k}: checkpoint shape {tuple(a)} vs model {tuple(b)}" for k, a, b in mismatched[:5]
         ]
         raise EvaluationError(
             f"evaluation: the candidate weights do not fit the {type(model).__name__} built from the config "
-            f"({len(missing)} missing, {len(info.mismatched_keys)} mismatched: {'; '.join(problems)}). "
+            f"({len(missing)} missing, {len(mismatched)} mismatched: {'; '.join(problems)}). "
             "Check that every ingredient is a fine-tune of the same architecture and that on_missing is not 'skip'"
         )
     model.eval()

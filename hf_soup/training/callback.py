@@ -38,9 +38,14 @@ How it works:
   killed without ``on_train_end``, so only trials that finish, or that saved a final
   model before, are registered. (wandb sweeps run trials in-process like optuna; untested.)
 * Data-driven methods (``greedy``, ``radin``) score candidates with ``evaluation`` when
-  given, else with the Trainer's ``eval_dataset``, ``data_collator`` and ``compute_metrics``,
-  ranking by ``args.metric_for_best_model`` / ``args.greater_is_better`` (default: eval
-  loss, lower is better). See :mod:`hf_soup.training.trainer_evaluation`.
+  given, else through the Trainer's own evaluation loop — its ``eval_dataset`` (a list of
+  dicts, a torch ``Dataset``, a ``datasets.Dataset``, an ``IterableDataset``; of a dict of
+  eval datasets, the one ``metric_for_best_model`` names, e.g. ``eval_val_accuracy``), collator,
+  ``compute_metrics``, eval batch size and mixed precision — ranking by
+  ``args.metric_for_best_model`` / ``args.greater_is_better`` (default: eval loss, lower is
+  better): a soup's score is what ``trainer.evaluate()`` prints for it. See
+  :mod:`hf_soup.training.trainer_evaluator`. ``learned`` soups train on the data and take a
+  ``datasets.Dataset`` (:mod:`hf_soup.training.trainer_evaluation`).
 * Multi-process training: only the main process harvests, merges and writes; the other
   processes wait for it at the end of training.
 * A failure inside the callback (nothing saved, an evaluation error, a full disk) is
@@ -56,7 +61,11 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
-from transformers import TrainerCallback
+from .compat.versions import check_installed
+
+check_installed()  # before importing transformers: an unsupported version gets one line, not an ImportError inside it
+
+from transformers import TrainerCallback  # noqa: E402
 
 from ..errors import HfSoupError, NothingToSoupError, RecipeError
 from ..methods.registry import build_method, get_method_class
@@ -159,7 +168,7 @@ class SoupCallback(TrainerCallback):
         self._sweep_id = uuid.uuid4().hex
         self._trainer: Any = None
         self._args: Any = None
-        self._trainer_evaluation: dict[str, Any] | None = None
+        self._trainer_evaluation: Any = None
         self._last_metrics: dict[str, float] | None = None
         self._metrics_by_step: dict[int, dict[str, float]] = {}
         self._open_trial: Path | None = None
@@ -246,7 +255,7 @@ class SoupCallback(TrainerCallback):
         if self.needs_evaluation and self.evaluation is None and self._trainer is not None:
             with self._guard("preparing the evaluation from the Trainer"):
                 self._trainer_evaluation = None
-                self._trainer_evaluation = evaluation_from_trainer(self._trainer)
+                self._trainer_evaluation = _evaluation_of(self._trainer, self.method)
         if not in_sweep(state) and state.is_world_process_zero:
             with self._guard("cleaning the harvest folder"):
                 self._forget_checkpoints_after(self._root(args, sweep=False), state.global_step)
@@ -488,7 +497,7 @@ class SoupCallback(TrainerCallback):
             try:
                 result = soup([str(folder) for folder, _ in chosen], self.method, staging, evaluation=evaluation,
                               dtype=self.dtype, overwrite=True, seed=self.seed, compare=self.compare,
-                              base_model=self.base_model, **self.method_params)
+                              base_model=self.base_model, device=self._device(), **self.method_params)
             except AdapterBaseError as error:  # the recipe's advice (--base-model) does not apply here
                 raise AdapterBaseError(f"{error}. In SoupCallback: pass SoupCallback(base_model=...) with the "
                                        "path or repo ID of the model the adapters were trained on") from None
@@ -517,8 +526,22 @@ class SoupCallback(TrainerCallback):
     def _destination(self, args) -> Path:
         return self.output_dir if self.output_dir is not None else Path(args.output_dir) / "soup"
 
+    def _device(self) -> str:
+        """``cpu`` when the Trainer runs on the CPU (``use_cpu``, no GPU), else ``auto``."""
+        device = getattr(self._args, "device", None) if self._args is not None else None
+        return "cpu" if getattr(device, "type", None) == "cpu" else "auto"
+
     def _guard(self, what: str) -> "_Guard":
         return _Guard(self, what)
+
+
+def _evaluation_of(trainer: Any, method: str) -> Any:
+    """Score through the Trainer's evaluation loop; learned soups train on the data itself, so they take a datasets.Dataset."""
+    if get_method_class(method).name == "learned":
+        return evaluation_from_trainer(trainer)
+    from .training.trainer_evaluator import trainer_evaluation_spec
+
+    return trainer_evaluation_spec(trainer)
 
 
 class _Guard:

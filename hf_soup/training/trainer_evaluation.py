@@ -2,7 +2,8 @@
 
 :func:`evaluation_from_trainer` turns a Trainer's eval dataset, data collator and
 ``compute_metrics`` into an ``evaluation`` mapping (the keys of
-``hf_soup.evaluation.EvaluationSpec``) for the data-driven methods (greedy, RADIN):
+``hf_soup.evaluation.EvaluationSpec``) for learned soups, which train on the data
+(greedy and RADIN score through the Trainer's own loop: :mod:`.trainer_evaluator`):
 
 * the metric is ``args.metric_for_best_model`` (``eval_`` prefix optional), better when
   ``args.greater_is_better``; without one it is the eval loss, lower is better — the
@@ -65,8 +66,9 @@ def evaluation_from_trainer(trainer: Any) -> dict[str, Any]:
         )
     if type(dataset).__name__ != "Dataset" or not type(dataset).__module__.startswith("datasets"):
         raise EvaluationError(
-            f"evaluation: the Trainer's eval_dataset is a {type(dataset).__name__}; soups are scored on a "
-            "datasets.Dataset. Convert it (datasets.Dataset.from_list(...)) or give SoupCallback(evaluation=...)"
+            f"evaluation: the Trainer's eval_dataset is a {type(dataset).__name__}; learned soups train on the "
+            "evaluation data and need a datasets.Dataset. Convert it (datasets.Dataset.from_list(...)) or give "
+            "SoupCallback(evaluation=...)"
         )
     remove = getattr(trainer, "_remove_unused_columns", None)
     if remove is not None and getattr(trainer, "model", None) is not None:

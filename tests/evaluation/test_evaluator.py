@@ -15,10 +15,11 @@ torch = pytest.importorskip("torch")
 
 
 def _vit_logits(directory, images):
-    from transformers import ViTForImageClassification, ViTImageProcessor
+    from conftest import vit_processor_class
+    from transformers import ViTForImageClassification
 
     model = ViTForImageClassification.from_pretrained(directory).eval()
-    pixels = ViTImageProcessor.from_pretrained(directory)(images=images, return_tensors="pt")["pixel_values"]
+    pixels = vit_processor_class().from_pretrained(directory)(images=images, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         return model(pixel_values=pixels).logits
 

@@ -511,7 +511,9 @@ def test_ame_never_imports_torch_dynamo(llama_dirs, tmp_path):
         "assert main(args) == 0\n"
         "assert 'torch._dynamo' not in sys.modules, 'the CLI merge imported torch._dynamo'\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    # a CPU merge (on a GPU, AME runs through torch's optimizers): no GPU visible to the child
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+           "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "out" / "soup_report.json").exists()

@@ -43,9 +43,9 @@ def _vit_config(hidden: int = 32, layers: int = 1):
 
 
 def _processor():
-    from transformers import ViTImageProcessor
+    from conftest import vit_processor_class
 
-    return ViTImageProcessor(size={"height": 8, "width": 8}, do_resize=False, image_mean=[0.5] * 3,
+    return vit_processor_class()(size={"height": 8, "width": 8}, do_resize=False, image_mean=[0.5] * 3,
                              image_std=[0.5] * 3)
 
 
@@ -116,7 +116,8 @@ class Bound:
         self.alignment = align(list(self.sources.values()), [i.name for i in self.ingredients],
                                [i.config for i in self.ingredients])
         spec = {"dataset": dataset, "split": "validation", "batch_size": 32, **spec}
-        self.evaluator = Evaluator.for_ingredients(EvaluationSpec(**spec), self.ingredients)
+        # on the CPU even where a GPU is visible: the memory figures below are the process's
+        self.evaluator = Evaluator.for_ingredients(EvaluationSpec(**spec), self.ingredients, device="cpu")
         self.evaluator.bind(self.alignment.tensors, self.sources)
 
     def context(self, seed: int = 0) -> MergeContext:

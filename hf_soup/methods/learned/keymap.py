@@ -26,9 +26,9 @@ NOT_LEARNED = -1
 def _revert(model: Any, state_dict: dict[str, Any]) -> dict[str, Any]:
     if getattr(model, "config", None) is None:
         return state_dict
-    from transformers.core_model_loading import revert_weight_conversion
+    from ..compat.transformers_keys import to_checkpoint_keys
 
-    return revert_weight_conversion(model, state_dict)
+    return to_checkpoint_keys(model, state_dict)
 
 
 def checkpoint_blocks(model: Any, layout: BlockLayout) -> tuple[list[list[int]], dict[str, int]]:
