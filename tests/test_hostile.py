@@ -297,7 +297,7 @@ def test_hostile_input_is_one_clean_line_and_changes_nothing(case, make_ingredie
 _BLOCKING_CHILD = """
 import sys, time
 from pathlib import Path
-import hf_soup.output as output
+import hf_soup.output.files as output
 def blocked(*args, **kwargs):  # the shards are in the staging folder: wait here for the signal
     Path(sys.argv[1]).write_text("ready")
     time.sleep(120)
@@ -402,7 +402,7 @@ _TORCHRUN_CHILD = """
 import os, sys, time
 from pathlib import Path
 Path(sys.argv[1], "pid-" + os.environ["RANK"]).write_text(str(os.getpid()))
-import hf_soup.output as output
+import hf_soup.output.files as output
 def blocked(*args, **kwargs):  # process 0, shards written: wait here to be stopped
     Path(sys.argv[1], "ready").write_text("ready")
     time.sleep(120)

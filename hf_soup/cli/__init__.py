@@ -157,7 +157,7 @@ def merge_command(args) -> int:
     used = _plural(len(rows), "ingredient") if kept == len(rows) else f"{kept} of {len(rows)} ingredients kept"
     print(f"Soup written to {result.output_dir} ({report['method']}, {report['output']['num_parameters']:,} parameters, "
           f"{used}, {report['timings']['total']:.2f}s)")
-    from .summary import score_lines
+    from ..summary import score_lines
 
     for line in score_lines(report.get("summary")):
         print(line)
@@ -303,9 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Every failure is one line on stderr; the traceback of an unexpected one is shown with ``-v``.
     """
-    from .hard_stop import Terminated, sigterm_as_interrupt
-    from .hub_token import redact
-    from .io.os_errors import describe
+    from ..hard_stop import Terminated, sigterm_as_interrupt
+    from ..hub_token import redact
+    from ..io.os_errors import describe
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")

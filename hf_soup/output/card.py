@@ -235,7 +235,7 @@ def write_card(output_dir: str | Path, template_path: str | Path | None = None, 
 
 def card_edited(output_dir: str | Path) -> bool | None:
     """Whether README.md differs from the card hf-soup last rendered (``None``: no README or no recorded hash)."""
-    from ..report import read_report
+    from .report import read_report
 
     readme = Path(output_dir) / "README.md"
     recorded = read_report(output_dir).get(CARD_HASH)

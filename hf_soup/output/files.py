@@ -84,8 +84,8 @@ def copy_sidecars(directory: Path, ingredient: Ingredient, output_dtype: str | N
 
 def _code_files(folder: Path) -> tuple[list[Path], dict[str, list[str]]]:
     """The ``auto_map`` module files present in ``folder`` (checked to stay inside it), and those missing per config."""
-    from .ingredients.confine import check_files_inside, safe_member_name
-    from .ingredients.custom_code import folder_code_files
+    from ..ingredients.confine import check_files_inside, safe_member_name
+    from ..ingredients.custom_code import folder_code_files
 
     present, missing = [], {}
     for config_name, files in folder_code_files(folder).items():

@@ -124,13 +124,13 @@ def push_soup(
     commit to (default ``main``, created when missing). On failure the local soup stays
     complete and :class:`HubError` gives the ``hf-soup push`` command that retries.
     """
-    from .compat.versions import check_installed
+    from ..compat.versions import check_installed
 
     check_installed("huggingface_hub")
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub import errors as hf
 
-    from .hub_token import check_token
+    from ..hub_token import check_token
 
     check_token(token)
     output_dir = Path(output_dir)

@@ -61,7 +61,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
-from .compat.versions import check_installed
+from ..compat.versions import check_installed
 
 check_installed()  # before importing transformers: an unsupported version gets one line, not an ImportError inside it
 
@@ -539,7 +539,7 @@ def _evaluation_of(trainer: Any, method: str) -> Any:
     """Score through the Trainer's evaluation loop; learned soups train on the data itself, so they take a datasets.Dataset."""
     if get_method_class(method).name == "learned":
         return evaluation_from_trainer(trainer)
-    from .training.trainer_evaluator import trainer_evaluation_spec
+    from .trainer_evaluator import trainer_evaluation_spec
 
     return trainer_evaluation_spec(trainer)
 

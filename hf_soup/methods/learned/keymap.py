@@ -26,7 +26,7 @@ NOT_LEARNED = -1
 def _revert(model: Any, state_dict: dict[str, Any]) -> dict[str, Any]:
     if getattr(model, "config", None) is None:
         return state_dict
-    from ..compat.transformers_keys import to_checkpoint_keys
+    from ...compat.transformers_keys import to_checkpoint_keys
 
     return to_checkpoint_keys(model, state_dict)
 
