@@ -67,12 +67,12 @@ check_installed()  # before importing transformers: an unsupported version gets 
 
 from transformers import TrainerCallback  # noqa: E402
 
-from ..errors import HfSoupError, NothingToSoupError, RecipeError
-from ..methods.registry import build_method, get_method_class
-from .harvest import commit, harvest_checkpoint, partial_path, prepare_target, read_records, write_record
-from .annotate import annotate
-from .runtime import called_from, checkpoint_dir, find_trainer, in_sweep, is_main, wait_for_everyone
-from .trainer_evaluation import evaluation_from_trainer, metric_of
+from ..errors import HfSoupError, NothingToSoupError, RecipeError  # noqa: E402
+from ..methods.registry import build_method, get_method_class  # noqa: E402
+from .annotate import annotate  # noqa: E402
+from .harvest import commit, harvest_checkpoint, partial_path, prepare_target, read_records, write_record  # noqa: E402
+from .runtime import called_from, checkpoint_dir, find_trainer, in_sweep, is_main, wait_for_everyone  # noqa: E402
+from .trainer_evaluation import evaluation_from_trainer, metric_of  # noqa: E402
 
 logger = logging.getLogger("hf_soup")
 
