@@ -166,7 +166,7 @@ class Dist:
             yield staging
 
     def write_shards(self, directory: Path, shards: Sequence[Any], *args: Any, **kwargs: Any) -> None:
-        """Merge and write this process's share of ``shards`` (see :func:`hf_soup.output.write_shards`)."""
+        """Merge and write this process's share of ``shards`` (see :func:`hf_soup.output.files.write_shards`)."""
         from .output.files import write_shards
 
         start = time.perf_counter()

@@ -72,3 +72,14 @@ def tree_digest(path: Path) -> dict[str, str]:
         str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(path.rglob("*")) if p.is_file()
     }
+
+
+@pytest.fixture(autouse=True)
+def _method_registry_restored():
+    """A method a test registers (``@register_method``) is gone after the test, whatever the test order."""
+    from hf_soup.methods import registry
+
+    saved = dict(registry._REGISTERED)
+    yield
+    registry._REGISTERED.clear()
+    registry._REGISTERED.update(saved)

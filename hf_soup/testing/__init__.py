@@ -4,7 +4,9 @@
 >>> with LocalHub("/tmp/hub") as hub:  # doctest: +SKIP
 ...     hub.publish("./my-model", "org/my-model")
 
-Needs ``olah`` (``pip install 'hf-soup[test]'``) and ``git``.
+Needs ``olah`` (``pip install 'hf-soup[test]'``) and ``git``. Also here, for tests and
+benchmarks: :mod:`.learned_reference` (the all-models learned soup the ``learned`` method is
+checked against) and :mod:`.memory` (in-process peak-memory measurement).
 """
 
 from .hub_server import DEFAULT_TOKEN, LocalHub

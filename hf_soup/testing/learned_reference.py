@@ -4,7 +4,7 @@ Every ingredient is held in memory and the soup ``sum_k w_k(alpha) theta_k`` is 
 inside the autograd graph, so ``alpha``'s gradient flows through all K models. With
 ``hyperplane=True`` the weights are eq. 4's (HL-Soup), with ``False`` the softmax of the
 original Learned-Soup. It takes the same steps, data order, optimizer and schedule as
-:func:`~hf_soup.learned.bcd.learn_block_coordinate`, so with ``model_batch = K`` both
+:func:`~hf_soup.methods.learned.bcd.learn_block_coordinate`, so with ``model_batch = K`` both
 give the same coefficients; it exists as that reference and as the benchmark's
 baseline — the ``learned`` method never uses it (memory O(K x model)).
 

@@ -18,7 +18,7 @@ import yaml
 
 from hf_soup.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _flags(paths) -> list[str]:

@@ -19,7 +19,7 @@ import pytest
 from hf_soup.distributed import Dist, assign_shards, get_dist
 from hub_fixtures import hub, local_hub, publish_model, repo_name  # noqa: F401
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 240
 SHARD = "24KB"  # several output shards for tiny models, so both processes get work
 

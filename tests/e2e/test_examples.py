@@ -8,7 +8,7 @@ import pytest
 
 from hf_soup.recipe import load_recipe
 
-RECIPES = sorted((Path(__file__).parents[1] / "examples" / "recipes").glob("*.yaml"))
+RECIPES = sorted((Path(__file__).parents[2] / "examples" / "recipes").glob("*.yaml"))
 
 
 def test_there_are_example_recipes():

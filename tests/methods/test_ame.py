@@ -497,7 +497,7 @@ def test_ame_never_imports_torch_dynamo(llama_dirs, tmp_path):
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     code = (
         "import sys, torch, hf_soup\n"
         "sds = [{'w': torch.randn(300, 70) + i, 'b': torch.randn(5)} for i in range(3)]\n"

@@ -412,7 +412,7 @@ def test_two_processes_learn_the_same_coefficients_as_one(sharded_digits, tmp_pa
     dirs, dataset = sharded_digits
     dataset.save_to_disk(tmp_path / "data")
     (tmp_path / "worker.py").write_text(_WORKER)
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env.update(PYTHONPATH=str(root), OMP_NUM_THREADS="1")
     runs = {}

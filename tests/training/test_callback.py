@@ -320,7 +320,7 @@ def test_multi_process_run_main_process_soups_others_wait(tmp_path):
     import sys
 
     script = Path(__file__).with_name("callback_ddp_script.py")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),

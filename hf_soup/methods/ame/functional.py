@@ -11,13 +11,13 @@ Adagrad's ``initial_accumulator_value``, ASGD's ``eta``/``mu``/``ax``, Rprop's
 arguments the class's ``step`` passes, so the result is bit-identical to
 ``cls([param], **group).step()`` (tested for every optimizer against the installed torch).
 
-The hyper-parameters come from :func:`hf_soup.methods.ame_optim.optimizer_group`, which
+The hyper-parameters come from :func:`hf_soup.methods.ame.optim.optimizer_group`, which
 runs the real class constructor (torch's own argument checks) without importing dynamo.
 Not mirrored, because AME never meets them: complex or sparse tensors, AMP's
 ``grad_scale``/``found_inf``, and the CUDA-graph capture health check.
 
 >>> import torch
->>> from hf_soup.methods.ame_optim import optimizer_group
+>>> from hf_soup.methods.ame.optim import optimizer_group
 >>> w, g = torch.zeros(3), torch.ones(3)
 >>> opt = FunctionalOptimizer("sgd", w, g, optimizer_group("sgd", 0.5, {"momentum": 0.9}))
 >>> opt.step(); opt.step(lr=0.1); w
@@ -263,7 +263,7 @@ class FunctionalOptimizer:
     """One tensor ``param`` with gradient ``grad``, stepped like ``cls([param], **group).step()``.
 
     ``group``: the optimizer's complete parameter group (every hyper-parameter, as
-    :func:`~hf_soup.methods.ame_optim.optimizer_group` returns it). ``param`` and the state
+    :func:`~hf_soup.methods.ame.optim.optimizer_group` returns it). ``param`` and the state
     are updated in place; :attr:`state` holds what ``optimizer.state[param]`` would.
     """
 

@@ -43,7 +43,7 @@ tensor by tensor: each chunk of each tensor replays one seeded schedule (order, 
 batches, rates) from a fresh optimizer state, which equals running AME on the whole
 flattened model at once, byte for byte. The steps run through torch's functional
 optimizers (``torch.optim.adam.adam``...) with exactly the state and arguments
-``optimizer.step()`` uses (:mod:`~hf_soup.methods.ame_functional`): bit-identical, but
+``optimizer.step()`` uses (:mod:`~hf_soup.methods.ame.functional`): bit-identical, but
 without an ``Optimizer`` object, whose ``step`` imports ``torch._dynamo`` (~70 MB).
 On CPU a chunk is processed in cache-sized blocks (the whole schedule runs on one block
 before the next), blocks are multiples of 64 elements (the last one zero-padded) so
@@ -53,7 +53,7 @@ Memory: the engine's read buffers (16 MiB for AME) plus one output chunk and a b
 optimizer state.
 
 Ordering by validation score and ``pivot: best`` need scores: ``MergeContext.scores`` or
-the context's evaluator. Greedy AME (App. A.4) is :mod:`hf_soup.methods.ame_greedy`.
+the context's evaluator. Greedy AME (App. A.4) is :mod:`hf_soup.methods.ame.greedy`.
 
 Integer and boolean tensors (buffers such as position ids) are not optimized: the engine
 copies them from the reference ingredient (``output.config_from``, the first by default).

@@ -7,7 +7,7 @@ parameter, so torch's own validation (``betas`` in [0, 1), ``eps`` ≥ 0...) run
 any work. That construction skips the dynamo guard torch wraps around
 ``Optimizer.add_param_group`` (it would import ``torch._dynamo``, ~70 MB); everything
 else is the class's own code. AME then steps with torch's functional optimizers
-(:mod:`hf_soup.methods.ame_functional`), never with an ``Optimizer`` object.
+(:mod:`hf_soup.methods.ame.functional`), never with an ``Optimizer`` object.
 
 >>> resolve_optimizer("AdamW").__name__
 'AdamW'

@@ -10,7 +10,7 @@ block-coordinate descent over mini-batches of ``model_batch`` ingredients (Algor
 with the gradient of every coefficient taken from one graph on the combined model
 (eq. 6). The result is a per-(ingredient, block) weighted soup — a ``weighted`` plan
 with per-tensor weights (each block's weights sum to 1; extrapolation allowed) that the
-engine writes like any other soup. See :mod:`hf_soup.learned` for the pieces.
+engine writes like any other soup. See :mod:`hf_soup.methods.learned` for the pieces.
 
 >>> LearnedSoup.Params(layerwise=True, model_batch=2).hyperplane
 True
