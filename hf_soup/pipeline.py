@@ -264,7 +264,9 @@ class _Run:
         for name, data in plan.files.items():  # e.g. a learned soup's coefficient plot
             (staging / name).write_bytes(data)
         _write_card(staging, recipe.output.card_template)
-        return report
+        from .output.report import read_report
+
+        return read_report(staging)  # with the card's hash, exactly as soup_report.json holds it
 
 
     def _summarise(self, report: dict[str, Any]) -> None:
