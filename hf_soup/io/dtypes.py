@@ -94,3 +94,30 @@ def from_float32(values: np.ndarray, dtype: str) -> np.ndarray:
             rounded[nan] = ((bits[nan] >> 16) | 0x40).astype(np.uint16)
         return rounded
     return values.astype(STORAGE[dtype])
+
+
+def from_float64(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Round float64 ``values`` once, to nearest even, to the storage array of ``dtype``.
+
+    bfloat16 goes through float32 rounded to odd, which then rounds to nearest even
+    exactly as a direct rounding would (float32 keeps more than two extra bits).
+    """
+    if dtype == "F64":
+        return values
+    if dtype in ("F32", "F16"):
+        return values.astype(STORAGE[dtype])
+    if dtype != "BF16":
+        raise ValueError(f"cannot round to {dtype}")
+    nearest = values.astype(np.float32)
+    inexact = (nearest.astype(np.float64) != values) & np.isfinite(values)
+    toward_zero = np.where(inexact & (np.abs(nearest.astype(np.float64)) > np.abs(values)),
+                           np.nextafter(nearest, np.float32(0)), nearest)
+    bits = toward_zero.view(np.uint32) | inexact.astype(np.uint32)  # the sticky bit
+    return from_float32(bits.view(np.float32), "BF16")
+
+
+def to_storage(values: np.ndarray, dtype: str) -> np.ndarray:
+    """A method's float32 or float64 result as the storage array of ``dtype`` (one rounding)."""
+    if values.dtype == np.float64:
+        return from_float64(values, dtype)
+    return from_float32(np.asarray(values, dtype=np.float32), dtype)

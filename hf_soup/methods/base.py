@@ -50,6 +50,7 @@ class MergeContext:
     evaluator: Any = None
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
+    base: str | None = None  # the base model's name when the merge is relative to one
 
 
 class SoupMethod(ABC):
@@ -80,6 +81,12 @@ class TensorMethod(SoupMethod):
     """
 
     buffer_bytes: ClassVar[int | None] = None
+    #: ``True``: each call receives whole tensors (one chunk per tensor), for methods that
+    #: need a per-tensor statistic (a quantile, a random mask, a norm or an angle).
+    whole_tensor: ClassVar[bool] = False
+    #: ``"required"`` / ``"optional"``: the method merges relative to the recipe's ``base_model``;
+    #: when a base is used it is ``chunks[0]`` and the ingredients follow.
+    uses_base: ClassVar[str] = "never"
 
     @abstractmethod
     def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
@@ -103,6 +110,12 @@ class MergePlan:
     ingredients: list[int]
     details: dict[str, Any] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
+    base: int | None = None  # the source index of the base model, streamed first (base-relative methods)
+
+    @property
+    def streamed(self) -> list[int]:
+        """The source indices the engine streams, in the order the method receives them."""
+        return ([self.base] if self.base is not None else []) + list(self.ingredients)
 
 
 class PlanningMethod(SoupMethod):

@@ -1,0 +1,16 @@
+"""DARE-TIES (Yu et al., 2024): DARE's random drop and rescale, then TIES's sign election."""
+
+from __future__ import annotations
+
+from .dare_linear import DareParams
+from .task_vectors import TaskVectorMethod
+
+
+class DareTiesSoup(TaskVectorMethod):
+    """Random Bernoulli(``density``) masks (seeded), l1 rescale, sign election by summed mass."""
+
+    name = "dare_ties"
+    paper = "https://arxiv.org/abs/2311.03099"
+    Params = DareParams
+    sparsification = "random"
+    consensus = True
