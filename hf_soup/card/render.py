@@ -29,6 +29,18 @@ _PAPER_TITLES = {
                                         "accuracy without increasing inference time (Wortsman et al., 2022)",
     "https://github.com/nblt/MEHL-Soup": "Scalable Learned Model Soup on a Single GPU: An Efficient Subspace "
                                          "Training Strategy (Li et al., ECCV 2024), code and paper",
+    "https://arxiv.org/abs/2212.04089": "Editing Models with Task Arithmetic (Ilharco et al., ICLR 2023)",
+    "https://arxiv.org/abs/2306.01708": "TIES-Merging: Resolving Interference When Merging Models "
+                                        "(Yadav et al., NeurIPS 2023)",
+    "https://arxiv.org/abs/2311.03099": "Language Models are Super Mario: Absorbing Abilities from Homologous "
+                                        "Models as a Free Lunch (Yu et al., ICML 2024)",
+    "https://arxiv.org/abs/2312.06795": "Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse Masks "
+                                        "(Davari & Belilovsky, ECCV 2024)",
+    "https://arxiv.org/abs/2406.11617": "DELLA-Merging: Reducing Interference in Model Merging through "
+                                        "Magnitude-Based Sampling (Deep et al., 2024)",
+    "https://arxiv.org/abs/2403.19522": "Model Stock: All we need is just a few fine-tuned models "
+                                        "(Jang et al., ECCV 2024)",
+    "https://dl.acm.org/doi/10.1145/325165.325242": "Animating rotation with quaternion curves (Shoemake, 1985)",
 }
 
 
@@ -115,6 +127,7 @@ def template_context(report: dict[str, Any], model_id: str) -> dict[str, Any]:
         "method_description": description,
         "paper_url": paper,
         "paper_title": _PAPER_TITLES.get(paper or "", paper or "paper"),  # an unknown link shows its URL
+        "base_model": report.get("base_model"),  # the pre-trained base of a base-relative soup
         "ingredients": rows,
         "kept_count": len(kept_ingredients(report)),
         "show_scores": any(row["score"] is not None for row in rows),
