@@ -59,18 +59,19 @@ def _add_merge(sub) -> None:
     p.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
     p.add_argument("--card-template", metavar="PATH", help="Jinja template for the soup's README.md (default: hf-soup's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--from-mergekit", action="store_true", default=None,
+                   help="read the recipe file as a MergeKit configuration (default: detected by its merge_method key)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the recipe that would run (a MergeKit configuration translated) and stop")
     p.set_defaults(handler=merge_command)
 
 
 def _recipe_data(args) -> dict[str, Any]:
     if args.recipe:
-        import yaml
+        from .recipe import parse_recipe, read_recipe_data
 
-        from .recipe import load_recipe
-
-        load_recipe(args.recipe)  # validates and gives file-level errors first
-        with open(args.recipe) as handle:
-            data = yaml.safe_load(handle)
+        data = read_recipe_data(args.recipe, getattr(args, "from_mergekit", None))
+        parse_recipe(data, args.recipe)  # validates and gives file-level errors first
     else:
         data = {}
     if args.model:
@@ -130,6 +131,13 @@ def merge_command(args) -> int:
     from .recipe import parse_recipe
 
     recipe = parse_recipe(_recipe_data(args), args.recipe or "command line")
+    if args.dry_run:
+        import yaml
+
+        dump = recipe.model_dump(mode="json", exclude_defaults=True)
+        dump["method"] = {"name": recipe.method.name, **recipe.method.params}
+        print(yaml.safe_dump(dump, sort_keys=False), end="")
+        return 0
     result = run_recipe(recipe, token=args.token, progress=not args.quiet and sys.stderr.isatty())
     report = result.report
     if not result.is_main_process:  # torchrun / accelerate launch: process 0 speaks for all
