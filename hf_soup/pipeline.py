@@ -167,7 +167,7 @@ class _Run:
         opened = ingredients + [self.merge_base] * bool(self.merge_base)  # the base model last, if any
         with dist.stage("aligning the ingredients"):
             self.sources = {i: stack.enter_context(ing.open()) for i, ing in enumerate(opened)}
-            names = [i.name for i in ingredients] + [f"base_model {self.merge_base.name}"] * bool(self.merge_base)
+            names = [i.name for i in ingredients] + ([f"base_model {self.merge_base.name}"] if self.merge_base else [])
             self.alignment = align(list(self.sources.values()), names,
                                    [i.config for i in opened], on_missing=recipe.on_missing,
                                    dtype=recipe.output.dtype, reference=recipe.output.config_from)
