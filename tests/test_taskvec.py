@@ -303,3 +303,22 @@ def test_float64_results_are_rounded_once_to_bfloat16():
     error = np.abs(values - back)
     assert np.all(error <= np.abs(values - up)) and np.all(error <= np.abs(values - down))
     assert np.array_equal(rounded[20000 + 2000:20000 + 4000] - rounded[20000 + 4000:], np.ones(2000, np.uint16))
+
+
+@pytest.mark.parametrize("method, params", [("ties", ["-p", "density=0.5"]),
+                                            ("dare_ties", ["-p", "density=0.5", "--seed", "3"]),
+                                            ("model_stock", [])])
+def test_two_processes_give_the_bytes_of_one_process(method, params, tmp_path):
+    """Base-relative soups under a 2-process launch: every process reads the base, same bytes as one process."""
+    from test_distributed import _assert_same_soup, _merge_args, _single, _spawn
+
+    root = tmp_path / "models"
+    paths = []
+    for seed in range(3):
+        build_model("llama", seed, num_key_value_heads=4).save_pretrained(root / f"run{seed}", max_shard_size="20KB")
+        paths.append(str(root / f"run{seed}"))
+    extra = ["--method", method, "--base-model", paths[0], *params]
+    _single(_merge_args(paths[1:], tmp_path / "one", *extra))
+    results = _spawn(_merge_args(paths[1:], tmp_path / "two", *extra))
+    assert [code for code, _, _ in results] == [0, 0], results[0][2][-3000:] + results[1][2][-3000:]
+    _assert_same_soup(tmp_path / "one", tmp_path / "two")
