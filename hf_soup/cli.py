@@ -272,7 +272,8 @@ def methods_command(args) -> int:
         cls = get_method_class(name)
         summary = (cls.__doc__ or "").strip().splitlines()[0].replace("``", "") if cls.__doc__ else ""
         needs = "  [needs evaluation]" if cls.needs_evaluation else ""
-        print(f"{name:<12} {summary}{needs}")
+        needs += "  [needs base_model]" if getattr(cls, "uses_base", "never") == "required" else ""
+        print(f"{name:<16} {summary}{needs}")
     return 0
 
 

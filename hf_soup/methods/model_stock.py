@@ -18,9 +18,11 @@ class ModelStockParams(MethodParams):
 
 
 class ModelStockSoup(TensorMethod):
-    """``t · mean_k θ_k + (1 − t) · θ_base`` with ``t = N cos / (1 + (N − 1) cos)``, ``cos`` the mean
-    pairwise cosine of the offsets ``θ_k − θ_base``; the base is kept where ``1 + (N − 1) cos ≈ 0``.
-    Computed in float64 with MergeKit 0.1.5's operations, rounded once."""
+    """t · mean_k θ_k + (1 − t) · θ_base, t = N cos / (1 + (N − 1) cos) from the offsets' mean cosine.
+
+    ``cos`` is the mean pairwise cosine of the offsets ``θ_k − θ_base``; the base is kept where
+    ``1 + (N − 1) cos ≈ 0``. Computed in float64 with MergeKit 0.1.5's operations, rounded once.
+    """
 
     name = "model_stock"
     paper = "https://arxiv.org/abs/2403.19522"
@@ -36,7 +38,7 @@ class ModelStockSoup(TensorMethod):
     def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
         shape = info.shape if info is not None else (chunks[0].size,)
         rows = (-1, shape[-1]) if self.params.filter_wise and len(shape) >= 2 else (1, -1)
-        base = chunks[0].astype(np.float64).reshape(rows)
+        base = chunks[0].reshape(rows)  # float32, promoted exactly where it meets float64
         inputs = [chunk.reshape(rows) for chunk in chunks[1:]]
         count = len(inputs)
 

@@ -39,7 +39,10 @@ def nuslerp(t: float, v0: np.ndarray, v1: np.ndarray) -> np.ndarray:
 
 
 class NuSlerpSoup(TensorMethod):
-    """MergeKit 0.1.5's ``nuslerp``, computed in float64 and rounded once."""
+    """SLERP of two ingredients (or of their task vectors, with a base) at t = w_2 / (w_1 + w_2).
+
+    MergeKit 0.1.5's ``nuslerp``, computed in float64 and rounded once.
+    """
 
     name = "nuslerp"
     Params = NuSlerpParams

@@ -49,8 +49,11 @@ def slerp(t: float, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class SlerpSoup(TensorMethod):
-    """SLERP of exactly two ingredients, per tensor, with MergeKit 0.1.5's formula, computed in
-    float64 and rounded once."""
+    """Spherical interpolation of exactly two ingredients, tensor by tensor, factor t.
+
+    MergeKit 0.1.5's formula (nearly parallel tensors are interpolated linearly), computed in
+    float64 and rounded once.
+    """
 
     name = "slerp"
     paper = "https://dl.acm.org/doi/10.1145/325165.325242"

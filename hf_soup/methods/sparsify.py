@@ -42,7 +42,9 @@ def magnitude(delta: np.ndarray, density: float) -> np.ndarray | None:
     if density >= 1:
         return None
     k = max(1, int(density * delta.size))
-    return rank_mask(-np.abs(delta), 0, k)
+    negated = np.abs(delta)
+    np.negative(negated, out=negated)
+    return rank_mask(negated, 0, k)
 
 
 def magnitude_outliers(delta: np.ndarray, density: float, gamma: float) -> np.ndarray | None:

@@ -85,7 +85,7 @@ class TaskVectorMethod(TensorMethod):
 
     def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
         key = info.key
-        base = chunks[0].astype(np.float64)
+        base = chunks[0]  # float32; promoted exactly where it meets float64
         inputs = chunks[1:]
         count = len(inputs)
         weights = [float(w) for w in settings.per_ingredient(self.params.weights, count, key)]
@@ -94,14 +94,16 @@ class TaskVectorMethod(TensorMethod):
         factors: list[float] = []
         masks: list[np.ndarray | None] = []
         for index, chunk in enumerate(inputs):  # pass 1: masks and rescale factors
-            delta = chunk.astype(np.float64) - base
+            delta = chunk.astype(np.float64)
+            delta -= base
             keep = self._keep(delta, info, index, float(densities[index]),
                               {name: values[index] for name, values in extras.items()})
             masks.append(keep)
             factors.append(sparsify.l1_factor(delta, keep) if keep is not None and self.params.rescale else 1.0)
 
         def task_vector(index: int) -> np.ndarray:
-            delta = inputs[index].astype(np.float64) - base
+            delta = inputs[index].astype(np.float64)
+            delta -= base
             if masks[index] is not None:
                 delta *= masks[index]
                 if factors[index] != 1.0:
