@@ -322,3 +322,17 @@ def test_two_processes_give_the_bytes_of_one_process(method, params, tmp_path):
     results = _spawn(_merge_args(paths[1:], tmp_path / "two", *extra))
     assert [code for code, _, _ in results] == [0, 0], results[0][2][-3000:] + results[1][2][-3000:]
     _assert_same_soup(tmp_path / "one", tmp_path / "two")
+
+
+def test_rank_selection_equals_a_stable_sort():
+    from hf_soup.methods.sparsify import rank_mask
+
+    rng = np.random.default_rng(1)
+    for _ in range(300):  # small integers: many ties
+        n = int(rng.integers(1, 60))
+        values = rng.integers(0, 6, n).astype(np.float64)
+        lo = int(rng.integers(0, n))
+        hi = int(rng.integers(lo, n + 1))
+        expected = np.zeros(n, dtype=bool)
+        expected[np.argsort(values, kind="stable")[lo:hi]] = True
+        assert np.array_equal(rank_mask(values, lo, hi), expected), (values, lo, hi)

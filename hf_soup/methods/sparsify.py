@@ -22,17 +22,23 @@ _EPS = 1e-7  # below this l1 norm a tensor is not rescaled (as in MergeKit)
 
 def rank_mask(values: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """Entries whose stable ascending rank (ties ordered by position) is in ``[lo, hi)``."""
-    mask = np.zeros(values.size, dtype=bool)
     lo, hi = max(0, lo), min(values.size, hi)
     if lo >= hi:
-        return mask
-    part = np.partition(values, [lo, hi - 1])
-    low, high = part[lo], part[hi - 1]
+        return np.zeros(values.size, dtype=bool)
+    kth = [lo, hi - 1] if lo > 0 else [hi - 1]
+    part = np.partition(values, kth)
+    low, high = (part[lo] if lo > 0 else None), part[hi - 1]
     del part
-    mask |= (values > low) & (values < high)
-    for bound in {float(low), float(high)}:
+    mask = values < high
+    below_high = int(np.count_nonzero(mask))
+    if low is not None:
+        above_low = values > low
+        below_low = int(values.size - np.count_nonzero(above_low) - np.count_nonzero(values == low))
+        mask &= above_low
+        del above_low
+    for bound, below in ([(low, below_low)] if low is not None and low != high else []) + [(high, below_high)]:
         equal = np.flatnonzero(values == bound)
-        ranks = np.count_nonzero(values < bound) + np.arange(equal.size)
+        ranks = below + np.arange(equal.size)
         mask[equal[(ranks >= lo) & (ranks < hi)]] = True
     return mask
 
