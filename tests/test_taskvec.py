@@ -336,3 +336,36 @@ def test_rank_selection_equals_a_stable_sort():
         expected = np.zeros(n, dtype=bool)
         expected[np.argsort(values, kind="stable")[lo:hi]] = True
         assert np.array_equal(rank_mask(values, lo, hi), expected), (values, lo, hi)
+
+
+def test_lora_adapters_enter_as_their_updates(finetunes, tmp_path):
+    """Adapter ingredients read as base + ΔW; against their own base the task vectors are the ΔW_k."""
+    import peft
+    import transformers
+
+    base_path = finetunes["base"]
+    adapters, merged = [], []
+    for k in range(2):
+        torch.manual_seed(20 + k)
+        model = transformers.AutoModelForCausalLM.from_pretrained(base_path)
+        lora = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                          init_lora_weights=False))
+        lora.save_pretrained(tmp_path / f"lora{k}")
+        adapters.append(str(tmp_path / f"lora{k}"))
+        merged.append({n: p.detach().double().numpy() for n, p in lora.merge_and_unload().state_dict().items()})
+    weights, scale = [0.7, 0.4], 0.9
+    soup(adapters, "task_arithmetic", tmp_path / "soup", device="cpu", weights=weights, **{"lambda": scale})
+    ours = _weights(tmp_path / "soup")
+    base = {k: v.astype(np.float64) for k, v in _weights(base_path).items()}
+    targeted = 0
+    for key, value in ours.items():
+        expected = base[key] + scale * sum(w * (m[key] - base[key]) for w, m in zip(weights, merged))
+        np.testing.assert_allclose(value, expected, rtol=0, atol=1e-6, err_msg=key)
+        if "q_proj" in key or "v_proj" in key:
+            targeted += 1
+            assert not np.array_equal(value, base[key].astype(np.float32))
+        else:  # untouched by the adapters: exactly the base
+            assert np.array_equal(value, base[key].astype(np.float32)), key
+    assert targeted == 4
+    ties = soup(adapters, "ties", tmp_path / "ties", device="cpu", density=0.5)
+    assert ties.report["base_model"]["ref"] == base_path and ties.report["adapters"]["base_model"]["ref"] == base_path
