@@ -40,7 +40,9 @@ def _add_merge(sub) -> None:
     p.add_argument("--max-shard-size", help="largest safetensors shard, e.g. 2GB (default 5GB)")
     p.add_argument("--on-missing", choices=["error", "skip", "first"], help="what to do with keys some ingredients lack")
     p.add_argument("--config-from", type=int, help="index of the ingredient whose config/tokenizer files are copied")
-    p.add_argument("--base-model", metavar="REF", help="base model of PEFT adapter ingredients (default: the one they name)")
+    p.add_argument("--base-model", metavar="REF",
+                   help="the pre-trained model the ingredients were fine-tuned from (base-relative methods such as "
+                        "ties); for PEFT adapters, their base (default: the one they name)")
     p.add_argument("--format", dest="output_format", choices=["model", "adapter"],
                    help="write a full model (default) or, for adapter soups, a LoRA adapter")
     p.add_argument("--rank", help="adapter output rank: concat (exact, default) or an integer (truncated SVD)")

@@ -98,7 +98,7 @@ def _setting(value: Any, where: str, numeric: bool) -> Any:
             raise _fail(where, f"gradient lists ({value}: values interpolated across layers) are not supported; "
                         "give one value, or per-tensor values as [{filter: NAME, value: V}, ...]")
         if not numeric:
-            raise _fail(where, "per-tensor conditions are supported for numeric parameters only; give one value")
+            raise _fail(where, "per-tensor conditions cannot be expressed for this parameter; give one value")
         conditions = []
         for n, item in enumerate(value):
             if not isinstance(item, dict) or "value" not in item or set(item) - {"filter", "value"}:
@@ -165,7 +165,7 @@ def _method(config: dict[str, Any], method: str, params: list[tuple[int | None, 
         if any(v is None for v in values):
             missing = [w.split(".")[0] for w, v in zip(where, values) if v is None]
             raise _fail(f"{missing[0]}.parameters.{key}", f"missing; give {key} for every model or in parameters")
-        settings = [_setting(v, w, True) for v, w in zip(values, where)]
+        settings = [_setting(v, w, method != "linear") for v, w in zip(values, where)]
         result[accepted[key]] = settings
     return result
 

@@ -255,6 +255,8 @@ def test_a_mergekit_yaml_runs_as_it_is_and_gives_mergekit_bytes(finetunes, tmp_p
     ({"merge_method": "ties", "base_model": "b", "models": [{"model": "a"}], "tokenizer_source": "union"},
      "tokenizer_source"),
     ({"merge_method": "linear", "models": [{"model": "a+lora"}]}, "models[0].model"),
+    ({"merge_method": "linear", "models": [{"model": "a", "parameters": {"weight": [{"filter": "mlp", "value": 1}]}}]},
+     "models[0].parameters.weight"),
     ({"merge_method": "linear", "models": [{"model": "a"}], "chat_template": "chatml"}, "chat_template"),
     ({"merge_method": "slerp", "base_model": "a", "models": [{"model": "a"}, {"model": "b"}],
       "parameters": {"t": [{"filter": "mlp", "value": [0, 1]}, {"value": 0.5}]}}, "parameters.t[0].value"),
