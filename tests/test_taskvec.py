@@ -167,7 +167,8 @@ def test_random_methods_are_seeded_and_match_mergekit_statistics(method, finetun
     second = {k: v for f in sorted(runs[1].glob("*.safetensors")) for k, v in _load(f).items()}
     assert all(np.array_equal(first[k], second[k]) for k in first)
     other_seed = tmp_path / "seed8"
-    soup([finetunes[k] for k in names], method, other_seed, base_model=finetunes["base"], seed=8, device="cpu", **params)
+    soup([finetunes[k] for k in names], method, other_seed, base_model=finetunes["base"], seed=8, device="cpu",
+         **params)
     assert any(not np.array_equal(first[k], v) for k, v in _weights(other_seed).items())
     base = _weights(finetunes["base"])
     key = "model.layers.0.mlp.up_proj.weight"  # 2048 entries

@@ -1,4 +1,6 @@
-"""Model Breadcrumbs (Davari & Belilovsky, 2024): drop each task vector's largest outliers (``gamma``) and its smallest entries, keeping a ``density`` fraction."""
+"""Model Breadcrumbs (Davari & Belilovsky, 2024): drop each task vector's largest outliers (``gamma``) and its
+smallest entries, keeping a ``density`` fraction.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Model Breadcrumbs with TIES sign election: outlier and small-entry removal, then a disjoint mean of the agreeing task vectors."""
+"""Model Breadcrumbs with TIES sign election: outlier and small-entry removal, then a disjoint mean of the agreeing
+task vectors.
+"""
 
 from __future__ import annotations
 

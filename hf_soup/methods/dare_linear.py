@@ -1,4 +1,6 @@
-"""DARE (Yu et al., 2024): drop each task-vector entry at random (keeping a ``density`` fraction), rescale, and add the weighted sum to the base."""
+"""DARE (Yu et al., 2024): drop each task-vector entry at random (keeping a ``density`` fraction), rescale, and add
+the weighted sum to the base.
+"""
 
 from __future__ import annotations
 

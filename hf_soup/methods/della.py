@@ -1,4 +1,6 @@
-"""DELLA-Merging with TIES sign election (Deep et al., 2024): MagPrune, rescale, elect a sign, average the agreeing task vectors."""
+"""DELLA-Merging with TIES sign election (Deep et al., 2024): MagPrune, rescale, elect a sign, average the agreeing
+task vectors.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""DELLA-Merging (Deep et al., 2024): MagPrune drops task-vector entries at random with probabilities that fall with their magnitude rank, then rescales."""
+"""DELLA-Merging (Deep et al., 2024): MagPrune drops task-vector entries at random with probabilities that fall
+with their magnitude rank, then rescales.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Model Stock (Jang et al., 2024): from the angle between a few fine-tunes' offsets to the base, the ratio t that moves their average toward the base — a soup for "just a few fine-tuned models"."""
+"""Model Stock (Jang et al., 2024): from the angle between a few fine-tunes' offsets to the base, the ratio t that
+moves their average toward the base — a soup for "just a few fine-tuned models".
+"""
 
 from __future__ import annotations
 

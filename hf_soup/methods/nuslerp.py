@@ -1,4 +1,6 @@
-"""NuSLERP: SLERP of two models (or, with a base model, of their task vectors) with the factor given by their weights, per tensor, per row or per column."""
+"""NuSLERP: SLERP of two models (or, with a base model, of their task vectors) with the factor given by their
+weights, per tensor, per row or per column.
+"""
 
 from __future__ import annotations
 

@@ -70,7 +70,10 @@ def all_values(setting: Any) -> list[Any]:
     items = setting if is_per_ingredient(setting) else [setting]
     values = []
     for item in items:
-        values += [c.value if isinstance(c, Condition) else c["value"] for c in item] if isinstance(item, list) else [item]
+        if isinstance(item, list):
+            values += [c.value if isinstance(c, Condition) else c["value"] for c in item]
+        else:
+            values.append(item)
     return values
 
 

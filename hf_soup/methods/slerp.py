@@ -1,4 +1,6 @@
-"""SLERP: spherical linear interpolation between two models, tensor by tensor (``t = 0``: the first ingredient, ``t = 1``: the second)."""
+"""SLERP: spherical linear interpolation between two models, tensor by tensor (``t = 0``: the first ingredient, ``t
+= 1``: the second).
+"""
 
 from __future__ import annotations
 
@@ -23,19 +25,19 @@ class SlerpParams(MethodParams):
     t: Setting
 
 
-def _blocks(size: int):
-    return range(0, size, _BLOCK)
+def _blocks(x: np.ndarray):
+    """``x`` in float64 blocks of ``_BLOCK`` elements (the norms and the dot product are summed per block)."""
+    for start in range(0, x.size, _BLOCK):
+        yield x[start : start + _BLOCK].astype(np.float64)
 
 
 def slerp(t: float, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """SLERP of two flat tensors, treated as one vector each; nearly parallel ones are lerped."""
-    norm_a = math.sqrt(sum(float(np.linalg.norm(a[s : s + _BLOCK].astype(np.float64))) ** 2 for s in _blocks(a.size)))
-    norm_b = math.sqrt(sum(float(np.linalg.norm(b[s : s + _BLOCK].astype(np.float64))) ** 2 for s in _blocks(b.size)))
+    norm_a = math.sqrt(sum(float(np.linalg.norm(block)) ** 2 for block in _blocks(a)))
+    norm_b = math.sqrt(sum(float(np.linalg.norm(block)) ** 2 for block in _blocks(b)))
     norm_a = norm_a if norm_a > _EPS else 1.0
     norm_b = norm_b if norm_b > _EPS else 1.0
-    dot = 0.0
-    for s in _blocks(a.size):
-        dot += float(((a[s : s + _BLOCK].astype(np.float64) / norm_a) * (b[s : s + _BLOCK].astype(np.float64) / norm_b)).sum())
+    dot = sum(float(((x / norm_a) * (y / norm_b)).sum()) for x, y in zip(_blocks(a), _blocks(b)))
     dot = min(1.0, max(-1.0, dot))
     if abs(dot) > _DOT_THRESHOLD:
         coef_a, coef_b = 1 - t, t

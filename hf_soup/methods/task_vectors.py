@@ -70,7 +70,8 @@ class TaskVectorMethod(TensorMethod):
     def _sparsify_args(self, key: str) -> dict[str, list[Any]]:
         return {}
 
-    def _keep(self, delta: np.ndarray, info: ChunkInfo, index: int, density: float, extra: dict[str, Any]) -> np.ndarray | None:
+    def _keep(self, delta: np.ndarray, info: ChunkInfo, index: int, density: float,
+              extra: dict[str, Any]) -> np.ndarray | None:
         method = self.sparsification
         if method is None:
             return None

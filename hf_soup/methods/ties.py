@@ -1,4 +1,6 @@
-"""TIES-Merging (Yadav et al., 2023): trim each task vector to its largest entries, elect a sign per parameter, and average the task vectors that agree with it."""
+"""TIES-Merging (Yadav et al., 2023): trim each task vector to its largest entries, elect a sign per parameter, and
+average the task vectors that agree with it.
+"""
 
 from __future__ import annotations
 
