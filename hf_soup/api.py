@@ -69,13 +69,17 @@ def merge_state_dicts(
     *,
     dtype: str | None = None,
     on_missing: str = "error",
+    base_state_dict: Mapping[str, Any] | None = None,
+    seed: int = 0,
     **params: Any,
 ) -> dict[str, Any]:
     """Merge in-memory state dicts with a data-free method; return the merged state dict.
 
     >>> merged = merge_state_dicts([model_a.state_dict(), model_b.state_dict()])  # doctest: +SKIP
     >>> model_a.load_state_dict(merged)  # doctest: +SKIP
+    >>> merge_state_dicts([ft_a, ft_b], "ties", base_state_dict=base, density=0.5)  # doctest: +SKIP
 
+    ``base_state_dict``: the pre-trained weights, for base-relative methods (``ties``...).
     The inputs are never modified.
     """
     from .align import align
@@ -93,12 +97,19 @@ def merge_state_dicts(
     merger = build_method(recipe.method.name, recipe.method.params)
     if not isinstance(merger, TensorMethod):
         raise RecipeError(f"method: {method!r} needs an evaluation; use hf_soup.soup(..., evaluation=...) instead")
+    uses_base = merger.uses_base != "never" and base_state_dict is not None
+    if merger.uses_base == "required" and base_state_dict is None:
+        raise RecipeError(f"base_state_dict: method {method!r} merges relative to a base model; pass its state dict")
     ingredients = resolve_ingredients(recipe.ingredients)
+    count = len(ingredients)
+    if uses_base:
+        ingredients += resolve_ingredients([dict(base_state_dict)])
+    names = [i.name for i in ingredients[:count]] + ["base_state_dict"] * uses_base
     with ExitStack() as stack:
         sources = {i: stack.enter_context(ing.open()) for i, ing in enumerate(ingredients)}
-        alignment = align(list(sources.values()), [i.name for i in ingredients], on_missing=on_missing,
-                          dtype=recipe.output.dtype)
-        merger.setup(MergeContext(len(ingredients), [i.name for i in ingredients], extra={"alignment": alignment}))
+        alignment = align(list(sources.values()), names, on_missing=on_missing, dtype=recipe.output.dtype)
+        merger.setup(MergeContext(count, names[:count], extra={"alignment": alignment, "seed": seed},
+                                  base="base_state_dict" if uses_base else None))
         sink = StateDictSink()
-        execute(merger, alignment.tensors, sources, list(range(len(ingredients))), lambda _: sink)
+        execute(merger, alignment.tensors, sources, [count] * uses_base + list(range(count)), lambda _: sink)
     return sink.state_dict

@@ -372,3 +372,17 @@ def test_lora_adapters_enter_as_their_updates(finetunes, tmp_path):
     assert targeted == 4
     ties = soup(adapters, "ties", tmp_path / "ties", device="cpu", density=0.5)
     assert ties.report["base_model"]["ref"] == base_path and ties.report["adapters"]["base_model"]["ref"] == base_path
+
+
+def test_merge_state_dicts_with_a_base_state_dict(finetunes, tmp_path):
+    from hf_soup import merge_state_dicts
+
+    state = {name: {k: torch.from_numpy(v.copy()) for k, v in _weights(finetunes[name]).items()}
+             for name in ("base", "ft0", "ft1")}
+    merged = merge_state_dicts([state["ft0"], state["ft1"]], "ties", base_state_dict=state["base"], density=0.5)
+    soup([finetunes["ft0"], finetunes["ft1"]], "ties", tmp_path / "soup", base_model=finetunes["base"], density=0.5,
+         device="cpu")
+    written = _weights(tmp_path / "soup")
+    assert all(np.array_equal(merged[k].numpy(), v) for k, v in written.items())
+    with pytest.raises(RecipeError, match="base_state_dict"):
+        merge_state_dicts([state["ft0"], state["ft1"]], "ties")
