@@ -326,6 +326,12 @@ def _merge_base(method: Any, ingredients: list[Ingredient], adapters_base: Any, 
     base = resolve_ingredient(recipe.base_model, token=token)
     if base.weight_format == "adapter":
         raise RecipeError(f"base_model: {recipe.base_model} is a PEFT adapter; give the full pre-trained model")
+    files = sorted(str(Path(f).resolve()) for f in base.files)
+    for index, ingredient in enumerate(ingredients):
+        if files and sorted(str(Path(f).resolve()) for f in ingredient.files) == files:
+            logger.warning("ingredients[%d] (%s) is the base model: its task vector is zero, yet it counts in "
+                           "normalize and in the ingredient count; remove it from the ingredients", index,
+                           ingredient.name)
     return base
 
 

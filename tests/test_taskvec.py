@@ -386,3 +386,12 @@ def test_merge_state_dicts_with_a_base_state_dict(finetunes, tmp_path):
     assert all(np.array_equal(merged[k].numpy(), v) for k, v in written.items())
     with pytest.raises(RecipeError, match="base_state_dict"):
         merge_state_dicts([state["ft0"], state["ft1"]], "ties")
+
+
+def test_the_base_listed_as_an_ingredient_is_warned_about(finetunes, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="hf_soup"):
+        soup([finetunes["ft0"], finetunes["base"]], "task_arithmetic", tmp_path / "soup", base_model=finetunes["base"],
+             device="cpu")
+    assert "ingredients[1]" in caplog.text and "is the base model" in caplog.text
