@@ -1,13 +1,14 @@
 """Which entries of a task vector to keep: magnitude top-k, outliers, random (DARE), DELLA.
 
-Each function returns a boolean ``keep`` mask over a flat float64 task vector; the
-kept entries are then rescaled by :func:`l1_factor` when the method rescales.
+Each function takes the magnitudes ``|τ|`` of a flat float64 task vector and returns a
+boolean ``keep`` mask (``None``: keep all); the kept entries are then rescaled by
+:func:`l1_factor` when the method rescales.
 Selections by magnitude are exact and deterministic: ties are broken by position (a
 stable sort), and a selection is found in linear time, never by a full sort. Random
 masks come from :func:`rng_for`, seeded by the recipe's seed, the tensor's name and the
 ingredient's position, so they do not depend on chunking, process count or device.
 
->>> magnitude(np.array([0.1, -3.0, 2.0, 0.5]), 0.5)
+>>> magnitude(np.array([0.1, 3.0, 2.0, 0.5]), 0.5)
 array([False,  True,  True, False])
 """
 
@@ -43,24 +44,26 @@ def rank_mask(values: np.ndarray, lo: int, hi: int) -> np.ndarray:
     return mask
 
 
-def magnitude(delta: np.ndarray, density: float) -> np.ndarray | None:
-    """Keep the ``density`` fraction of largest magnitudes (at least one); ``None``: keep all."""
+def magnitude(magnitudes: np.ndarray, density: float) -> np.ndarray | None:
+    """Keep the ``density`` fraction of largest magnitudes (at least one)."""
     if density >= 1:
         return None
-    k = max(1, int(density * delta.size))
-    negated = np.abs(delta)
-    np.negative(negated, out=negated)
-    return rank_mask(negated, 0, k)
+    k = max(1, int(density * magnitudes.size))
+    np.negative(magnitudes, out=magnitudes)  # descending order, ties by position; restored below (exact)
+    try:
+        return rank_mask(magnitudes, 0, k)
+    finally:
+        np.negative(magnitudes, out=magnitudes)
 
 
-def magnitude_outliers(delta: np.ndarray, density: float, gamma: float) -> np.ndarray | None:
+def magnitude_outliers(magnitudes: np.ndarray, density: float, gamma: float) -> np.ndarray | None:
     """Model Breadcrumbs: drop the ``gamma`` fraction of largest magnitudes, then the smallest down to ``density``."""
     if density >= 1:
         return None
-    size = delta.size
+    size = magnitudes.size
     target, top = int(density * size), int(gamma * size)
     bottom = max(0, size - target - top)
-    return rank_mask(np.abs(delta), bottom, bottom + target)
+    return rank_mask(magnitudes, bottom, bottom + target)
 
 
 def rng_for(seed: int, key: str, index: int) -> np.random.Generator:
@@ -77,14 +80,14 @@ def bernoulli(size: int, density: float, rng: np.random.Generator) -> np.ndarray
     return rng.random(size) < density
 
 
-def della(delta: np.ndarray, shape: tuple[int, ...], density: float, epsilon: float,
+def della(magnitudes: np.ndarray, shape: tuple[int, ...], density: float, epsilon: float,
           rng: np.random.Generator) -> np.ndarray | None:
     """DELLA (MagPrune): keep probabilities from ``density - epsilon`` (smallest magnitude in
     its row) to ``density + epsilon`` (largest), linear in the magnitude's rank within the row."""
     if density >= 1:
         return None
-    rows = delta.reshape(-1 if len(shape) >= 2 else 1, shape[-1] if len(shape) >= 2 else delta.size)
-    order = np.argsort(np.abs(rows), axis=1, kind="stable")
+    rows = magnitudes.reshape(-1 if len(shape) >= 2 else 1, shape[-1] if len(shape) >= 2 else magnitudes.size)
+    order = np.argsort(rows, axis=1, kind="stable")
     ranks = np.empty(order.shape, dtype=np.float64)
     np.put_along_axis(ranks, order, np.arange(rows.shape[1], dtype=np.float64)[None, :], axis=1)
     del order
@@ -94,10 +97,10 @@ def della(delta: np.ndarray, shape: tuple[int, ...], density: float, epsilon: fl
     return (rng.random(rows.shape) < probabilities).reshape(-1)
 
 
-def l1_factor(delta: np.ndarray, keep: np.ndarray) -> float:
-    """The factor that gives the kept entries the l1 norm of the whole ``delta`` (1 when either is ~0)."""
-    before = float(np.abs(delta).sum())
-    after = float(np.abs(delta[keep]).sum())
+def l1_factor(magnitudes: np.ndarray, keep: np.ndarray) -> float:
+    """The factor that gives the kept entries the l1 norm of the whole task vector (1 when either is ~0)."""
+    before = float(magnitudes.sum())
+    after = float(magnitudes[keep].sum())
     if before < _EPS or after < _EPS:
         return 1.0
     return before / after

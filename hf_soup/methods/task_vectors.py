@@ -70,86 +70,108 @@ class TaskVectorMethod(TensorMethod):
     def _sparsify_args(self, key: str) -> dict[str, list[Any]]:
         return {}
 
-    def _keep(self, delta: np.ndarray, info: ChunkInfo, index: int, density: float,
+    def _keep(self, magnitudes: np.ndarray, info: ChunkInfo, index: int, density: float,
               extra: dict[str, Any]) -> np.ndarray | None:
         method = self.sparsification
         if method is None:
             return None
         if method == "magnitude":
-            return sparsify.magnitude(delta, density)
+            return sparsify.magnitude(magnitudes, density)
         if method == "magnitude_outliers":
-            return sparsify.magnitude_outliers(delta, density, extra["gamma"])
+            return sparsify.magnitude_outliers(magnitudes, density, extra["gamma"])
         rng = sparsify.rng_for(self.seed, info.key, index)
         if method == "random":
-            return sparsify.bernoulli(delta.size, density, rng)
-        return sparsify.della(delta, info.shape, density, extra["epsilon"], rng)
+            return sparsify.bernoulli(magnitudes.size, density, rng)
+        return sparsify.della(magnitudes, info.shape, density, extra["epsilon"], rng)
 
     def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
         key = info.key
-        base = chunks[0]  # float32; promoted exactly where it meets float64
-        inputs = chunks[1:]
+        base, inputs = chunks[0], chunks[1:]  # float32; promoted exactly where they meet float64
         count = len(inputs)
         weights = [float(w) for w in settings.per_ingredient(self.params.weights, count, key)]
         densities = settings.per_ingredient(self.params.density, count, key)
         extras = self._sparsify_args(key)
-        factors: list[float] = []
         masks: list[np.ndarray | None] = []
-        for index, chunk in enumerate(inputs):  # pass 1: masks and rescale factors
-            delta = chunk.astype(np.float64)
-            delta -= base
-            keep = self._keep(delta, info, index, float(densities[index]),
+        factors: list[float] = []
+        for index, chunk in enumerate(inputs):  # pass 1, whole tensor: masks and rescale factors
+            magnitudes = chunk.astype(np.float64)
+            magnitudes -= base
+            np.abs(magnitudes, out=magnitudes)
+            keep = self._keep(magnitudes, info, index, float(densities[index]),
                               {name: values[index] for name, values in extras.items()})
             masks.append(keep)
-            factors.append(sparsify.l1_factor(delta, keep) if keep is not None and self.params.rescale else 1.0)
+            factors.append(sparsify.l1_factor(magnitudes, keep) if keep is not None and self.params.rescale else 1.0)
+            del magnitudes
+        scale = float(settings.resolve(self.params.lambda_, key))
+        out = np.empty(base.size, dtype=np.float64)
+        for start in range(0, base.size, _BLOCK):  # pass 2, elementwise: in blocks, bounded scratch
+            part = slice(start, start + _BLOCK)
+            vectors = _TaskVectors(base[part], [x[part] for x in inputs],
+                                   [None if m is None else m[part] for m in masks], factors, weights)
+            out[part] = self._combine(vectors, scale)
+        return out
 
-        def task_vector(index: int) -> np.ndarray:
-            delta = inputs[index].astype(np.float64)
-            delta -= base
-            if masks[index] is not None:
-                delta *= masks[index]
-                if factors[index] != 1.0:
-                    delta *= factors[index]
-            delta *= weights[index]
-            return delta
-
+    def _combine(self, vectors: "_TaskVectors", scale: float) -> np.ndarray:
+        """θ_base + λ · (Σ_k w_k τ_k) / divisor over one block, in MergeKit's order of operations."""
+        count = len(vectors.weights)
         if self.consensus:
-            mixed, divisor = self._elect(task_vector, weights, count)
+            mixed, divisor = _elect(vectors, count)
         else:
-            mixed = task_vector(0)
+            mixed = vectors(0)
             for index in range(1, count):
-                mixed += task_vector(index)
-            total = sum(weights[1:], weights[0])
+                mixed += vectors(index)
+            total = sum(vectors.weights[1:], vectors.weights[0])
             divisor = 1.0 if abs(total) < 1e-8 else total
         if self.params.normalize:
             mixed /= divisor
-        scale = float(settings.resolve(self.params.lambda_, key))
         if scale != 1:
             mixed *= scale
-        mixed += base
+        mixed += vectors.base
         return mixed
-
-    @staticmethod
-    def _elect(task_vector, weights: list[float], count: int) -> tuple[np.ndarray, np.ndarray]:
-        """TIES: keep entries whose sign agrees with that of the summed task vectors."""
-        total = task_vector(0)
-        for index in range(1, count):
-            total += task_vector(index)
-        positive = total >= 0
-        del total
-        mixed = divisor = None
-        for index in range(count):
-            vector = task_vector(index)
-            agree = np.where(positive, vector > 0, vector < 0)
-            vector *= agree
-            counted = weights[index] * agree
-            if mixed is None:
-                mixed, divisor = vector, counted
-            else:
-                mixed += vector
-                divisor += counted
-        divisor[divisor == 0] = 1
-        return mixed, divisor
 
     def report(self) -> dict[str, Any]:
         return {"base_relative": True, "sparsification": self.sparsification, "sign_election": self.consensus,
                 "seed": self.seed if self.sparsification in ("random", "della") else None}
+
+
+_BLOCK = 1 << 20  # elements per block of the elementwise pass
+
+
+class _TaskVectors:
+    """The weighted, sparsified task vectors of one block: ``vectors(k)`` is ``w_k · τ_k`` (float64)."""
+
+    def __init__(self, base: np.ndarray, inputs: list[np.ndarray], masks: list[np.ndarray | None],
+                 factors: list[float], weights: list[float]):
+        self.base, self.inputs, self.masks, self.factors, self.weights = base, inputs, masks, factors, weights
+
+    def __call__(self, index: int) -> np.ndarray:
+        vector = self.inputs[index].astype(np.float64)
+        vector -= self.base
+        if self.masks[index] is not None:
+            vector *= self.masks[index]
+            if self.factors[index] != 1.0:
+                vector *= self.factors[index]
+        vector *= self.weights[index]
+        return vector
+
+
+def _elect(vectors: _TaskVectors, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """TIES: keep the entries whose sign agrees with that of the summed task vectors; their sum and weight."""
+    total = vectors(0)
+    for index in range(1, count):
+        total += vectors(index)
+    positive = total >= 0
+    del total
+    mixed = divisor = None
+    for index in range(count):
+        vector = vectors(index)
+        agree = np.where(positive, vector > 0, vector < 0)
+        vector *= agree
+        counted = vectors.weights[index] * agree
+        if mixed is None:
+            mixed, divisor = vector, counted
+        else:
+            mixed += vector
+            divisor += counted
+    divisor[divisor == 0] = 1
+    return mixed, divisor
