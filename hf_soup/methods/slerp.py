@@ -44,9 +44,12 @@ def slerp(t: float, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     else:
         theta = math.acos(dot)
         coef_a, coef_b = math.sin((1 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
-    result = a.astype(np.float64)
-    result *= coef_a
-    result += coef_b * b.astype(np.float64)
+    result = np.empty(a.size, dtype=np.float64)
+    for start, (x, y) in zip(range(0, a.size, _BLOCK), zip(_blocks(a), _blocks(b))):
+        x *= coef_a
+        y *= coef_b
+        x += y
+        result[start : start + _BLOCK] = x
     return result
 
 
