@@ -93,7 +93,9 @@ class TensorMethod(SoupMethod):
         """Merge ``chunks`` (one flat float32 array per ingredient, same range) into one.
 
         Must be elementwise: the result for an element depends only on that element in
-        each chunk (and on ``info``), so chunking never changes the output bytes.
+        each chunk (and on ``info``), so chunking never changes the output bytes — unless
+        the method sets ``whole_tensor``, and then each chunk is the whole tensor. The result
+        may be float32, or float64 to be rounded once to the output dtype.
         """
 
 
