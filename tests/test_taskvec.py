@@ -395,3 +395,12 @@ def test_the_base_listed_as_an_ingredient_is_warned_about(finetunes, tmp_path, c
         soup([finetunes["ft0"], finetunes["base"]], "task_arithmetic", tmp_path / "soup", base_model=finetunes["base"],
              device="cpu")
     assert "ingredients[1]" in caplog.text and "is the base model" in caplog.text
+
+
+def test_the_example_mergekit_config_translates():
+    from hf_soup.recipe import load_recipe
+
+    recipe = load_recipe(ROOT / "examples" / "mergekit" / "ties.yml")
+    assert recipe.method.name == "ties" and recipe.base_model == "meta-llama/Llama-3.2-1B"
+    assert recipe.ingredients == ["my-org/llama-ft-math", "my-org/llama-ft-code"]
+    assert recipe.method.params["density"] == [0.5, 0.5] and recipe.output.dtype == "BF16"
