@@ -404,3 +404,22 @@ def test_the_example_mergekit_config_translates():
     assert recipe.method.name == "ties" and recipe.base_model == "meta-llama/Llama-3.2-1B"
     assert recipe.ingredients == ["my-org/llama-ft-math", "my-org/llama-ft-code"]
     assert recipe.method.params["density"] == [0.5, 0.5] and recipe.output.dtype == "BF16"
+
+
+@pytest.mark.parametrize("name, params", [
+    ("task_arithmetic", {}), ("ties", {"density": 0.5}), ("dare_ties", {"density": 0.5}),
+    ("breadcrumbs", {"density": 0.5}), ("della", {"density": 0.5}), ("model_stock", {}),
+    ("model_stock", {"filter_wise": True}), ("nuslerp", {"flatten": False, "row_wise": True}), ("slerp", {"t": 0.5})])
+def test_empty_scalar_and_single_column_tensors(name, params):
+    from hf_soup.methods.base import ChunkInfo, MergeContext
+    from hf_soup.methods.registry import build_method
+
+    method = build_method(name, params)
+    two = name in ("slerp", "nuslerp")
+    method.setup(MergeContext(2 if two else 3, [], extra={"seed": 0}, base=None if two else "base"))
+    rng = np.random.default_rng(0)
+    for shape in [(0,), (), (5,), (0, 4), (4, 0), (3, 1)]:
+        size = int(np.prod(shape))
+        chunks = [rng.random(size, dtype=np.float32) for _ in range(2 if two else 4)]
+        result = method.merge(ChunkInfo("w", shape, 0, size), chunks)
+        assert result.size == size and np.all(np.isfinite(result)), shape

@@ -39,6 +39,8 @@ class ModelStockSoup(TensorMethod):
 
     def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
         shape = info.shape if info is not None else (chunks[0].size,)
+        if chunks[0].size == 0:
+            return np.empty(0, dtype=np.float64)
         columns = shape[-1] if self.params.filter_wise and len(shape) >= 2 else chunks[0].size
         base, inputs = chunks[0].reshape(-1, columns), [c.reshape(-1, columns) for c in chunks[1:]]
         t = self._ratio(base, inputs)

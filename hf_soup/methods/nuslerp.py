@@ -65,6 +65,8 @@ class NuSlerpSoup(TensorMethod):
         w0, w1 = (float(w) for w in settings.per_ingredient(self.params.weights, 2, info.key if info else ""))
         total = w0 + w1
         t = 0.5 if abs(total) < 1e-6 else w1 / total
+        if chunks[0].size == 0:
+            return np.empty(0, dtype=np.float64)
         base = chunks[0].astype(np.float64) if getattr(self, "has_base", False) else None
         a, b = (c.astype(np.float64) for c in chunks[-2:])
         if base is not None:

@@ -86,6 +86,8 @@ def della(magnitudes: np.ndarray, shape: tuple[int, ...], density: float, epsilo
     its row) to ``density + epsilon`` (largest), linear in the magnitude's rank within the row."""
     if density >= 1:
         return None
+    if magnitudes.size == 0:
+        return np.zeros(0, dtype=bool)
     rows = magnitudes.reshape(-1 if len(shape) >= 2 else 1, shape[-1] if len(shape) >= 2 else magnitudes.size)
     order = np.argsort(rows, axis=1, kind="stable")
     ranks = np.empty(order.shape, dtype=np.float64)
