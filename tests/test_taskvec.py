@@ -423,3 +423,30 @@ def test_empty_scalar_and_single_column_tensors(name, params):
         chunks = [rng.random(size, dtype=np.float32) for _ in range(2 if two else 4)]
         result = method.merge(ChunkInfo("w", shape, 0, size), chunks)
         assert result.size == size and np.all(np.isfinite(result)), shape
+
+
+def test_task_arithmetic_of_adapters_written_as_one_adapter(tmp_path):
+    """base + λ Σ w_k ΔW_k is a LoRA update: written as stacked factors, PEFT loads the full-model soup."""
+    import peft
+    import transformers
+
+    base_path = tmp_path / "base"
+    build_model("llama", 0).save_pretrained(base_path)
+    adapters = []
+    for k in range(2):
+        torch.manual_seed(30 + k)
+        model = transformers.AutoModelForCausalLM.from_pretrained(base_path)
+        lora = peft.get_peft_model(model, peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "o_proj"],
+                                                          init_lora_weights=False, modules_to_save=["lm_head"]))
+        with torch.no_grad():
+            lora.base_model.model.lm_head.modules_to_save["default"].weight.add_(0.01)
+        lora.save_pretrained(tmp_path / f"lora{k}")
+        adapters.append(str(tmp_path / f"lora{k}"))
+    params = {"weights": [0.8, 1.3], "lambda": 0.7}
+    soup(adapters, "task_arithmetic", tmp_path / "full", device="cpu", **params)
+    soup(adapters, "task_arithmetic", tmp_path / "adapter", device="cpu", output_format="adapter", **params)
+    loaded = peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(base_path),
+                                            tmp_path / "adapter").merge_and_unload().state_dict()
+    full = _weights(tmp_path / "full")
+    for key, value in full.items():
+        np.testing.assert_allclose(loaded[key].numpy(), value, rtol=0, atol=2e-6, err_msg=key)
