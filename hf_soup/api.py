@@ -76,13 +76,17 @@ def merge_state_dicts(
     dtype: str | None = None,
     on_missing: str = "error",
     threads: int | None = None,
+    base_state_dict: Mapping[str, Any] | None = None,
+    seed: int = 0,
     **params: Any,
 ) -> dict[str, Any]:
     """Merge in-memory state dicts with a data-free method; return the merged state dict.
 
     >>> merged = merge_state_dicts([model_a.state_dict(), model_b.state_dict()])  # doctest: +SKIP
     >>> model_a.load_state_dict(merged)  # doctest: +SKIP
+    >>> merge_state_dicts([ft_a, ft_b], "ties", base_state_dict=base, density=0.5)  # doctest: +SKIP
 
+    ``base_state_dict``: the pre-trained weights, for base-relative methods (``ties``...).
     The inputs are never modified.
     """
     from .engine import execute
@@ -90,7 +94,9 @@ def merge_state_dicts(
     from .engine.sinks import StateDictSink
     from .methods.base import MergeContext, TensorMethod
     from .methods.registry import build_method
-    from .prepare import open_aligned, resolve_with_bases
+    from .align import align
+    from .ingredients import resolve_ingredients
+    from .prepare import resolve_with_bases
 
     if not state_dicts:
         raise RecipeError("state_dicts: give at least one state dict")
@@ -100,11 +106,20 @@ def merge_state_dicts(
     merger = build_method(recipe.method.name, recipe.method.params)
     if not isinstance(merger, TensorMethod):
         raise RecipeError(f"method: {method!r} needs an evaluation; use hf_soup.soup(..., evaluation=...) instead")
+    uses_base = merger.uses_base != "never" and base_state_dict is not None
+    if merger.uses_base == "required" and base_state_dict is None:
+        raise RecipeError(f"base_state_dict: method {method!r} merges relative to a base model; pass its state dict")
     ingredients, _ = resolve_with_bases(recipe.ingredients)
+    count = len(ingredients)
+    if uses_base:
+        ingredients += resolve_ingredients([dict(base_state_dict)])
+    names = [i.name for i in ingredients[:count]] + ["base_state_dict"] * uses_base
     with ExitStack() as stack:
-        sources, alignment = open_aligned(stack, ingredients, on_missing=on_missing, dtype=recipe.output.dtype)
-        merger.setup(MergeContext(len(ingredients), [i.name for i in ingredients], alignment=alignment))
+        sources = {i: stack.enter_context(ing.open()) for i, ing in enumerate(ingredients)}
+        alignment = align(list(sources.values()), names, on_missing=on_missing, dtype=recipe.output.dtype)
+        merger.setup(MergeContext(count, names[:count], alignment=alignment, seed=seed,
+                                  base="base_state_dict" if uses_base else None))
         sink = StateDictSink()
-        execute(merger, alignment.tensors, sources, list(range(len(ingredients))), lambda _: sink,
+        execute(merger, alignment.tensors, sources, [count] * uses_base + list(range(count)), lambda _: sink,
                 threads=threads or default_threads())
     return sink.state_dict

@@ -135,6 +135,7 @@ class _Run:
         if recipe.evaluation is not None and not self.needs_evaluation and self.dist.is_main:
             logger.warning("the evaluation is not used: method %r is data-free and compare is off; add --compare "
                            "(compare: true) to score the soup against its ingredients", self.method.name)
+        _check_base(recipe, self.method)
         if self.needs_evaluation and recipe.evaluation is None:
             reason = "compare: true" if recipe.compare else f"method {self.method.name!r}"
             raise RecipeError(f"evaluation: {reason} needs an evaluation dataset; add evaluation: {{dataset: ...}} "
@@ -144,10 +145,13 @@ class _Run:
         """Download / locate the ingredients (main process of each node first), build the evaluator."""
         recipe, dist = self.recipe, self.dist
 
-        self.ingredients, self.base = dist.local_main_first(
-            lambda: resolve_with_bases(recipe.ingredients, recipe.base_model, token=self.token))
-        _check_inputs_outside(self.destination, recipe, self.ingredients)
-        dist.agree_on_revisions(self.ingredients)
+        def resolve() -> tuple[list[Ingredient], Any, Any]:
+            resolved, base = resolve_with_bases(recipe.ingredients, recipe.base_model, token=self.token)
+            return resolved, base, _merge_base(self.method, resolved, base, recipe, self.token)
+
+        self.ingredients, self.base, self.merge_base = dist.local_main_first(resolve)
+        _check_inputs_outside(self.destination, recipe, self.ingredients + [self.merge_base] * bool(self.merge_base))
+        dist.agree_on_revisions(self.ingredients + [self.merge_base] * bool(self.merge_base))
         self.timer.lap("resolve")
         logger.info("resolved %d ingredients: %s", len(self.ingredients), ", ".join(i.name for i in self.ingredients))
         if self.needs_evaluation:  # loads and checks the data and builds the model before any merge work
@@ -162,18 +166,23 @@ class _Run:
     def plan(self, stack: ExitStack) -> None:
         """Open the ingredients, align them, let the method decide, and run the comparison."""
         recipe, dist, ingredients = self.recipe, self.dist, self.ingredients
+        opened = ingredients + [self.merge_base] * bool(self.merge_base)  # the base model last, if any
         with dist.stage("aligning the ingredients"):
-            self.sources, self.alignment = open_aligned(stack, ingredients, on_missing=recipe.on_missing,
+            names = [i.name for i in ingredients] + ([f"base_model {self.merge_base.name}"] if self.merge_base else [])
+            self.sources, self.alignment = open_aligned(stack, opened, names=names, on_missing=recipe.on_missing,
                                                         dtype=recipe.output.dtype, reference=recipe.output.config_from)
         self.timer.lap("align")
         logger.info("aligned %d tensors (%d parameters)", len(self.alignment.tensors), self.alignment.num_parameters)
         context = MergeContext(len(ingredients), [i.name for i in ingredients], device=dist.device,
-                               seed=recipe.seed, alignment=self.alignment)
+                               seed=recipe.seed, alignment=self.alignment,
+                               base=self.merge_base.name if self.merge_base else None)
         if self.evaluator is not None:
             context.evaluator = self.evaluator.bind(self.alignment.tensors, self.sources)
             context.higher_is_better = self.evaluator.higher_is_better
         with dist.stage("planning the merge"):
             self.merge_plan = plan_merge(self.method, context, ingredients)
+            if self.merge_base is not None and self.merge_plan.method.uses_base != "never":
+                self.merge_plan.base = len(ingredients)  # its source index: streamed first
             if self.adapter_output:
                 from .adapters.export import check_adapter_plan
 
@@ -212,7 +221,7 @@ class _Run:
                 bar = _progress_bar(sum(meta.numel for s in mine for _, meta in s.entries), self.progress and dist.is_main)
                 with guarding(guard):
                     dist.write_shards(staging, shards, self.alignment.tensors, plan.method, self.sources,
-                                      plan.ingredients, progress=bar.update if bar else None,
+                                      plan.streamed, progress=bar.update if bar else None,
                                       threads=recipe.threads or default_threads(), device=dist.device)
                 if bar:
                     bar.close()
@@ -244,6 +253,11 @@ class _Run:
         self.timer.lap("merge")
         report = _report(recipe, self.method, plan, self.ingredients, self.alignment, shards, self.timer)
         report["output"].update(written)
+        if plan.base is not None:
+            report["base_model"] = {"ref": self.merge_base.name, "repo_id": self.merge_base.repo_id,
+                                    "sha": self.merge_base.sha}
+            if self.merge_base.repo_id and self.merge_base.sha:  # pinned like the ingredients
+                report["recipe"]["base_model"] = f"{self.merge_base.repo_id}@{self.merge_base.sha}"
         if self.base is not None:
             from .adapters.bases import adapters_report
 
@@ -306,6 +320,53 @@ def _check_inputs_outside(destination: Path, recipe: Recipe, ingredients: list[I
     if recipe.output.card_template:
         inputs.append(recipe.output.card_template)
     check_not_an_input(destination, inputs)
+
+
+def _check_base(recipe: Recipe, method: Any) -> None:
+    """Before any work: a base-relative method needs ``base_model`` (PEFT adapters bring their own)."""
+    uses = getattr(method, "uses_base", "never")
+    if recipe.compare and uses != "never":
+        raise RecipeError(f"compare: not supported with the base-relative method {method.name!r} yet; "
+                          "remove compare (--compare)")
+    if uses != "required" or recipe.base_model is not None:
+        return
+    from .adapters.detect import is_adapter_folder
+
+    full = [ref for ref in recipe.ingredients if isinstance(ref, str) and Path(ref).expanduser().exists()
+            and not (Path(ref).expanduser().is_dir() and is_adapter_folder(Path(ref).expanduser()))]
+    if full or not all(isinstance(ref, str) for ref in recipe.ingredients):
+        raise RecipeError(f"base_model: method {method.name!r} merges task vectors relative to a base model; "
+                          "add base_model: <the pre-trained model the ingredients were fine-tuned from> "
+                          "(--base-model REF on the command line)")
+
+
+def _merge_base(method: Any, ingredients: list[Ingredient], adapters_base: Any, recipe: Recipe, token: str | None):
+    """The base model a base-relative method merges against (``None`` when none is used)."""
+    uses = getattr(method, "uses_base", "never")
+    if uses == "never":
+        if recipe.base_model is not None and adapters_base is None:
+            logger.warning("base_model %s is not used: method %r does not merge relative to a base model",
+                           recipe.base_model, method.name)
+        return None
+    if adapters_base is not None:
+        return adapters_base
+    if recipe.base_model is None:
+        if uses == "required":
+            raise RecipeError(f"base_model: method {method.name!r} merges task vectors relative to a base model; "
+                              "add base_model: (--base-model REF)")
+        return None
+    from .ingredients.resolve import resolve_ingredient
+
+    base = resolve_ingredient(recipe.base_model, token=token)
+    if base.weight_format == "adapter":
+        raise RecipeError(f"base_model: {recipe.base_model} is a PEFT adapter; give the full pre-trained model")
+    files = sorted(str(Path(f).resolve()) for f in base.files)
+    for index, ingredient in enumerate(ingredients):
+        if files and sorted(str(Path(f).resolve()) for f in ingredient.files) == files:
+            logger.warning("ingredients[%d] (%s) is the base model: its task vector is zero, yet it counts in "
+                           "normalize and in the ingredient count; remove it from the ingredients", index,
+                           ingredient.name)
+    return base
 
 
 def _progress_bar(total: int, enabled: bool):

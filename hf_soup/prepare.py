@@ -31,9 +31,14 @@ def resolve_with_bases(refs: Sequence[Any], base_model: Any = None,
 
 
 def open_aligned(stack: ExitStack, ingredients: Sequence[Ingredient], *, on_missing: str = "error",
-                 dtype: str | None = None, reference: int = 0) -> tuple[dict[int, TensorSource], Alignment]:
-    """Open every ingredient (closed with ``stack``) and align them; return the sources by index and the alignment."""
+                 dtype: str | None = None, reference: int = 0,
+                 names: Sequence[str] | None = None) -> tuple[dict[int, TensorSource], Alignment]:
+    """Open every ingredient (closed with ``stack``) and align them; return the sources by index and the alignment.
+
+    ``names``: how errors name each ingredient (default: its reference).
+    """
     sources = {index: stack.enter_context(ingredient.open()) for index, ingredient in enumerate(ingredients)}
-    alignment = align(list(sources.values()), [i.name for i in ingredients], [i.config for i in ingredients],
+    names = list(names) if names is not None else [i.name for i in ingredients]
+    alignment = align(list(sources.values()), names, [i.config for i in ingredients],
                       on_missing=on_missing, dtype=dtype, reference=reference)
     return sources, alignment

@@ -191,8 +191,9 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
     return recipe
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a YAML recipe file."""
+def read_recipe_data(path: str | Path, from_mergekit: bool | None = None) -> Any:
+    """The mapping of a YAML recipe file; a MergeKit configuration (detected by its
+    ``merge_method`` key, or forced with ``from_mergekit``) is translated into a recipe."""
     import yaml
 
     path = Path(path)
@@ -208,4 +209,16 @@ def load_recipe(path: str | Path) -> Recipe:
         raise RecipeError(f"{path}: not a text file ({error.reason} at byte {error.start}); give a YAML recipe") from None
     except IsADirectoryError:
         raise RecipeError(f"recipe {path} is a folder; give a YAML recipe file") from None
-    return parse_recipe(data, str(path))
+    from .mergekit_yaml import is_mergekit_config, translate
+
+    if from_mergekit or (from_mergekit is None and is_mergekit_config(data)):
+        if isinstance(data, dict) and "ingredients" in data:
+            raise RecipeError(f"{path}: an hf-soup recipe (it has ingredients), not a MergeKit configuration; "
+                              "drop --from-mergekit")
+        data = translate(data, str(path))
+    return data
+
+
+def load_recipe(path: str | Path, from_mergekit: bool | None = None) -> Recipe:
+    """Read and validate a YAML recipe file (or a MergeKit configuration, see :mod:`hf_soup.mergekit_yaml`)."""
+    return parse_recipe(read_recipe_data(path, from_mergekit), str(path))

@@ -2,7 +2,8 @@
 
 A soup is ``Σ_k w_k (base + ΔW_k) = base + Σ_k w_k ΔW_k`` when the weights sum to 1, so
 only methods linear in ΔW qualify: uniform, weighted, and data-driven plans that end in
-one of them (greedy, RADIN, learned). Per target weight the output holds
+one of them (greedy, RADIN, learned), and task arithmetic (``base + λ Σ_k w_k ΔW_k``, any
+weights). Per target weight the output holds
 
 * ``rank: concat`` (default) — the stacked weighted factors, rank ``Σ r_k``: exact;
 * ``rank: <int>`` — the best rank-``int`` approximation (truncated SVD, computed from the
@@ -68,7 +69,7 @@ def check_adapter_plan(plan: Any, ingredients: Sequence[Any]) -> None:
     keys = [None] + list(getattr(method.params, "per_tensor", {}) or {})
     for key in keys:
         weights = adapter_weights(method, count, key)
-        if abs(sum(weights) - 1.0) > _WEIGHT_TOLERANCE:
+        if not getattr(method, "uses_base", "never") != "never" and abs(sum(weights) - 1.0) > _WEIGHT_TOLERANCE:
             where = "method.weights" if key is None else f"method.per_tensor[{key!r}]"
             raise MethodParameterError(
                 f"{where}: sum to {sum(weights):g}; an adapter soup is base + Σ w_k ΔW_k only when the weights sum "
@@ -158,11 +159,21 @@ def write_adapter_soup(directory: Path, ingredients: Sequence[Any], sources: dic
     for key, name in replaced.items():
         weights = adapter_weights(plan.method, len(positions), key)
         meta = sources[positions[0]].meta(key)
-        total = np.zeros(meta.numel, dtype=np.float32)
         scratch = np.empty(meta.numel, dtype=np.float32)
-        for n, index in enumerate(positions):
-            if weights[n]:
-                total += np.float32(weights[n]) * sources[index].read_float32(key, 0, meta.numel, scratch)
+        if getattr(plan, "base", None) is not None:  # relative to the base: base + Σ_k c_k (θ_k − base), float64
+            base_values = sources[plan.base].read_float32(key, 0, meta.numel, np.empty(meta.numel, np.float32))
+            total = base_values.astype(np.float64)
+            for n, index in enumerate(positions):
+                if weights[n]:
+                    delta = sources[index].read_float32(key, 0, meta.numel, scratch).astype(np.float64)
+                    delta -= base_values
+                    total += weights[n] * delta
+            total = total.astype(np.float32)
+        else:
+            total = np.zeros(meta.numel, dtype=np.float32)
+            for n, index in enumerate(positions):
+                if weights[n]:
+                    total += np.float32(weights[n]) * sources[index].read_float32(key, 0, meta.numel, scratch)
         tensors[PEFT_PREFIX + name] = (total.reshape(meta.shape), dtype or meta.dtype)
         saved_modules.append(name.rsplit(".", 1)[0])
     entries = [(name, TensorMeta(out_dtype, tuple(values.shape))) for name, (values, out_dtype) in sorted(tensors.items())]

@@ -45,7 +45,9 @@ def _add_merge(sub) -> None:
     p.add_argument("--max-shard-size", help="largest safetensors shard, e.g. 2GB (default 5GB)")
     p.add_argument("--on-missing", choices=["error", "skip", "first"], help="what to do with keys some ingredients lack")
     p.add_argument("--config-from", type=int, help="index of the ingredient whose config/tokenizer files are copied")
-    p.add_argument("--base-model", metavar="REF", help="base model of PEFT adapter ingredients (default: the one they name)")
+    p.add_argument("--base-model", metavar="REF",
+                   help="the pre-trained model the ingredients were fine-tuned from (base-relative methods such as "
+                        "ties); for PEFT adapters, their base (default: the one they name)")
     p.add_argument("--format", dest="output_format", choices=["model", "adapter"],
                    help="write a full model (default) or, for adapter soups, a LoRA adapter")
     p.add_argument("--rank", help="adapter output rank: concat (exact, default) or an integer (truncated SVD)")
@@ -73,18 +75,19 @@ def _add_merge(sub) -> None:
     add_token_flag(p)
     p.add_argument("--card-template", metavar="PATH", help="Jinja template for the soup's README.md (default: hf-soup's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--from-mergekit", action="store_true", default=None,
+                   help="read the recipe file as a MergeKit configuration (default: detected by its merge_method key)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the recipe that would run (a MergeKit configuration translated) and stop")
     p.set_defaults(handler=merge_command)
 
 
 def _recipe_data(args) -> dict[str, Any]:
     if args.recipe:
-        import yaml
+        from ..recipe import parse_recipe, read_recipe_data
 
-        from ..recipe import load_recipe
-
-        load_recipe(args.recipe)  # validates and gives file-level errors first
-        with open(args.recipe) as handle:
-            data = yaml.safe_load(handle)
+        data = read_recipe_data(args.recipe, getattr(args, "from_mergekit", None))
+        parse_recipe(data, args.recipe)  # validates and gives file-level errors first
     else:
         data = {}
     if args.model:
@@ -148,6 +151,13 @@ def merge_command(args) -> int:
     from ..recipe import parse_recipe
 
     recipe = parse_recipe(_recipe_data(args), args.recipe or "command line")
+    if args.dry_run:
+        import yaml
+
+        dump = recipe.model_dump(mode="json", exclude_defaults=True)
+        dump["method"] = {"name": recipe.method.name, **recipe.method.params}
+        print(yaml.safe_dump(dump, sort_keys=False), end="")
+        return 0
     result = run_recipe(recipe, token=args.token, progress=not args.quiet and sys.stderr.isatty())
     report = result.report
     if not result.is_main_process:  # torchrun / accelerate launch: process 0 speaks for all
@@ -277,7 +287,8 @@ def methods_command(args) -> int:
         cls = get_method_class(name)
         summary = (cls.__doc__ or "").strip().splitlines()[0].replace("``", "") if cls.__doc__ else ""
         needs = "  [needs evaluation]" if cls.needs_evaluation else ""
-        print(f"{name:<12} {summary}{needs}")
+        needs += "  [needs base_model]" if getattr(cls, "uses_base", "never") == "required" else ""
+        print(f"{name:<16} {summary}{needs}")
     return 0
 
 

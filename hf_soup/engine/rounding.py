@@ -2,8 +2,8 @@
 
 Methods compute in float64 (or float32) and the engine rounds their result here, once.
 float64 -> float32 and float32 -> bfloat16 / float16 round to nearest even. float64 ->
-bfloat16 / float16 would round twice through float32; to round once, float16 (and the
-torch version, for both) goes through float32 with *round-to-odd*: the float32 value
+bfloat16 / float16 would round twice through float32. numpy rounds float64 -> float16
+directly; the torch version (for both 16-bit formats) goes through float32 with *round-to-odd*: the float32 value
 keeps a sticky last bit when it is inexact, and the second rounding (to nearest even)
 then gives the correctly rounded result, because float32 carries more than two extra bits
 over either 16-bit format. bfloat16 on the host takes a faster road to the same result
@@ -78,6 +78,9 @@ def round_to_storage(values: np.ndarray, dtype: str) -> np.ndarray:
                 return values.astype(np.float32)
         if dtype == "BF16":
             return _float64_to_bfloat16(values)
+        if dtype == "F16":  # numpy rounds float64 -> float16 directly, once
+            with np.errstate(over="ignore"):
+                return values.astype(np.float16)
         return float32_to_storage(round_to_odd_float32(values), dtype)
     return float32_to_storage(np.asarray(values, dtype=np.float32), dtype)
 

@@ -58,6 +58,7 @@ class MergeContext:
     device: str = "cpu"
     seed: int = 0
     alignment: Alignment | None = None
+    base: str | None = None  # the base model's name when the merge is relative to one
 
 
 class SoupMethod(ABC):
@@ -107,6 +108,9 @@ class TensorMethod(SoupMethod):
     #: Optional GPU path, ``merge_torch(info, chunks) -> torch.Tensor``: :meth:`merge`'s operations in
     #: the same order on torch tensors, so the bytes match (see :mod:`hf_soup.engine.device`).
     merge_torch: ClassVar[Callable[..., torch.Tensor] | None] = None
+    #: ``"required"`` / ``"optional"``: the method merges relative to the recipe's ``base_model``;
+    #: when a base is used it is ``chunks[0]`` and the ingredients follow.
+    uses_base: ClassVar[str] = "never"
 
     @abstractmethod
     def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
@@ -145,6 +149,12 @@ class MergePlan:
     ingredients: list[int]
     details: dict[str, Any] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
+    base: int | None = None  # the source index of the base model, streamed first (base-relative methods)
+
+    @property
+    def streamed(self) -> list[int]:
+        """The source indices the engine streams, in the order the method receives them."""
+        return ([self.base] if self.base is not None else []) + list(self.ingredients)
 
 
 class PlanningMethod(SoupMethod):

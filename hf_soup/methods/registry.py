@@ -29,6 +29,17 @@ _BUILTIN: dict[str, str] = {
     "greedy": "hf_soup.methods.greedy:GreedySoup",
     "radin": "hf_soup.methods.radin:RadinSoup",
     "learned": "hf_soup.methods.learned.method:LearnedSoup",
+    "task_arithmetic": "hf_soup.methods.task_arithmetic:TaskArithmeticSoup",
+    "ties": "hf_soup.methods.ties:TiesSoup",
+    "dare_linear": "hf_soup.methods.dare_linear:DareLinearSoup",
+    "dare_ties": "hf_soup.methods.dare_ties:DareTiesSoup",
+    "breadcrumbs": "hf_soup.methods.breadcrumbs:BreadcrumbsSoup",
+    "breadcrumbs_ties": "hf_soup.methods.breadcrumbs_ties:BreadcrumbsTiesSoup",
+    "della": "hf_soup.methods.della:DellaSoup",
+    "della_linear": "hf_soup.methods.della_linear:DellaLinearSoup",
+    "model_stock": "hf_soup.methods.model_stock:ModelStockSoup",
+    "slerp": "hf_soup.methods.slerp:SlerpSoup",
+    "nuslerp": "hf_soup.methods.nuslerp:NuSlerpSoup",
 }
 _REGISTERED: dict[str, type[SoupMethod]] = {}
 ENSEMBLE_IS_NOT_A_SOUP = (

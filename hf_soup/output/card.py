@@ -129,6 +129,7 @@ def template_context(report: dict[str, Any], model_id: str) -> dict[str, Any]:
         "method_description": description,
         "paper_url": paper,
         "paper_title": paper_title or paper or "paper",  # a link without a title shows its URL
+        "base_model": report.get("base_model"),  # the pre-trained base of a base-relative soup
         "ingredients": rows,
         "kept_count": len(kept_ingredients(report)),
         "show_scores": any(row["score"] is not None for row in rows),

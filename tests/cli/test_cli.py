@@ -97,7 +97,11 @@ def test_methods_lists_every_method_with_its_summary(capsys):
     assert main(["methods"]) == 0
     lines = capsys.readouterr().out.splitlines()
     names = [line.split()[0] for line in lines]
-    assert names == sorted(["uniform", "weighted", "ame", "ame_greedy", "greedy", "radin", "learned"])
+    assert names == sorted(["uniform", "weighted", "ame", "ame_greedy", "greedy", "radin", "learned",
+                            "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs", "breadcrumbs_ties",
+                            "della", "della_linear", "model_stock", "slerp", "nuslerp"])
+    assert "[needs base_model]" in next(line for line in lines if line.startswith("ties "))
+    assert "[needs base_model]" not in next(line for line in lines if line.startswith("nuslerp "))
     greedy = next(line for line in lines if line.startswith("greedy "))
     assert "greedy soup" in greedy and "[needs evaluation]" in greedy
     assert "[needs evaluation]" not in next(line for line in lines if line.startswith("uniform "))
