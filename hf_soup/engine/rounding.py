@@ -53,6 +53,7 @@ def _float64_to_bfloat16(values: np.ndarray) -> np.ndarray:
     bfloat16 midpoint (low 16 bits 0x8000) from a value that was not on it: those elements
     are rounded toward the side the float64 value lies on.
     """
+    shape, values = values.shape, values.reshape(-1)
     with np.errstate(over="ignore"):
         nearest = values.astype(np.float32)
     rounded = dtypes.from_float32(nearest, "BF16")
@@ -65,7 +66,7 @@ def _float64_to_bfloat16(values: np.ndarray) -> np.ndarray:
         up = (np.abs(exact) > np.abs(landed)).astype(np.uint32)
         fixed = ((bits[suspects] >> np.uint32(16)) + up).astype(np.uint16)
         rounded[suspects] = np.where(inexact, fixed, rounded[suspects])
-    return rounded
+    return rounded.reshape(shape)
 
 
 def round_to_storage(values: np.ndarray, dtype: str) -> np.ndarray:

@@ -86,6 +86,7 @@ def from_float32(values: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "F32":
         return values
     if dtype == "BF16":
+        shape, values = values.shape, values.reshape(-1)
         bits = values.view(np.uint32)
         work = np.right_shift(bits, np.uint32(16))  # one temporary, updated in place
         np.bitwise_and(work, np.uint32(1), out=work)
@@ -96,5 +97,5 @@ def from_float32(values: np.ndarray, dtype: str) -> np.ndarray:
         nan = np.flatnonzero(np.isnan(values))
         if nan.size:
             rounded[nan] = ((bits[nan] >> 16) | 0x40).astype(np.uint16)
-        return rounded
+        return rounded.reshape(shape)
     return values.astype(STORAGE[dtype])

@@ -75,6 +75,9 @@ class SoupMethod(ABC):
     paper_title: ClassVar[str | None] = None
     card_section: ClassVar[str | None] = None
     needs_evaluation: ClassVar[bool] = False
+    #: ``"required"`` / ``"optional"``: the method merges relative to the recipe's ``base_model``;
+    #: when a base is used it is ``chunks[0]`` and the ingredients follow (``"never"``: no base).
+    uses_base: ClassVar[str] = "never"
 
     def __init__(self, params: MethodParams):
         self.params = params
@@ -108,9 +111,6 @@ class TensorMethod(SoupMethod):
     #: Optional GPU path, ``merge_torch(info, chunks) -> torch.Tensor``: :meth:`merge`'s operations in
     #: the same order on torch tensors, so the bytes match (see :mod:`hf_soup.engine.device`).
     merge_torch: ClassVar[Callable[..., torch.Tensor] | None] = None
-    #: ``"required"`` / ``"optional"``: the method merges relative to the recipe's ``base_model``;
-    #: when a base is used it is ``chunks[0]`` and the ingredients follow.
-    uses_base: ClassVar[str] = "never"
 
     @abstractmethod
     def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:

@@ -29,9 +29,19 @@ from fixtures_classifiers import VOCAB, make_tokenizer
 ROOT = Path(__file__).resolve().parents[2]
 NUM_INGREDIENTS = 3
 # Parameters for methods that cannot run on their defaults (a required field).
-EXAMPLE_PARAMS = {"weighted": {"weights": [1.0, 2.0, 3.0]}}
+EXAMPLE_PARAMS = {"weighted": {"weights": [1.0, 2.0, 3.0]}, "slerp": {"t": 0.3}}
 # Kept small so that every data-driven method runs in seconds on two busy CPU cores.
 FAST_PARAMS = {"learned": {"inner_steps": 2}}
+
+
+def _ingredients(name: str, paths: list[str]) -> list[str]:
+    """The ingredients a method can take: SLERP and NuSLERP merge exactly two."""
+    return paths[:2] if name in ("slerp", "nuslerp") else paths
+
+
+def _base(name: str, kitchen) -> dict:
+    """``base_model`` for base-relative methods (the pre-trained model the ingredients come from)."""
+    return {"base_model": kitchen[2]} if getattr(get_method_class(name), "uses_base", "never") != "never" else {}
 
 
 def _params(name: str) -> dict:
@@ -67,18 +77,21 @@ def kitchen(tmp_path_factory):
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
         paths.append(str(path))
+    base.save_pretrained(root / "base")
     rows = ["text,label"] + [f"p{i % 17} p{(3 * i) % 17} p{(5 * i) % 17},{i % 3}" for i in range(24)]
     (root / "val.csv").write_text("\n".join(rows) + "\n")
-    return paths, {"dataset": str(root / "val.csv"), "text_column": "text", "label_column": "label", "batch_size": 8}
+    evaluation = {"dataset": str(root / "val.csv"), "text_column": "text", "label_column": "label", "batch_size": 8}
+    return paths, evaluation, str(root / "base")
 
 
 @pytest.mark.parametrize("name", available_methods())
 def test_method_merges_reports_and_cards(name, kitchen, tmp_path):
-    paths, evaluation = kitchen
+    paths, evaluation = _ingredients(name, kitchen[0]), kitchen[1]
     cls = get_method_class(name)
     assert issubclass(cls, (TensorMethod, PlanningMethod)) and cls.name == name
     result = hf_soup.soup(paths, method=name, output_dir=tmp_path / "soup", seed=0, device="cpu",
-                          evaluation=evaluation if cls.needs_evaluation else None, **_params(name))
+                          evaluation=evaluation if cls.needs_evaluation else None, **_base(name, kitchen),
+                          **_params(name))
 
     # merge: one model's keys, shapes and dtypes, finite values
     merged = load_file(tmp_path / "soup" / "model.safetensors")
@@ -108,9 +121,10 @@ def test_method_merges_reports_and_cards(name, kitchen, tmp_path):
 
 @pytest.mark.parametrize("name", [n for n in available_methods() if not get_method_class(n).needs_evaluation])
 def test_data_free_method_writes_the_same_bytes_with_two_processes(name, kitchen, tmp_path):
-    paths, _ = kitchen
+    paths = _ingredients(name, kitchen[0])
     params = _params(name)
     flags = [a for path in paths for a in ("-m", path)] + ["--max-shard-size", "4KB", "--device", "cpu", "--quiet"]
+    flags += [a for key, value in _base(name, kitchen).items() for a in ("--base-model", value)]
     flags += ["--method", name] + [a for key, value in params.items() for a in ("-p", f"{key}={json.dumps(value)}")]
     assert main(["merge", *flags, "-o", str(tmp_path / "one")]) == 0
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
