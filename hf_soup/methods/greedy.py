@@ -130,15 +130,14 @@ class GreedySoup(PlanningMethod):
         scores = evaluator.ingredient_scores()
         order_name, ties, strict = self.params.resolved()
         order = ingredient_order(scores, metric, order_name, ties)
-        running = evaluator.builder.running_sum()
+        running = evaluator.running_sum()  # formed on the evaluation device when the model allows
         running.add(order[0])
         best = scores[order[0]]
         refs = list(context.refs)
         steps = [{"ingredient": order[0], "ref": refs[order[0]], "soup_score": best, "kept": True}]
         for index in order[1:]:
-            candidate = running.candidate(index)
-            score = evaluator.evaluate_state_dict(candidate, f"greedy: + ingredient {index}")
-            del candidate
+            running.load_candidate(index)
+            score = evaluator.evaluate_model(evaluator.model, f"greedy: + ingredient {index}")
             kept = metric.better(score, best, strict=strict)
             if kept:
                 running.add(index)

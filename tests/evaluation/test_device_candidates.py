@@ -1,0 +1,141 @@
+"""Candidates formed on the evaluation device: the scored weights are the written soup's, bit for bit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import hf_soup
+from fixtures_classifiers import bound_evaluator, digit_bert, digit_vit  # noqa: F401
+from hf_soup.errors import EvaluationError
+
+torch = pytest.importorskip("torch")
+
+
+def _bits(tensor):
+    return tensor.detach().reshape(-1).contiguous().view(torch.uint8)
+
+
+def _assert_same_bits(state, expected) -> None:
+    assert state.keys() == expected.keys()
+    for key, value in expected.items():
+        assert state[key].dtype == value.dtype, key
+        assert torch.equal(_bits(state[key]), _bits(value)), key
+
+
+def _snapshot(model):
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+
+@pytest.fixture
+def scored(monkeypatch):
+    """Every scored model's weights, by the pass's description."""
+    from hf_soup.evaluation.evaluator import Evaluator
+
+    states: dict[str, dict] = {}
+    original = Evaluator._score_model
+
+    def record(self, model, description):
+        states[description] = _snapshot(model)
+        return original(self, model, description)
+
+    monkeypatch.setattr(Evaluator, "_score_model", record)
+    return states
+
+
+def _written(directory: Path):
+    """The soup as written, loaded back into a task model built from its config."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from hf_soup.evaluation import build_task_model, load_checkpoint_weights
+
+    model = build_task_model(AutoConfig.from_pretrained(directory))
+    load_checkpoint_weights(model, load_file(directory / "model.safetensors"))
+    return _snapshot(model)
+
+
+@pytest.mark.parametrize("kind,dtype", [("bert", None), ("vit", None), ("bert", "bfloat16")])
+def test_greedy_scores_exactly_the_bytes_it_writes(kind, dtype, digit_bert, digit_vit, scored, tmp_path):
+    digits = digit_vit if kind == "vit" else digit_bert
+    report = hf_soup.soup([str(d) for d in digits.dirs], method="greedy", order="ascending", output_dir=tmp_path / "soup",
+                          dtype=dtype, device="cpu", evaluation={"dataset": digits.validation, **digits.columns}).report
+    steps = report["details"]["steps"]
+    last = [step for step in steps if step["kept"]][-1]
+    description = "greedy: + ingredient {}".format(last["ingredient"]) if last is not steps[0] else \
+        "ingredient {}".format(last["ingredient"])
+    assert len(report["details"]["kept"]) >= 3  # the sum path: worst first keeps several here
+    _assert_same_bits(scored[description], _written(tmp_path / "soup"))
+
+
+def test_radin_scores_exactly_the_bytes_it_writes(digit_bert, scored, tmp_path):
+    report = hf_soup.soup([str(d) for d in digit_bert.dirs], method="radin", budget=3, include_singles=False,
+                          output_dir=tmp_path / "soup", device="cpu",
+                          evaluation={"dataset": digit_bert.validation, **digit_bert.columns}).report
+    details = report["details"]
+    chosen = next(c for c in details["evaluated_candidates"] if c["ingredients"] == details["kept"])
+    description = f"radin: candidate {chosen['rank'] + 1}/{details['budget']}"
+    _assert_same_bits(scored[description], _written(tmp_path / "soup"))
+
+
+def _host_state(evaluator, method, indices):
+    from hf_soup.evaluation.device_candidates import HostCandidates
+
+    HostCandidates(evaluator.model, evaluator.builder).load(method, indices)
+    return _snapshot(evaluator.model)
+
+
+@pytest.mark.parametrize("kind", ["bert", "vit"])
+def test_device_path_equals_the_host_path_resident_or_streamed(kind, digit_bert, digit_vit):
+    from hf_soup.evaluation.device_candidates import DeviceCandidates, DeviceRunningSum
+    from hf_soup.methods.uniform import UniformSoup
+    from hf_soup.methods.weighted import WeightedSoup
+
+    digits = digit_vit if kind == "vit" else digit_bert
+    uniform = UniformSoup(UniformSoup.Params())
+    weighted = WeightedSoup(WeightedSoup.Params(weights=[0.3, 1.0, 2.7]))
+    plans = [(uniform, [2, 0, 3]), (weighted, [1, 3, 0]), (uniform, [3])]
+    with bound_evaluator(digits) as evaluator:
+        expected = [_host_state(evaluator, method, indices) for method, indices in plans]
+        running = evaluator.builder.running_sum()
+        running.add(3)
+        running.add(1)
+        from hf_soup.evaluation.task_model import load_checkpoint_weights
+
+        load_checkpoint_weights(evaluator.model, running.candidate(0))
+        expected_running = _snapshot(evaluator.model)
+        largest = max(t.meta.numel for t in evaluator.builder.tensors) * (4 + 4 + 8 + 8)
+        for budget in (None, largest):  # everything resident; every ingredient streamed
+            evaluator.spec.device_memory = budget
+            evaluator.bind(evaluator.builder.tensors, evaluator.builder.sources)
+            assert isinstance(evaluator.candidates, DeviceCandidates)
+            assert (evaluator.candidates.resident_bytes == 0) == (budget is not None)
+            for (method, indices), state in zip(plans, expected):
+                evaluator.load_plan(method, indices)
+                _assert_same_bits(_snapshot(evaluator.model), state)
+            running = evaluator.running_sum()
+            assert isinstance(running, DeviceRunningSum)
+            running.add(3)
+            running.add(1)
+            evaluator.evaluate_state_dict(evaluator.builder.ingredient(2))  # transformers may swap the tensors
+            running.load_candidate(0)
+            _assert_same_bits(_snapshot(evaluator.model), expected_running)
+
+
+def test_too_small_a_memory_budget_is_refused_before_any_evaluation(digit_bert):
+    with bound_evaluator(digit_bert, device_memory="1KiB") as evaluator:
+        with pytest.raises(EvaluationError, match=r"evaluation.device_memory: forming tensor '.*' \(.* elements\)"):
+            evaluator.candidates
+        assert evaluator.num_full_evaluations == 0
+
+
+def test_weights_without_a_checkpoint_key_keep_the_host_path(digit_bert):
+    from hf_soup.evaluation.device_candidates import HostCandidates, parameter_map
+
+    with bound_evaluator(digit_bert) as evaluator:
+        tensors = evaluator.builder.tensors
+        assert parameter_map(evaluator.model, tensors) is not None
+        assert parameter_map(evaluator.model, [t for t in tensors if "classifier" not in t.key]) is None
+        evaluator.builder.tensors = [t for t in tensors if "classifier" not in t.key]
+        assert isinstance(evaluator.candidates, HostCandidates)
