@@ -138,6 +138,7 @@ class DeviceCandidates:
         self._resident: dict[tuple[int, str], Any] = {}
         self._torch = torch
         self._weights: dict[str, Any] = {}
+        self._buffers: dict[str, Any] = {}
         budget = default_budget(self.device) if budget is None else int(budget)
         largest = max(self.merged, key=_working_bytes, default=None)
         need = _working_bytes(largest) if largest is not None else 0
@@ -186,17 +187,29 @@ class DeviceCandidates:
             return value
         return value.to(torch.float32)
 
+    def buffer(self, name: str, numel: int) -> Any:
+        """A reused flat float64 work tensor of ``numel`` elements (allocating each time costs more than the math)."""
+        torch = self._torch
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.numel() < numel:
+            largest = max((t.meta.numel for t in self.merged), default=0)
+            buffer = self._buffers[name] = torch.empty(max(numel, largest), dtype=torch.float64, device=self.device)
+        return buffer[:numel]
+
     def _put(self, tensor: Any, values: Any, rounded: bool = False) -> None:
         """Round ``values`` once to ``tensor``'s output dtype (the engine's function) and copy it into the model."""
         from ..engine.rounding import round_to_storage_torch
 
         torch = self._torch
-        if not rounded:
-            values = round_to_storage_torch(values, tensor.dtype)
-            if tensor.dtype == "BF16":
-                values = values.view(torch.bfloat16)
         target = self._weights[self.targets[tensor.key]]
         with torch.no_grad():
+            if not rounded and tensor.dtype == "F32" and target.dtype == torch.float32 and target.is_contiguous():
+                round_to_storage_torch(values, "F32", out=target.view(-1))  # straight into the parameter
+                return
+            if not rounded:
+                values = round_to_storage_torch(values, tensor.dtype)
+                if tensor.dtype == "BF16":
+                    values = values.view(torch.bfloat16)
             target.copy_(values.view(target.shape))
 
     def _bind(self) -> None:
@@ -207,11 +220,19 @@ class DeviceCandidates:
 
     def load(self, method: TensorMethod, indices: Sequence[int]) -> None:
         """Put ``method``'s soup of ``indices`` (needs ``merge_torch``) into the model."""
+        from ..methods.linear_math import linear_combination_torch
+        from ..methods.uniform import UniformSoup
+
         self._bind()
         for tensor in self.merged:
             chunks = [self.ingredient_tensor(i, tensor) for i in indices]
-            info = ChunkInfo(tensor.key, tensor.shape, 0, tensor.meta.numel)
-            self._put(tensor, method.merge_torch(info, chunks))  # type: ignore[attr-defined]
+            numel = tensor.meta.numel
+            if type(method) is UniformSoup:  # its merge_torch, with reused buffers
+                values = linear_combination_torch(chunks, [1.0] * len(chunks), float(len(chunks)),
+                                                  out=self.buffer("out", numel), scratch=self.buffer("scratch", numel))
+            else:
+                values = method.merge_torch(ChunkInfo(tensor.key, tensor.shape, 0, numel), chunks)  # type: ignore[attr-defined]
+            self._put(tensor, values)
             del chunks
         self.model.eval()
 
@@ -238,8 +259,8 @@ class DeviceRunningSum:
         torch = self.candidates._torch
         for tensor in self.candidates.merged:
             values = self.candidates.ingredient_tensor(index, tensor)
-            if self.count:
-                self.sums[tensor.key].add_(values)
+            if self.count:  # widened exactly first: the CPU adds mixed dtypes slowly
+                self.sums[tensor.key].add_(self.candidates.buffer("scratch", values.numel()).copy_(values))
             else:
                 self.sums[tensor.key] = values.to(torch.float64, copy=True)
         self.count += 1
@@ -253,7 +274,10 @@ class DeviceRunningSum:
         for tensor in self.candidates.merged:
             values = self.candidates.ingredient_tensor(index, tensor)
             terms = [self.sums[tensor.key], values] if self.count else [values]
-            self.candidates._put(tensor, linear_combination_torch(terms, [1.0] * len(terms), float(self.count + 1)))
+            numel = values.numel()
+            self.candidates._put(tensor, linear_combination_torch(
+                terms, [1.0] * len(terms), float(self.count + 1),
+                out=self.candidates.buffer("out", numel), scratch=self.candidates.buffer("scratch", numel)))
         self.candidates.model.eval()
 
 

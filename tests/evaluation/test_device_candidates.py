@@ -139,3 +139,24 @@ def test_weights_without_a_checkpoint_key_keep_the_host_path(digit_bert):
         assert parameter_map(evaluator.model, [t for t in tensors if "classifier" not in t.key]) is None
         evaluator.builder.tensors = [t for t in tensors if "classifier" not in t.key]
         assert isinstance(evaluator.candidates, HostCandidates)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
+def test_linear_combination_into_reused_buffers_gives_the_host_bytes(dtype):
+    """The buffers the device path passes (``out``, ``scratch``) change no bit of the engine's arithmetic."""
+    import numpy as np
+
+    from hf_soup.methods.linear_math import linear_combination, linear_combination_torch
+
+    generator = torch.Generator().manual_seed(0)
+    chunks = [(torch.randn(4097, generator=generator) * 10 ** i).to(getattr(torch, dtype)) for i in range(4)]
+    chunks[1][:7] = -0.0
+    host = [c.to(torch.float64).numpy() if dtype == "float64" else c.float().numpy() for c in chunks]
+    for weights, divisor in [([1.0] * 4, 4.0), ([0.3, 1.0, 0.0, 2.7], 4.0), ([1.0, 1.0, 1.0, 1.0], 1.0)]:
+        expected = linear_combination(host, weights, divisor)
+        out, scratch = torch.full((4097,), np.nan, dtype=torch.float64), torch.empty(4097, dtype=torch.float64)
+        result = linear_combination_torch(chunks, weights, divisor, out=out, scratch=scratch)
+        assert result is out
+        assert np.array_equal(result.numpy().view(np.int64), expected.view(np.int64))
+        assert np.array_equal(linear_combination_torch(chunks, weights, divisor).numpy().view(np.int64),
+                              expected.view(np.int64))
