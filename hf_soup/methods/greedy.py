@@ -2,9 +2,9 @@
 
 Score every ingredient, sort them (best first by default), start the soup with the
 first, and add each next ingredient if the soup with it scores at least as well as the
-current soup. Memory: one float32 running sum plus the evaluated model; ingredients are
-streamed one at a time. Cost: N ingredient evaluations + N - 1 candidate evaluations =
-2N - 1 full evaluations.
+current soup. Memory: one float64 running sum on the evaluation device plus the evaluated
+model; ingredients are streamed one at a time. Cost: N ingredient evaluations + N - 1
+candidate evaluations = 2N - 1 full evaluations.
 
 ```yaml
 method: {name: greedy}                      # rule: recipe1 (the papers' text), the default
