@@ -86,17 +86,38 @@ def _host_state(evaluator, method, indices):
     return _snapshot(evaluator.model)
 
 
-@pytest.mark.parametrize("kind", ["bert", "vit"])
-def test_device_path_equals_the_host_path_resident_or_streamed(kind, digit_bert, digit_vit):
+def _stored_in_bfloat16(digits, root: Path):
+    """``digits`` with every ingredient's weights stored in bfloat16 (config and tokenizer copied)."""
+    import dataclasses
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    dirs = []
+    for directory in digits.dirs:
+        target = root / directory.name
+        shutil.copytree(directory, target)
+        weights = load_file(target / "model.safetensors")
+        save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in weights.items()},
+                  target / "model.safetensors", metadata={"format": "pt"})
+        dirs.append(target)
+    return dataclasses.replace(digits, dirs=dirs)
+
+
+@pytest.mark.parametrize("kind,dtype", [("bert", "float32"), ("vit", "float32"), ("bert", "bfloat16"),
+                                        ("bert-bf16-stored", "float32")])
+def test_device_path_equals_the_host_path_resident_or_streamed(kind, dtype, digit_bert, digit_vit, tmp_path):
     from hf_soup.evaluation.device_candidates import DeviceCandidates, DeviceRunningSum
     from hf_soup.methods.uniform import UniformSoup
     from hf_soup.methods.weighted import WeightedSoup
 
     digits = digit_vit if kind == "vit" else digit_bert
+    if kind == "bert-bf16-stored":
+        digits = _stored_in_bfloat16(digits, tmp_path)
     uniform = UniformSoup(UniformSoup.Params())
     weighted = WeightedSoup(WeightedSoup.Params(weights=[0.3, 1.0, 2.7]))
     plans = [(uniform, [2, 0, 3]), (weighted, [1, 3, 0]), (uniform, [3])]
-    with bound_evaluator(digits) as evaluator:
+    with bound_evaluator(digits, dtype=dtype) as evaluator:
         expected = [_host_state(evaluator, method, indices) for method, indices in plans]
         running = evaluator.builder.running_sum()
         running.add(3)
@@ -105,6 +126,8 @@ def test_device_path_equals_the_host_path_resident_or_streamed(kind, digit_bert,
 
         load_checkpoint_weights(evaluator.model, running.candidate(0))
         expected_running = _snapshot(evaluator.model)
+        assert {t.dtype for t in evaluator.builder.tensors if t.action == "merge"} == (
+            {"BF16"} if kind == "bert-bf16-stored" else {"F32"})
         largest = max(t.meta.numel for t in evaluator.builder.tensors) * (4 + 4 + 8 + 8)
         for budget in (None, largest):  # everything resident; every ingredient streamed
             evaluator.spec.device_memory = budget
