@@ -118,9 +118,12 @@ class _Staging:
 class DeviceCandidates:
     """Forms candidates on the model's device and copies them into its parameters (see the module doc).
 
-    ``budget``: device bytes for resident ingredient tensors and the candidate's working
-    memory (``None``: half the device's free memory). Raises :class:`EvaluationError`
-    when even the largest tensor cannot be formed within it.
+    ``budget``: device bytes for resident ingredient tensors, a greedy running sum (float64)
+    and the candidate's working memory (``None``: half the device's free memory). Raises
+    :class:`EvaluationError` when even the largest tensor cannot be formed within it.
+    Ingredient tensors are kept resident in the order first used while they fit; the
+    others are read again for every candidate (a subset mean of k ingredients holds k of
+    them, of one weight, at a time).
     """
 
     def __init__(self, model: Any, builder: Any, targets: dict[str, str], budget: int | None = None):
