@@ -183,3 +183,53 @@ def test_linear_combination_into_reused_buffers_gives_the_host_bytes(dtype):
         assert np.array_equal(result.numpy().view(np.int64), expected.view(np.int64))
         assert np.array_equal(linear_combination_torch(chunks, weights, divisor).numpy().view(np.int64),
                               expected.view(np.int64))
+
+
+def test_tied_causal_lm_candidates_equal_the_host_path(digit_bert, tmp_path):
+    """A Llama with tied embeddings: the checkpoint has no lm_head, the device path fills the tie's source."""
+    import datasets
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fixtures_classifiers import DigitIngredients, make_tokenizer
+    from hf_soup.evaluation.device_candidates import DeviceCandidates
+    from hf_soup.methods.uniform import UniformSoup
+
+    tokenizer = make_tokenizer(tmp_path / "tok")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id)
+    dirs = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        LlamaForCausalLM(config).save_pretrained(tmp_path / f"lm-{seed}")
+        tokenizer.save_pretrained(tmp_path / f"lm-{seed}")
+        dirs.append(tmp_path / f"lm-{seed}")
+    texts = digit_bert.validation["text"][:16]
+    data = DigitIngredients(dirs, datasets.Dataset.from_dict({"text": texts}), {"text_column": "text"}, dirs[0])
+    uniform = UniformSoup(UniformSoup.Params())
+    with bound_evaluator(data, metric="loss", batch_size=8) as evaluator:
+        assert all("lm_head" not in t.key for t in evaluator.builder.tensors)
+        expected = _host_state(evaluator, uniform, [2, 0, 1])
+        expected_score = evaluator._score_model(evaluator.model, "host")
+        assert isinstance(evaluator.candidates, DeviceCandidates)
+        evaluator.load_plan(uniform, [2, 0, 1])
+        state = _snapshot(evaluator.model)
+        _assert_same_bits(state, expected)
+        assert torch.equal(state["lm_head.weight"], state["model.embed_tokens.weight"])
+        assert evaluator._score_model(evaluator.model, "device") == expected_score
+
+
+def test_fused_weight_conversions_are_not_mapped():
+    """Mixtral's experts are fused on load (a converter, not a rename): the host path loads them."""
+    import types
+
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from hf_soup.evaluation.device_candidates import parameter_map
+
+    config = MixtralConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           num_key_value_heads=2, vocab_size=64, num_local_experts=2)
+    model = MixtralForCausalLM(config)
+    tensors = [types.SimpleNamespace(key=key, shape=tuple(value.shape), action="merge")
+               for key, value in model.state_dict().items()]
+    assert parameter_map(model, tensors) is None
