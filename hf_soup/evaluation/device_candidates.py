@@ -76,6 +76,14 @@ def _working_bytes(tensor: Any) -> int:
     return tensor.meta.numel * (dtypes.itemsize(tensor.dtype) + 4 + 8 + 8)
 
 
+def _size(nbytes: int) -> str:
+    """``"1.5 GiB"``, ``"12.0 MiB"``, ``"512 bytes"``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} bytes"
+
+
 class _Staging:
     """Two pinned host buffers used in turn; a buffer is rewritten only once its copy to the device is done."""
 
@@ -148,7 +156,7 @@ class DeviceCandidates:
         if largest is not None and need > budget:
             raise EvaluationError(
                 f"evaluation.device_memory: forming tensor {largest.key!r} ({largest.meta.numel:,} elements) on "
-                f"{self.device} needs {need / 2**20:.1f} MiB, more than the memory budget of {budget / 2**20:.1f} MiB; "
+                f"{self.device} needs {_size(need)}, more than the memory budget of {_size(budget)}; "
                 "raise evaluation.device_memory (bytes, or e.g. '8GiB') or evaluate on a device with more memory"
             )
         running_sum = sum(8 * t.meta.numel for t in self.merged)

@@ -146,11 +146,15 @@ def test_device_path_equals_the_host_path_resident_or_streamed(kind, dtype, digi
             _assert_same_bits(_snapshot(evaluator.model), expected_running)
 
 
-def test_too_small_a_memory_budget_is_refused_before_any_evaluation(digit_bert):
+def test_too_small_a_memory_budget_is_refused_before_any_evaluation(digit_bert, tmp_path):
     with bound_evaluator(digit_bert, device_memory="1KiB") as evaluator:
         with pytest.raises(EvaluationError, match=r"evaluation.device_memory: forming tensor '.*' \(.* elements\)"):
             evaluator.candidates
         assert evaluator.num_full_evaluations == 0
+    with pytest.raises(EvaluationError, match=r"needs .* KiB, more than the memory budget of 1.0 KiB"):
+        hf_soup.soup([str(d) for d in digit_bert.dirs], method="greedy", output_dir=tmp_path / "soup", device="cpu",
+                     evaluation={"dataset": digit_bert.validation, **digit_bert.columns, "device_memory": "1KiB"})
+    assert not (tmp_path / "soup").exists()
 
 
 def test_weights_without_a_checkpoint_key_keep_the_host_path(digit_bert):
