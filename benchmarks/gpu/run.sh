@@ -45,6 +45,9 @@ step env 60 bash -c "nvidia-smi || true; nproc; free -g; $PY -c 'import torch, t
 step identity 180 "$PY" -m pytest -q -p no:cacheprovider tests/engine/
 step bench "${HF_SOUP_GPU_BENCH_SECONDS:-330}" "$PY" benchmarks/bench_scale.py --device "$DEVICE" --runs 1 \
     --layers "${HF_SOUP_GPU_LAYERS:-22}" --json "$OUT/bench_scale.json"
+# opt-in (HF_SOUP_GPU_STEPS="eval_overhead"): issue 14's target, greedy over 8 BERT-base classifiers, 2,400 rows
+step eval_overhead "${HF_SOUP_GPU_EVAL_SECONDS:-300}" "$PY" benchmarks/bench_eval_overhead.py --device "$DEVICE" \
+    --hidden 768 --layers 12 --rows 2400 --batch-size 256 --threads "$(nproc)"
 XDIST=""
 if "$PY" -c "import xdist" 2>/dev/null; then XDIST="-n $(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))"; fi
 if "$PY" -c "import pytest_timeout" 2>/dev/null; then XDIST="$XDIST --timeout 150"; fi

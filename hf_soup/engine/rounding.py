@@ -110,13 +110,18 @@ def _float32_to_bfloat16_bits_torch(values: Any) -> Any:
     return (rounded & 0xFFFF).to(torch.int32).to(torch.int16)
 
 
-def round_to_storage_torch(values: Any, dtype: str) -> Any:
+def round_to_storage_torch(values: Any, dtype: str, out: Any = None) -> Any:
     """:func:`round_to_storage` on a torch tensor (any device); returns a tensor of the storage dtype.
 
-    bfloat16 comes back as int16 bits (the numpy storage of BF16 is uint16).
+    bfloat16 comes back as int16 bits (the numpy storage of BF16 is uint16). ``out`` (of
+    that dtype and ``values``' shape) receives the result, which is then ``out``.
     """
     import torch
 
+    if out is not None:
+        if values.dtype == torch.float64 and dtype == "F32":
+            return out.copy_(values)  # the same conversion as .to(torch.float32), without a new tensor
+        return out.copy_(round_to_storage_torch(values, dtype))
     if values.dtype == torch.float64:
         if dtype == "F64":
             return values

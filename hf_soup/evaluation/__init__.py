@@ -14,8 +14,12 @@ What a planning method can use (``context.evaluator`` in ``PlanningMethod.plan``
 * ``ingredient_scores()`` / ``evaluate_ingredient(i)`` — memoised, N passes at most;
 * ``evaluate_soup(indices, weights=None)``, ``evaluate_state_dict(sd)`` (checkpoint keys),
   ``evaluate_model(model)`` (an already-built model, e.g. a Trainer's);
+* ``running_sum()`` (``add(i)``, ``members``, ``load_candidate(i)``), ``load_plan(tensor_method,
+  indices)`` / ``evaluate_plan(...)``, ``load_ingredient(i)`` — candidates formed on the
+  evaluation device and put into ``model`` in place (:mod:`.device_candidates`), with the
+  bytes the engine writes for the same plan;
 * ``builder`` (:class:`SoupBuilder`): ``state_dict(indices, weights)``, ``merge(tensor_method,
-  indices)``, ``ingredient(i)``, ``running_sum()`` — candidates streamed by the engine;
+  indices)``, ``ingredient(i)``, ``running_sum()`` — candidates streamed by the engine on the host;
 * ``logit_cache()`` (:class:`LogitCache`): ``score(indices, weights)``, ``mean_logits``, ``scores``;
 * ``model`` (built once) + ``dataloader`` (accelerate-prepared) + :func:`load_checkpoint_weights`;
 * ``num_full_evaluations`` (every pass over the split, logit passes included) and

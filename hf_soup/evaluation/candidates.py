@@ -1,4 +1,8 @@
-"""Candidate soups as in-memory state dicts, computed by the streaming engine.
+"""Candidate soups as in-memory state dicts, computed by the streaming engine on the host.
+
+The :class:`~hf_soup.evaluation.Evaluator` forms its candidates on the evaluation device
+instead (:mod:`.device_candidates`) and falls back to this module where the model's
+weights are not the checkpoint's renamed.
 
 A candidate is built tensor by tensor from the ingredients' lazy sources (never N
 models in memory) and cast to each tensor's output dtype, so the weights that are

@@ -64,7 +64,7 @@ def ensemble_rows(evaluator: Any, *, selection: Any = None) -> list[dict[str, An
 
 def score_written(evaluator: Any, plan: Any, description: str) -> float:
     """The score of exactly what ``plan`` writes: merged as the writer would, one full evaluation."""
-    return evaluator.evaluate_state_dict(evaluator.builder.merge(plan.method, list(plan.ingredients)), description)
+    return evaluator.evaluate_plan(plan.method, list(plan.ingredients), description)
 
 
 def compare_soups(evaluator: Any, method_name: str, plan: Any, refs: Sequence[str], *,

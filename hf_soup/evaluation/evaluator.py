@@ -147,7 +147,34 @@ class Evaluator:
 
         self.builder = SoupBuilder(tensors, sources)
         self._logit_cache = None
+        self._candidates = None
         return self
+
+    @property
+    def candidates(self) -> Any:
+        """Where candidates are formed (:mod:`~hf_soup.evaluation.device_candidates`): on the model's device
+        when its weights are the checkpoint's renamed, else on the host; built on first use."""
+        from .device_candidates import candidates_for
+
+        builder = self.require_builder()
+        if getattr(self, "_candidates", None) is None:
+            self._candidates = candidates_for(self.model, builder, getattr(self.spec, "device_memory", None))
+        return self._candidates
+
+    def running_sum(self) -> Any:
+        """An empty running sum (greedy): ``add(i)``, ``members``, ``load_candidate(i)`` puts a candidate in :attr:`model`."""
+        return self.candidates.running_sum()
+
+    def load_plan(self, method: Any, indices: Sequence[int]) -> None:
+        """Put ``method``'s soup of ``indices`` into :attr:`model`, with the bytes the engine writes for that plan."""
+        from .device_candidates import load_plan
+
+        load_plan(self.candidates, method, indices)
+
+    def evaluate_plan(self, method: Any, indices: Sequence[int], description: str = "evaluating") -> float:
+        """Score ``method``'s soup of ``indices`` (needs :meth:`bind`)."""
+        self.load_plan(method, indices)
+        return self._score_model(self.model, description)
 
     def require_builder(self) -> Any:
         """The candidate builder of the bound ingredients (raise ``EvaluationError`` before :meth:`bind`)."""
@@ -277,8 +304,20 @@ class Evaluator:
     def evaluate_soup(self, indices: Sequence[int], weights: Sequence[float] | None = None,
                       description: str | None = None) -> float:
         """Score the uniform (or weighted) soup of ingredients ``indices`` (needs :meth:`bind`)."""
-        state_dict = self.require_builder().state_dict(indices, weights)
-        return self.evaluate_state_dict(state_dict, description or f"soup of {len(indices)}")
+        from ..methods.uniform import UniformSoup
+        from ..methods.weighted import WeightedSoup
+
+        if weights is None:
+            method: Any = UniformSoup(UniformSoup.Params())
+        else:
+            method = WeightedSoup(WeightedSoup.Params(weights=list(weights)))
+        return self.evaluate_plan(method, indices, description or f"soup of {len(indices)}")
+
+    def load_ingredient(self, index: int) -> None:
+        """Put ingredient ``index``'s own weights (output dtypes) into :attr:`model` (needs :meth:`bind`)."""
+        from ..methods.uniform import UniformSoup
+
+        self.load_plan(UniformSoup(UniformSoup.Params()), [index])
 
     def evaluate_ingredient(self, index: int) -> float:
         """Score ingredient ``index`` alone (memoised; needs :meth:`bind`)."""
@@ -286,8 +325,8 @@ class Evaluator:
             if self._logit_cache is not None and index in self._logit_cache.scores:
                 self._ingredient_scores[index] = self._logit_cache.scores[index]
             else:
-                state_dict = self.require_builder().ingredient(index)
-                self._ingredient_scores[index] = self.evaluate_state_dict(state_dict, f"ingredient {index}")
+                self.load_ingredient(index)
+                self._ingredient_scores[index] = self._score_model(self.model, f"ingredient {index}")
         return self._ingredient_scores[index]
 
     def ingredient_scores(self) -> list[float]:

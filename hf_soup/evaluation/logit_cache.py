@@ -78,7 +78,8 @@ class LogitCache:
             for index in indices:
                 path = directory / f"ingredient-{index}.logits"
                 writer = _RowWriter(path, dtype, evaluator.metric)
-                evaluator.logits(builder.ingredient(index), on_rows=writer, description=f"logits of ingredient {index}")
+                evaluator.load_ingredient(index)
+                evaluator.logits(None, on_rows=writer, description=f"logits of ingredient {index}")
                 writer.close()
                 scores[index] = writer.score()
                 if labels is None:

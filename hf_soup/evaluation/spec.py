@@ -60,6 +60,10 @@ class EvaluationSpec(BaseModel):
     * ``dtype`` — the evaluation model's dtype (``float32`` default).
     * ``logits_dtype`` — dtype of cached logits (RADIN, ensemble): ``float32`` or ``float16``.
     * ``cache_dir`` — where large logit caches go (default: a temporary folder).
+    * ``device_memory`` — device memory for forming candidate soups and keeping ingredient
+      tensors resident: bytes, or a size such as ``"8GiB"`` / ``"500MB"`` (default: half
+      the free memory; ``0`` streams every ingredient through pinned host buffers — an
+      error then names the largest tensor, which always needs room).
     * ``trust_remote_code`` — allow the ingredients' own config / model / processor code.
     """
 
@@ -83,6 +87,7 @@ class EvaluationSpec(BaseModel):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     logits_dtype: Literal["float32", "float16"] = "float32"
     cache_dir: str | None = None
+    device_memory: int | None = Field(default=None, ge=0)
     trust_remote_code: bool = False
 
     @field_validator("dataset")
@@ -103,6 +108,11 @@ class EvaluationSpec(BaseModel):
         raise ValueError(
             f"expected a Hub dataset ID, a path, a list of data files or a datasets.Dataset, got {type(value).__name__}"
         )
+
+    @field_validator("device_memory", mode="before")
+    @classmethod
+    def _device_memory(cls, value: Any) -> Any:
+        return parse_size(value) if isinstance(value, str) else value
 
     @field_validator("metric", mode="before")
     @classmethod
@@ -179,6 +189,24 @@ class EvaluationSpec(BaseModel):
             elif value is not None and value != field.default:
                 out[name] = value
         return out
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``"8GiB"``, ``"500 MB"`` or ``"1024"``.
+
+    >>> parse_size("1.5GiB")
+    1610612736
+    """
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"{text!r} is not a size; give bytes or a number with a unit (B, KB, MB, GB, KiB, MiB, GiB)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 def parse_evaluation(value: Any) -> EvaluationSpec | None:

@@ -2,9 +2,9 @@
 
 Score every ingredient, sort them (best first by default), start the soup with the
 first, and add each next ingredient if the soup with it scores at least as well as the
-current soup. Memory: one float32 running sum plus the evaluated model; ingredients are
-streamed one at a time. Cost: N ingredient evaluations + N - 1 candidate evaluations =
-2N - 1 full evaluations.
+current soup. Memory: one float64 running sum on the evaluation device plus the evaluated
+model; ingredients are streamed one at a time. Cost: N ingredient evaluations + N - 1
+candidate evaluations = 2N - 1 full evaluations.
 
 ```yaml
 method: {name: greedy}                      # rule: recipe1 (the papers' text), the default
@@ -130,15 +130,14 @@ class GreedySoup(PlanningMethod):
         scores = evaluator.ingredient_scores()
         order_name, ties, strict = self.params.resolved()
         order = ingredient_order(scores, metric, order_name, ties)
-        running = evaluator.builder.running_sum()
+        running = evaluator.running_sum()  # formed on the evaluation device when the model allows
         running.add(order[0])
         best = scores[order[0]]
         refs = list(context.refs)
         steps = [{"ingredient": order[0], "ref": refs[order[0]], "soup_score": best, "kept": True}]
         for index in order[1:]:
-            candidate = running.candidate(index)
-            score = evaluator.evaluate_state_dict(candidate, f"greedy: + ingredient {index}")
-            del candidate
+            running.load_candidate(index)
+            score = evaluator.evaluate_model(evaluator.model, f"greedy: + ingredient {index}")
             kept = metric.better(score, best, strict=strict)
             if kept:
                 running.add(index)

@@ -53,11 +53,15 @@ def linear_combination(chunks: Sequence[np.ndarray], weights: Sequence[float], d
     return out
 
 
-def linear_combination_torch(chunks: Sequence[Any], weights: Sequence[float], divisor: float) -> Any:
+def linear_combination_torch(chunks: Sequence[Any], weights: Sequence[float], divisor: float, *,
+                             out: Any = None, scratch: Any = None) -> Any:
     """:func:`linear_combination` on torch tensors (any device): same operations, same order.
 
     Scalars are float64 device tensors: CUDA turns a division by a host scalar into a
-    multiplication by its reciprocal, which can differ in the last bit.
+    multiplication by its reciprocal, which can differ in the last bit. ``out`` and
+    ``scratch`` (float64, the chunks' shape) save allocations; the result is then ``out``.
+    Terms are widened exactly to float64 in ``scratch`` before each addition (the CPU adds
+    mixed dtypes much more slowly; the values are the same).
     """
     import torch
 
@@ -67,17 +71,22 @@ def linear_combination_torch(chunks: Sequence[Any], weights: Sequence[float], di
     first, rest = terms[0], terms[1:]
     device = chunks[first].device
     scalar = lambda value: torch.tensor(value, dtype=torch.float64, device=device)  # noqa: E731
-    out = chunks[first].to(torch.float64, copy=True)
+    if out is None:
+        out = chunks[first].to(torch.float64, copy=True)
+    else:
+        out.copy_(chunks[first])
     if weights[first] != 1.0:
         out.mul_(scalar(weights[first]))
-    scratch = None
     for i in rest:
-        if weights[i] == 1.0:
+        if weights[i] == 1.0 and chunks[i].dtype == torch.float64:
             out.add_(chunks[i])
             continue
         if scratch is None:
             scratch = torch.empty_like(out)
         scratch.copy_(chunks[i])  # widen first: the product is a float64 operation
+        if weights[i] == 1.0:
+            out.add_(scratch)
+            continue
         scratch.mul_(scalar(weights[i]))
         out.add_(scratch)
     if divisor != 1.0:
