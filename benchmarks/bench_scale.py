@@ -177,6 +177,8 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--mergekit", default=shutil.which("mergekit-yaml"), help="path to mergekit-yaml")
     parser.add_argument("--skip-ame", action="store_true")
+    parser.add_argument("--skip", action="append", default=[], metavar="NAME",
+                        help="leave out the contenders whose name starts with NAME (repeatable)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--work", help="scratch folder for outputs (default: a temporary folder)")
     args = parser.parse_args()
@@ -186,7 +188,8 @@ def main() -> None:
     results: dict = {"ingredients": len(paths), "layers": args.layers, "cores": len(os.sched_getaffinity(0)),
                      "input_gb": sum(f.stat().st_size for f in weight_files(paths)) / 1e9, "rows": {}}
     try:
-        rows = contenders(args, paths, work)
+        rows = {name: row for name, row in contenders(args, paths, work).items()
+                if not any(name.startswith(prefix) for prefix in args.skip)}
         samples: dict[str, list[dict]] = {name: [] for name in rows}
         warm(paths)
         for _ in range(args.runs):  # interleaved rounds

@@ -42,14 +42,14 @@ fi
 echo "device: $DEVICE" | tee -a "$LOG"
 
 step env 60 bash -c "nvidia-smi || true; nproc; free -g; $PY -c 'import torch, transformers, huggingface_hub, accelerate, safetensors, numpy, pydantic; print(\"torch\", torch.__version__, \"cuda\", torch.cuda.is_available(), \"transformers\", transformers.__version__, \"hub\", huggingface_hub.__version__, \"accelerate\", accelerate.__version__, \"safetensors\", safetensors.__version__, \"numpy\", numpy.__version__, \"pydantic\", pydantic.__version__)'"
-step identity 180 "$PY" -m pytest -q -p no:cacheprovider tests/engine/
-step bench "${HF_SOUP_GPU_BENCH_SECONDS:-330}" "$PY" benchmarks/bench_scale.py --device "$DEVICE" --runs 1 \
-    --layers "${HF_SOUP_GPU_LAYERS:-22}" --json "$OUT/bench_scale.json"
+step identity 90 "$PY" -m pytest -q -p no:cacheprovider tests/engine/
+step bench "${HF_SOUP_GPU_BENCH_SECONDS:-240}" "$PY" benchmarks/bench_scale.py --device "$DEVICE" --runs 1 \
+    --layers "${HF_SOUP_GPU_LAYERS:-22}" --json "$OUT/bench_scale.json" --skip "mergekit linear cuda"
 # opt-in (HF_SOUP_GPU_STEPS="eval_overhead"): issue 14's target, greedy over 8 BERT-base classifiers, 2,400 rows
 step eval_overhead "${HF_SOUP_GPU_EVAL_SECONDS:-300}" "$PY" benchmarks/bench_eval_overhead.py --device "$DEVICE" \
     --hidden 768 --layers 12 --rows 2400 --batch-size 256 --threads "$(nproc)"
 XDIST=""
 if "$PY" -c "import xdist" 2>/dev/null; then XDIST="-n $(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))"; fi
 if "$PY" -c "import pytest_timeout" 2>/dev/null; then XDIST="$XDIST --timeout 150"; fi
-step suite "${HF_SOUP_GPU_SUITE_SECONDS:-200}" "$PY" -m pytest -q -p no:cacheprovider $XDIST
+step suite "${HF_SOUP_GPU_SUITE_SECONDS:-150}" "$PY" -m pytest -q -p no:cacheprovider $XDIST
 echo "done $(date +%T)" | tee -a "$LOG"
