@@ -38,15 +38,16 @@ def default_threads() -> int:
     return max(1, cores // max(1, local))
 
 
-BLOCK = 1 << 20
+BLOCK = 1 << 17
 
 
 class _CpuRunner:
     """Runs one item on the host: read the N ranges, merge with numpy, round once, write.
 
     The math runs over blocks of the item (``BLOCK`` elements; whole items for
-    :attr:`~hf_soup.methods.base.TensorMethod.whole_tensor` methods): large enough that each
-    numpy call works long without the interpreter lock, which the threads share.
+    :attr:`~hf_soup.methods.base.TensorMethod.whole_tensor` methods): small enough that the
+    numpy passes over a block stay in the core's cache (memory bandwidth is what many threads
+    share), large enough that each call works long without the interpreter lock.
     """
 
     def __init__(self, method: TensorMethod, sources: dict[int, TensorSource], indices: Sequence[int],
@@ -73,7 +74,7 @@ class _CpuRunner:
             values = np.asarray(self.method.merge(info, chunks))
             if self.guard is not None:  # NaN / Inf in the inputs, overflow of the output dtype
                 self.guard.observe(tensor.key, chunks, self.indices, values, tensor.dtype)
-            out[start:stop] = round_to_storage(values, tensor.dtype)
+            round_to_storage(values, tensor.dtype, out=out[start:stop])
         sink.put(tensor, item.start, out)
 
 

@@ -20,6 +20,7 @@ a device give the same bytes.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,7 @@ def float32_to_storage(values: np.ndarray, dtype: str) -> np.ndarray:
     return dtypes.from_float32(values, dtype)
 
 
-def _float64_to_bfloat16(values: np.ndarray) -> np.ndarray:
+def _float64_to_bfloat16(values: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """float64 -> bfloat16 bits, correctly rounded: through float32, fixing the rare double roundings.
 
     Rounding to float32 first changes the bfloat16 result only where it lands exactly on a
@@ -56,10 +57,12 @@ def _float64_to_bfloat16(values: np.ndarray) -> np.ndarray:
     shape, values = values.shape, values.reshape(-1)
     with np.errstate(over="ignore"):
         nearest = values.astype(np.float32)
-    rounded = dtypes.from_float32(nearest, "BF16")
     bits = nearest.view(np.uint32)
-    suspects = np.flatnonzero(np.bitwise_and(bits, np.uint32(0xFFFF)) == np.uint32(0x8000))
-    if suspects.size:
+    rounded = dtypes.from_float32(nearest, "BF16", out=None if out is None else out.reshape(-1))
+    low_halves = nearest.view(np.uint16)[0::2 if sys.byteorder == "little" else 1::2]  # low 16 bits of each
+    landed_on_midpoint = low_halves == np.uint16(0x8000)
+    if landed_on_midpoint.any():
+        suspects = np.flatnonzero(landed_on_midpoint)
         exact = values[suspects]
         landed = nearest[suspects].astype(np.float64)
         inexact = (exact != landed) & np.isfinite(exact)
@@ -69,16 +72,24 @@ def _float64_to_bfloat16(values: np.ndarray) -> np.ndarray:
     return rounded.reshape(shape)
 
 
-def round_to_storage(values: np.ndarray, dtype: str) -> np.ndarray:
-    """A method's float64 or float32 result -> the storage array of ``dtype``, rounded once."""
+def round_to_storage(values: np.ndarray, dtype: str, out: np.ndarray | None = None) -> np.ndarray:
+    """A method's float64 or float32 result -> the storage array of ``dtype``, rounded once (into ``out``)."""
+    if values.dtype == np.float64 and dtype == "BF16":
+        return _float64_to_bfloat16(values, out)
+    result = _round(values, dtype)
+    if out is None:
+        return result
+    out[...] = result
+    return out
+
+
+def _round(values: np.ndarray, dtype: str) -> np.ndarray:
     if values.dtype == np.float64:
         if dtype == "F64":
             return values
         if dtype == "F32":
             with np.errstate(over="ignore"):
                 return values.astype(np.float32)
-        if dtype == "BF16":
-            return _float64_to_bfloat16(values)
         if dtype == "F16":  # numpy rounds float64 -> float16 directly, once
             with np.errstate(over="ignore"):
                 return values.astype(np.float16)

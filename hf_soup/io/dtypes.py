@@ -81,7 +81,7 @@ def to_float32(raw: np.ndarray, dtype: str, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def from_float32(values: np.ndarray, dtype: str) -> np.ndarray:
+def from_float32(values: np.ndarray, dtype: str, out: np.ndarray | None = None) -> np.ndarray:
     """Convert float32 ``values`` to the storage array of ``dtype`` (round to nearest even)."""
     if dtype == "F32":
         return values
@@ -92,10 +92,12 @@ def from_float32(values: np.ndarray, dtype: str) -> np.ndarray:
         np.bitwise_and(work, np.uint32(1), out=work)
         np.add(work, np.uint32(0x7FFF), out=work)
         np.add(work, bits, out=work)
-        np.right_shift(work, np.uint32(16), out=work)
-        rounded = work.astype(np.uint16)
-        nan = np.flatnonzero(np.isnan(values))
-        if nan.size:
+        if out is None:
+            out = np.empty(values.shape, dtype=np.uint16)
+        rounded = np.right_shift(work, np.uint32(16), out=out, casting="unsafe")
+        nan = np.isnan(values)
+        if nan.any():
+            nan = np.flatnonzero(nan)
             rounded[nan] = ((bits[nan] >> 16) | 0x40).astype(np.uint16)
         return rounded.reshape(shape)
     return values.astype(STORAGE[dtype])
