@@ -59,7 +59,8 @@ def _float64_to_bfloat16(values: np.ndarray, out: np.ndarray | None = None) -> n
         nearest = values.astype(np.float32)
     bits = nearest.view(np.uint32)
     rounded = dtypes.from_float32(nearest, "BF16", out=None if out is None else out.reshape(-1))
-    low_halves = nearest.view(np.uint16)[0::2 if sys.byteorder == "little" else 1::2]  # low 16 bits of each
+    first = 0 if sys.byteorder == "little" else 1
+    low_halves = nearest.view(np.uint16)[first::2]  # the low 16 bits of each float32
     landed_on_midpoint = low_halves == np.uint16(0x8000)
     if landed_on_midpoint.any():
         suspects = np.flatnonzero(landed_on_midpoint)
