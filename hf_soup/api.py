@@ -93,7 +93,6 @@ def merge_state_dicts(
     from .engine.execute import default_threads
     from .engine.sinks import StateDictSink
     from .methods.base import MergeContext, TensorMethod
-    from .methods.registry import build_method
     from .align import align
     from .ingredients import resolve_ingredients
     from .prepare import resolve_with_bases
@@ -103,7 +102,7 @@ def merge_state_dicts(
     recipe = parse_recipe({"ingredients": [dict(sd) if not isinstance(sd, dict) else sd for sd in state_dicts],
                            "method": {"name": method, "params": params}, "on_missing": on_missing,
                            "output": {"dtype": dtype}}, "merge_state_dicts()")
-    merger = build_method(recipe.method.name, recipe.method.params)
+    merger = recipe.take_method()
     if not isinstance(merger, TensorMethod):
         raise RecipeError(f"method: {method!r} needs an evaluation; use hf_soup.soup(..., evaluation=...) instead")
     uses_base = merger.uses_base != "never" and base_state_dict is not None

@@ -12,7 +12,6 @@ from typing import Any
 from .errors import RecipeError
 from .ingredients.ingredient import Ingredient
 from .methods.base import MergeContext, MergePlan, PlanningMethod, plan_merge
-from .methods.registry import build_method
 from .output.report import build_report, ingredient_entries, write_report
 from .prepare import open_aligned, resolve_with_bases
 from .recipe import Recipe
@@ -122,7 +121,7 @@ class _Run:
             from .output.card import check_template
 
             check_template(recipe.output.card_template)
-        self.method = build_method(recipe.method.name, recipe.method.params)
+        self.method = recipe.take_method()
         if self.adapter_output:
             from .adapters.export import check_adapter_method
 

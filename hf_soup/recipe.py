@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .errors import RecipeError
 from .evaluation.spec import EvaluationSpec
@@ -112,6 +112,8 @@ class PushSpec(_Strict):
 class Recipe(_Strict):
     """A complete soup recipe."""
 
+    _built_method: Any = PrivateAttr(default=None)  # validated by parse_recipe, handed to the run once
+
     ingredients: list[Any] = Field(min_length=1)
     method: MethodSpec = Field(default_factory=MethodSpec)
     evaluation: EvaluationSpec | None = None
@@ -124,6 +126,12 @@ class Recipe(_Strict):
     device: Literal["cpu", "cuda", "auto"] = "auto"
     threads: int | None = Field(default=None, ge=1)  # merge worker threads (default: the cores this process may use)
     allow_nonfinite: bool = False  # NaN / Inf in the ingredients, or overflow of the output dtype: refused unless true
+
+    def take_method(self) -> Any:
+        """The method object for one run: the one :func:`parse_recipe` built to validate the
+        recipe (so a run builds it once), or a new one when it was already taken."""
+        method, self._built_method = self._built_method, None
+        return method if method is not None else build_method(self.method.name, self.method.params)
 
     @field_validator("ingredients", mode="before")
     @classmethod
@@ -185,7 +193,7 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
     except ValidationError as error:
         raise RecipeError(f"{source}: " + format_validation_error(error, "")) from None
     try:
-        build_method(recipe.method.name, recipe.method.params)
+        recipe._built_method = build_method(recipe.method.name, recipe.method.params)
     except RecipeError as error:
         raise type(error)(f"{source}: {error}") from None
     return recipe

@@ -159,3 +159,24 @@ def test_merge_state_dicts_never_modifies_inputs():
             torch.testing.assert_close(value, sum(sd[key] for sd in states) / 3)
         else:  # integer buffers (position ids) are copied, not averaged
             assert torch.equal(value, states[0][key])
+
+
+def test_a_run_builds_its_method_once(make_ingredients, tmp_path, monkeypatch):
+    """parse_recipe builds the method to validate it; the run takes that object instead of building another."""
+    import hf_soup.methods.registry as registry
+    from hf_soup.pipeline import run_recipe
+    from hf_soup.recipe import parse_recipe
+
+    paths = make_ingredients("gpt2", 2)
+    built = []
+    original = registry.build_method
+    monkeypatch.setattr(registry, "build_method", lambda *a, **k: built.append(a) or original(*a, **k))
+    import hf_soup.recipe as recipe_module
+
+    monkeypatch.setattr(recipe_module, "build_method", registry.build_method)
+    recipe = parse_recipe({"ingredients": [str(p) for p in paths], "output": {"dir": str(tmp_path / "a")}})
+    run_recipe(recipe)
+    assert len(built) == 1
+    recipe.output.dir = str(tmp_path / "b")  # a recipe object run again gets a fresh method
+    run_recipe(recipe)
+    assert len(built) == 2 and (tmp_path / "b" / "model.safetensors").exists()
