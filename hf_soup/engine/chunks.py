@@ -59,19 +59,30 @@ def work_items(tensors: Sequence[AlignedTensor], step: int, whole_tensors: bool 
 
 
 class ReadBuffers(threading.local):
-    """Per-thread reusable arrays, grown on demand: ``get(name, dtype, count)``."""
+    """Per-thread reusable arrays, grown on demand: ``get(name, dtype, count)``.
+
+    The views handed out are remembered, so the engine's per-block calls cost a dict lookup.
+    """
 
     def __init__(self) -> None:
         self.arrays: dict[str, np.ndarray] = {}
+        self.views: dict[tuple, np.ndarray] = {}
 
     def get(self, name: str, dtype: np.dtype, count: int) -> np.ndarray:
-        dtype = np.dtype(dtype)
-        nbytes = count * dtype.itemsize
+        view = self.views.get((name, dtype, count))
+        if view is not None:
+            return view
+        array_dtype = np.dtype(dtype)
+        nbytes = count * array_dtype.itemsize
         array = self.arrays.get(name)
         if array is None or array.size < nbytes:
             array = np.empty(max(nbytes, 1), dtype=np.uint8)
             self.arrays[name] = array
-        return array[:nbytes].view(dtype)
+            self.views = {key: value for key, value in self.views.items() if key[0] != name}
+        view = array[:nbytes].view(array_dtype)
+        if len(self.views) < 4096:  # a run has a few shapes; never grow without bound
+            self.views[(name, dtype, count)] = view
+        return view
 
 
 def input_dtype(storage: str) -> np.dtype:

@@ -54,6 +54,19 @@ def count_overflow(values: np.ndarray, dtype: str) -> int:
     return int(np.count_nonzero(np.isfinite(values) & (np.abs(values) >= limit)))
 
 
+def within_range(values: np.ndarray, dtype: str) -> bool:
+    """Whether every element of ``values`` is finite and stays finite when stored as ``dtype``.
+
+    Two read-only reductions (minimum, maximum; NaN propagates through both): the quick
+    check of a linear soup's result. ``False`` means "look closer", not "bad".
+    """
+    if values.size == 0:
+        return True
+    low, high = np.minimum.reduce(values), np.maximum.reduce(values)
+    limit = OVERFLOW_AT.get(dtype, np.inf)
+    return bool(-limit < low and high < limit)
+
+
 class FiniteGuard:
     """Counts for one run; raises at the end of the first tensor with a problem unless ``allow``."""
 

@@ -21,11 +21,14 @@ a device give the same bytes.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from ..io import dtypes
+
+#: ``scratch(name, dtype, count)``: a reusable array of ``count`` elements (see ``ReadBuffers.get``).
+Scratch = Callable[[str, Any, int], np.ndarray]
 
 
 def round_to_odd_float32(values: np.ndarray) -> np.ndarray:
@@ -47,7 +50,8 @@ def float32_to_storage(values: np.ndarray, dtype: str) -> np.ndarray:
     return dtypes.from_float32(values, dtype)
 
 
-def _float64_to_bfloat16(values: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def _float64_to_bfloat16(values: np.ndarray, out: np.ndarray | None = None, scratch: Scratch | None = None,
+                         finite: bool = False) -> np.ndarray:
     """float64 -> bfloat16 bits, correctly rounded: through float32, fixing the rare double roundings.
 
     Rounding to float32 first changes the bfloat16 result only where it lands exactly on a
@@ -55,28 +59,48 @@ def _float64_to_bfloat16(values: np.ndarray, out: np.ndarray | None = None) -> n
     are rounded toward the side the float64 value lies on.
     """
     shape, values = values.shape, values.reshape(-1)
+    nearest = np.empty(values.size, np.float32) if scratch is None else scratch("nearest", np.float32, values.size)
+    work = None if scratch is None else scratch("work", np.uint32, values.size)
     with np.errstate(over="ignore"):
-        nearest = values.astype(np.float32)
-    bits = nearest.view(np.uint32)
-    rounded = dtypes.from_float32(nearest, "BF16", out=None if out is None else out.reshape(-1))
+        np.copyto(nearest, values, casting="same_kind")
+    rounded = dtypes.from_float32(nearest, "BF16", out=None if out is None else out.reshape(-1), work=work,
+                                  finite=finite)
     first = 0 if sys.byteorder == "little" else 1
     low_halves = nearest.view(np.uint16)[first::2]  # the low 16 bits of each float32
-    landed_on_midpoint = low_halves == np.uint16(0x8000)
-    if landed_on_midpoint.any():
-        suspects = np.flatnonzero(landed_on_midpoint)
-        exact = values[suspects]
-        landed = nearest[suspects].astype(np.float64)
-        inexact = (exact != landed) & np.isfinite(exact)
-        up = (np.abs(exact) > np.abs(landed)).astype(np.uint32)
-        fixed = ((bits[suspects] >> np.uint32(16)) + up).astype(np.uint16)
-        rounded[suspects] = np.where(inexact, fixed, rounded[suspects])
+    flags = None if scratch is None else scratch("midpoint", np.bool_, values.size)
+    suspects = np.equal(low_halves, np.uint16(0x8000), out=flags)
+    if suspects.any():  # often: exact means of bfloat16 values sit on midpoints; only inexact ones need a fix
+        inexact = None if scratch is None else scratch("inexact", np.bool_, values.size)
+        inexact = np.not_equal(values, nearest, out=inexact)
+        np.logical_and(suspects, inexact, out=suspects)
+        if suspects.any():
+            _fix_double_roundings(values, nearest, rounded, np.flatnonzero(suspects))
     return rounded.reshape(shape)
 
 
-def round_to_storage(values: np.ndarray, dtype: str, out: np.ndarray | None = None) -> np.ndarray:
-    """A method's float64 or float32 result -> the storage array of ``dtype``, rounded once (into ``out``)."""
+def _fix_double_roundings(values: np.ndarray, nearest: np.ndarray, rounded: np.ndarray, suspects: np.ndarray) -> None:
+    """Round ``suspects`` (inexact float32 values on a bfloat16 midpoint) toward their float64 side."""
+    exact = values[suspects]
+    landed = nearest[suspects].astype(np.float64)
+    finite = np.isfinite(exact)
+    up = (np.abs(exact) > np.abs(landed)).astype(np.uint32)
+    fixed = ((nearest.view(np.uint32)[suspects] >> np.uint32(16)) + up).astype(np.uint16)
+    rounded[suspects] = np.where(finite, fixed, rounded[suspects])
+
+
+def round_to_storage(values: np.ndarray, dtype: str, out: np.ndarray | None = None, scratch: Scratch | None = None,
+                     finite: bool = False) -> np.ndarray:
+    """A method's float64 or float32 result -> the storage array of ``dtype``, rounded once (into ``out``).
+
+    ``scratch(name, dtype, count)`` lends reusable arrays (the engine's per-thread buffers), so
+    no temporary is allocated; ``finite=True`` (the caller checked there is no NaN) skips a pass.
+    """
     if values.dtype == np.float64 and dtype == "BF16":
-        return _float64_to_bfloat16(values, out)
+        return _float64_to_bfloat16(values, out, scratch, finite)
+    if out is not None and values.dtype == np.float64 and dtype in ("F32", "F16", "F64"):
+        with np.errstate(over="ignore"):  # one correctly rounded cast straight into the output
+            np.copyto(out, values, casting="same_kind")
+        return out
     result = _round(values, dtype)
     if out is None:
         return result

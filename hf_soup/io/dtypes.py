@@ -81,23 +81,29 @@ def to_float32(raw: np.ndarray, dtype: str, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def from_float32(values: np.ndarray, dtype: str, out: np.ndarray | None = None) -> np.ndarray:
-    """Convert float32 ``values`` to the storage array of ``dtype`` (round to nearest even)."""
+def from_float32(values: np.ndarray, dtype: str, out: np.ndarray | None = None, work: np.ndarray | None = None,
+                 finite: bool = False) -> np.ndarray:
+    """Convert float32 ``values`` to the storage array of ``dtype`` (round to nearest even).
+
+    For bfloat16, ``work`` (uint32, ``values``' size) is scratch the caller keeps, and
+    ``finite=True`` (the caller knows there is no NaN) skips the NaN pass.
+    """
     if dtype == "F32":
         return values
     if dtype == "BF16":
         shape, values = values.shape, values.reshape(-1)
         bits = values.view(np.uint32)
-        work = np.right_shift(bits, np.uint32(16))  # one temporary, updated in place
+        work = np.right_shift(bits, np.uint32(16), out=work)  # the rounding increment, built in place
         np.bitwise_and(work, np.uint32(1), out=work)
         np.add(work, np.uint32(0x7FFF), out=work)
         np.add(work, bits, out=work)
         if out is None:
             out = np.empty(values.shape, dtype=np.uint16)
         rounded = np.right_shift(work, np.uint32(16), out=out, casting="unsafe")
-        nan = np.isnan(values)
-        if nan.any():
-            nan = np.flatnonzero(nan)
-            rounded[nan] = ((bits[nan] >> 16) | 0x40).astype(np.uint16)
+        if not finite:
+            nan = np.isnan(values)
+            if nan.any():
+                nan = np.flatnonzero(nan)
+                rounded[nan] = ((bits[nan] >> 16) | 0x40).astype(np.uint16)
         return rounded.reshape(shape)
     return values.astype(STORAGE[dtype])

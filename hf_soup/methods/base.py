@@ -123,6 +123,14 @@ class TensorMethod(SoupMethod):
         chunking never changes the output bytes; may be called from several threads at once.
         """
 
+    def linear_terms(self, count: int, key: str | None = None) -> tuple[list[float], float] | None:
+        """``(weights, divisor)`` when :meth:`merge` is exactly ``linear_combination(chunks, weights, divisor)``.
+
+        The engine then sums the stored inputs one at a time (:mod:`hf_soup.engine.linear_block`)
+        instead of widening all N first: the same operations, so the same bytes, faster.
+        """
+        return None
+
     def linear_weights(self, count: int, key: str | None = None) -> list[float] | None:
         """The ``w_k`` when the soup of tensor ``key`` is ``Σ w_k x_k`` for fixed weights, else ``None``.
 

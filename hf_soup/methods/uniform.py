@@ -30,7 +30,10 @@ class UniformSoup(TensorMethod):
                    "increasing inference time (Wortsman et al., 2022)")
 
     def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
-        return linear_combination(chunks, [1.0] * len(chunks), float(len(chunks)))
+        return linear_combination(chunks, *self.linear_terms(len(chunks)))
+
+    def linear_terms(self, count: int, key: str | None = None) -> tuple[list[float], float]:
+        return [1.0] * count, float(count)
 
     def linear_weights(self, count: int, key: str | None = None) -> list[float]:
         return [1.0 / count] * count

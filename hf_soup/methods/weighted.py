@@ -73,8 +73,11 @@ class WeightedSoup(TensorMethod):
         return float(np.sum(np.asarray(weights, dtype=np.float64))) if self.params.normalize else 1.0
 
     def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
-        weights = self._weights_for(info.key if info else None)
-        return linear_combination(chunks, weights, self._divisor(weights))
+        return linear_combination(chunks, *self.linear_terms(len(chunks), info.key if info else None))
+
+    def linear_terms(self, count: int, key: str | None = None) -> tuple[list[float], float]:
+        weights = list(self._weights_for(key))
+        return weights, self._divisor(weights)
 
     def linear_weights(self, count: int, key: str | None = None) -> list[float]:
         weights = self._weights_for(key)
