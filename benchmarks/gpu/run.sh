@@ -28,8 +28,8 @@ step() {  # step NAME SECONDS COMMAND...: run COMMAND under a time limit, output
     tail -n 25 "$OUT/$name.txt" >>"$LOG"
 }
 
-if compgen -G ".whl/*.whl" >/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --target "$SITE" .whl/*.whl >>"$LOG" 2>&1
+if compgen -G ".whl/*.whl" >/dev/null; then  # only what the image lacks, never shadowing its own versions
+    "$PY" benchmarks/gpu/install_missing.py .whl "$SITE" >>"$LOG" 2>&1
 fi
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$SITE/bin:$PATH"
