@@ -22,6 +22,9 @@ from ..io.source import TensorSource
 DEFAULT_BUFFER_BYTES = 512 * 1024 * 1024
 MIN_CHUNK = 1 << 16
 MAX_CHUNK = 1 << 20
+#: Input elements one item reads in all (N ingredients x item size): a thread's buffers, and so
+#: the peak memory, stay the same whatever the number of ingredients.
+ITEM_INPUTS = 4 * MAX_CHUNK
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,13 @@ def bytes_per_element(num_inputs: int) -> int:
 
 
 def chunk_elements(num_inputs: int, threads: int = 1, buffer_bytes: int = DEFAULT_BUFFER_BYTES) -> int:
-    """Elements per item so that the items of all threads together stay within ``buffer_bytes``."""
-    return int(min(MAX_CHUNK, max(MIN_CHUNK, buffer_bytes // (max(1, threads) * bytes_per_element(num_inputs)))))
+    """Elements per item: at most ``ITEM_INPUTS / N``, and the items of all threads within ``buffer_bytes``.
+
+    >>> chunk_elements(4), chunk_elements(8), chunk_elements(2)
+    (1048576, 524288, 1048576)
+    """
+    most = min(MAX_CHUNK, ITEM_INPUTS // max(1, num_inputs))
+    return int(min(most, max(MIN_CHUNK, buffer_bytes // (max(1, threads) * bytes_per_element(num_inputs)))))
 
 
 def work_items(tensors: Sequence[AlignedTensor], step: int, whole_tensors: bool = False) -> Iterator[WorkItem]:
