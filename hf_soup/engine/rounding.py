@@ -52,30 +52,46 @@ def float32_to_storage(values: np.ndarray, dtype: str) -> np.ndarray:
 
 def _float64_to_bfloat16(values: np.ndarray, out: np.ndarray | None = None, scratch: Scratch | None = None,
                          finite: bool = False) -> np.ndarray:
-    """float64 -> bfloat16 bits, correctly rounded: through float32, fixing the rare double roundings.
+    """float64 -> bfloat16 bits, correctly rounded: through float32, then the upper 16 bits rounded.
 
-    Rounding to float32 first changes the bfloat16 result only where it lands exactly on a
-    bfloat16 midpoint (low 16 bits 0x8000) from a value that was not on it: those elements
-    are rounded toward the side the float64 value lies on.
+    ``(bits + 0x8000) >> 16`` rounds float32 to bfloat16 to nearest, ties away from zero.
+    Only elements whose float32 lands exactly on a bfloat16 midpoint (low 16 bits 0x8000)
+    need more: an exact tie goes to even, and a value that float32 rounded onto the
+    midpoint (the rare double rounding) goes toward the side its float64 value lies on.
     """
     shape, values = values.shape, values.reshape(-1)
-    nearest = np.empty(values.size, np.float32) if scratch is None else scratch("nearest", np.float32, values.size)
-    work = None if scratch is None else scratch("work", np.uint32, values.size)
+    count = values.size
+    nearest = np.empty(count, np.float32) if scratch is None else scratch("nearest", np.float32, count)
+    work = np.empty(count, np.uint32) if scratch is None else scratch("work", np.uint32, count)
     with np.errstate(over="ignore"):
         np.copyto(nearest, values, casting="same_kind")
-    rounded = dtypes.from_float32(nearest, "BF16", out=None if out is None else out.reshape(-1), work=work,
-                                  finite=finite)
+    bits = nearest.view(np.uint32)
+    np.add(bits, np.uint32(0x8000), out=work)
+    out = np.empty(count, np.uint16) if out is None else out.reshape(-1)
+    rounded = np.right_shift(work, np.uint32(16), out=out, casting="unsafe")
+    if not finite:
+        _keep_nans(nearest, bits, rounded)
     first = 0 if sys.byteorder == "little" else 1
     low_halves = nearest.view(np.uint16)[first::2]  # the low 16 bits of each float32
-    flags = None if scratch is None else scratch("midpoint", np.bool_, values.size)
-    suspects = np.equal(low_halves, np.uint16(0x8000), out=flags)
-    if suspects.any():  # often: exact means of bfloat16 values sit on midpoints; only inexact ones need a fix
-        inexact = None if scratch is None else scratch("inexact", np.bool_, values.size)
-        inexact = np.not_equal(values, nearest, out=inexact)
+    suspects = np.equal(low_halves, np.uint16(0x8000), out=work.view(np.bool_)[:count])  # the scratch is free
+    if suspects.any():  # often: exact means of bfloat16 values sit on midpoints
+        keep = np.empty(count, np.uint16) if scratch is None else scratch("keep", np.uint16, count)
+        np.subtract(np.uint16(0xFFFF), suspects, out=keep, dtype=np.uint16)  # 0xFFFE on a midpoint, else 0xFFFF
+        np.bitwise_and(rounded, keep, out=rounded)  # exact ties: to even
+        inexact = np.empty(count, np.bool_) if scratch is None else scratch("inexact", np.bool_, count)
+        np.not_equal(values, nearest, out=inexact)
         np.logical_and(suspects, inexact, out=suspects)
         if suspects.any():
             _fix_double_roundings(values, nearest, rounded, np.flatnonzero(suspects))
     return rounded.reshape(shape)
+
+
+def _keep_nans(nearest: np.ndarray, bits: np.ndarray, rounded: np.ndarray) -> None:
+    """NaN stays a (quiet) NaN: its upper bits with the quiet bit set, whatever the payload."""
+    nan = np.isnan(nearest)
+    if nan.any():
+        nan = np.flatnonzero(nan)
+        rounded[nan] = ((bits[nan] >> 16) | 0x40).astype(np.uint16)
 
 
 def _fix_double_roundings(values: np.ndarray, nearest: np.ndarray, rounded: np.ndarray, suspects: np.ndarray) -> None:
