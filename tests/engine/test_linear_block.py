@@ -111,3 +111,23 @@ def test_dividing_by_a_power_of_two_is_the_division_itself():
     for divisor in (2.0, 4.0, 0.5, -8.0, 3.0, 1024.0):
         operation, operand = _scale(divisor)
         np.testing.assert_array_equal(operation(values, operand), values / divisor)
+
+
+@pytest.mark.parametrize("weights", [[1.0, 1.0, 1.0], [1.0, 0.0, 2.0]])
+def test_the_torch_path_counts_non_finite_inputs_as_the_host_does(weights):
+    from hf_soup.engine.device import DeviceRunner
+
+    sources = _sources(["BF16"] * 3, _plant_nonfinite)
+    merger = build_method("weighted", {"weights": weights})
+    alignment = align(list(sources.values()), [f"sd{i}" for i in sources])
+    guards = [FiniteGuard(["a", "b", "c"], allow=True) for _ in range(2)]
+    runners = [_CpuRunner(merger, sources, list(sources), guards[0]),
+               DeviceRunner(merger, sources, list(sources), "cpu", guards[1])]
+    outputs = []
+    for runner in runners:
+        sink = StateDictSink()
+        for item in work_items(alignment.tensors, 1 << 20):
+            runner.run(item, sink)
+        outputs.append({key: value.view(torch.uint8) for key, value in sink.state_dict.items()})
+    _same(*outputs)
+    assert guards[0].report() == guards[1].report()
