@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+DOUBLED = "hf-soup 2N-ingredient uniform cpu"
 CACHE = Path(os.environ.get("HF_SOUP_BENCH_CACHE", Path.home() / ".cache" / "hf_soup_bench"))
 SHAPE = dict(hidden=2048, intermediate=5632, heads=32, kv_heads=4, vocab=32000)
 
@@ -158,6 +159,9 @@ def contenders(args, paths: list[Path], work: Path) -> dict[str, tuple[list[str]
                                                      "--param", "lr=0.001"], work / f"a-{device}")
     rows["hf-soup uniform cpu, 1 thread"] = (soup + ["-o", str(work / "u-1t"), "--device", "cpu", "--threads", "1"],
                                              work / "u-1t")
+    doubled = sum((["-m", str(p)] for p in paths + paths), [])  # each ingredient twice: 2N inputs, same files
+    rows[DOUBLED] = ([*soup[:4], *doubled, *soup[4 + len(refs):], "-o", str(work / "u-2n"), "--device", "cpu"],
+                     work / "u-2n")
     if args.mergekit:
         config = work / "mergekit.yml"
         config.write_text(yaml.safe_dump({"merge_method": "linear", "dtype": "bfloat16", "models": [
@@ -221,6 +225,9 @@ def report(results: dict) -> None:
         if ours and theirs:
             print(f"uniform {device} / MergeKit: wall {ours['wall'] / theirs['wall']:.3f} (target <= 0.2), "
                   f"peak RSS {ours['rss'] / theirs['rss']:.3f} (target <= 0.1)")
+    if DOUBLED in rows and "hf-soup uniform cpu" in rows:
+        print(f"peak RSS with 2N / N ingredients: {rows[DOUBLED]['rss'] / rows['hf-soup uniform cpu']['rss']:.3f} "
+              "(target <= 1.1)")
     if "hf-soup uniform cuda" in rows:
         cpu, cuda = rows["hf-soup uniform cpu"]["wall"], rows["hf-soup uniform cuda"]["wall"]
         print(f"uniform cuda / cpu: {cuda / cpu:.2f} (target <= 1)")
