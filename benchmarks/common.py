@@ -41,7 +41,7 @@ def warm_cache(paths: list[Path]) -> None:
 
 
 def measure(command: list[str], env: dict | None = None) -> dict[str, float]:
-    """Run ``command``; return ``wall`` seconds, ``cpu`` seconds and peak ``rss`` (MB) of the process tree it waits for."""
+    """Run ``command``; ``wall`` and ``cpu`` seconds and peak ``rss`` (MB) of the process tree it waits for."""
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(process.pid, 0)
