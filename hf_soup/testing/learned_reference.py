@@ -56,7 +56,7 @@ def learn_full_graph(layout: BlockLayout, load: LoadFn, data: Iterator[Any], los
 
 
 def _stacked(load: LoadFn, names: list[str], num_models: int) -> dict[str, torch.Tensor]:
-    """``{name: (K, *shape) float32}``: every ingredient's parameter ``name`` in one tensor, ingredient by ingredient."""
+    """``{name: (K, *shape) float32}``: every ingredient's parameter ``name`` in one tensor."""
     stacks: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for k in range(num_models):
