@@ -1,4 +1,4 @@
-"""What the ``hf-soup`` commands share: the ``--token`` and evaluation flags, ``KEY=VALUE`` values, counted nouns."""
+"""What the ``hf-soup`` commands share: ``--token``, visibility and evaluation flags, ``KEY=VALUE``, counted nouns."""
 
 from __future__ import annotations
 
@@ -19,6 +19,14 @@ def key_value(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key.strip(), yaml.safe_load(value)
+
+
+def add_visibility_flags(parser: argparse.ArgumentParser, repo: str, public_note: str = "") -> None:
+    """``--private`` / ``--public`` (one or neither; ``args.private`` is ``None`` when neither is given)."""
+    visibility = parser.add_mutually_exclusive_group()
+    visibility.add_argument("--private", action="store_true", default=None, help=f"create {repo} as private")
+    visibility.add_argument("--public", dest="private", action="store_false", default=None,
+                            help=f"create {repo} as public even when ingredients are private{public_note}")
 
 
 def add_eval_flags(parser: argparse.ArgumentParser, *, required: bool = False) -> None:

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from ..errors import RecipeError
-from .common import add_eval_flags, add_token_flag, key_value, plural
+from .common import add_eval_flags, add_token_flag, add_visibility_flags, key_value, plural
 
 
 def add_merge_parser(sub) -> None:
@@ -50,10 +50,7 @@ def add_merge_parser(sub) -> None:
                    help="merge even with NaN / Inf in the ingredients or values the output dtype cannot hold "
                         "(refused by default; the report counts them either way)")
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="push the soup to this Hub repo")
-    visibility = p.add_mutually_exclusive_group()
-    visibility.add_argument("--private", action="store_true", default=None, help="create the pushed repo as private")
-    visibility.add_argument("--public", dest="private", action="store_false", default=None,
-                            help="create the pushed repo as public even when ingredients are private")
+    add_visibility_flags(p, "the pushed repo")
     add_token_flag(p)
     p.add_argument("--card-template", metavar="PATH", help="Jinja template for the soup's README.md (default: hf-soup's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_token_flag
+from .common import add_token_flag, add_visibility_flags
 
 
 def add_push_parser(sub) -> argparse.ArgumentParser:
@@ -16,10 +16,7 @@ def add_push_parser(sub) -> argparse.ArgumentParser:
                        description="Upload a soup directory (weights, README.md, report) to a Hub repo in one commit.")
     p.add_argument("output_dir", metavar="OUTPUT_DIR", help="the folder `hf-soup merge` wrote")
     p.add_argument("repo_id", metavar="REPO_ID", help="the Hub repo to create or update, e.g. me/my-soup")
-    visibility = p.add_mutually_exclusive_group()
-    visibility.add_argument("--private", action="store_true", default=None, help="create the repo as private")
-    visibility.add_argument("--public", dest="private", action="store_false", default=None,
-                            help="create the repo as public even when ingredients are private (default: private then)")
+    add_visibility_flags(p, "the repo", " (default: private then)")
     p.add_argument("--regenerate-card", action="store_true",
                    help="replace README.md with hf-soup's card even when it was edited by hand")
     p.add_argument("--revision", help="branch to commit to (created if missing; default main)")
