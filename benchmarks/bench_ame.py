@@ -41,9 +41,9 @@ def merge_command(inputs: list[Path], out: Path, method_args: list[str]) -> list
 
 def run(command: list[str], out: Path) -> tuple[float, float, float]:
     """(wall s, peak RSS MB, merge s from the soup report) of one merge."""
-    wall, peak = measure(command, ENV)
+    result = measure(command, ENV)
     merge = json.loads((out / "soup_report.json").read_text())["timings"]["merge"]
-    return wall, peak, merge
+    return result["wall"], result["rss"], merge
 
 
 def main() -> None:
@@ -68,7 +68,7 @@ def main() -> None:
     floors = {"python + torch": "import torch",
               "+ functional step (AME)": f"import torch; {optimizer_step}",
               "+ Optimizer object step": f"import torch; {class_step}"}
-    floor_rss = {label: statistics.median(measure([sys.executable, "-c", code], ENV)[1] for _ in range(args.runs))
+    floor_rss = {label: statistics.median(measure([sys.executable, "-c", code], ENV)["rss"] for _ in range(args.runs))
                  for label, code in floors.items()}
     floor = floor_rss["+ functional step (AME)"]
     work = Path(tempfile.mkdtemp(prefix="hf-soup-bench-ame-"))

@@ -32,10 +32,10 @@ def run(command: list[str], out: Path, runs: int, env: dict | None = None) -> di
     """Median wall time, peak RSS and merge-phase seconds over ``runs`` runs of ``command``."""
     walls, peaks, merges = [], [], []
     for _ in range(runs):
-        wall, peak = measure(command, env)
+        result = measure(command, env)
         report = json.loads((out / "soup_report.json").read_text())
-        walls.append(wall)
-        peaks.append(peak)
+        walls.append(result["wall"])
+        peaks.append(result["rss"])
         merges.append(report["timings"]["merge"])
     return {"wall": statistics.median(walls), "peak": statistics.median(peaks), "merge": statistics.median(merges),
             "per_process": report.get("distributed", {}).get("merge_seconds")}

@@ -60,27 +60,14 @@ def _processor():
     return ViTImageProcessor(size={"height": 8, "width": 8}, do_resize=False, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
-def _train(model, pixels, labels, steps: int, lr: float, seed: int) -> None:
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(labels), (64,), generator=generator)
-        loss = model(pixel_values=pixels[idx], labels=labels[idx]).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-
-
 def ingredients(hidden: int) -> tuple[list[Path], object]:
     """The K fine-tuned folders (cached) and the validation/test ``DatasetDict``."""
     import datasets
     import torch
     from sklearn.datasets import load_digits
     from transformers import ViTForImageClassification
+
+    from hf_soup.testing.train import train_steps
 
     digits = load_digits()
     images, labels = digits.images, digits.target.astype(np.int64)
@@ -93,12 +80,13 @@ def ingredients(hidden: int) -> tuple[list[Path], object]:
         targets = torch.as_tensor(labels[train])
         torch.manual_seed(0)
         base = ViTForImageClassification(_config(hidden))
-        _train(base, pixels, targets, steps=60, lr=1e-3, seed=0)
+        train_steps(base, {"pixel_values": pixels}, targets, steps=60, lr=1e-3, seed=0)
         for k, directory in enumerate(dirs):
             model = ViTForImageClassification(_config(hidden))
             model.load_state_dict(base.state_dict())
             rows = torch.as_tensor(np.where(np.isin(labels[train], [k % 10, (k + 1) % 10]))[0])
-            _train(model, pixels[rows], targets[rows], steps=30, lr=LRS[k % len(LRS)], seed=k + 1)
+            train_steps(model, {"pixel_values": pixels[rows]}, targets[rows], steps=30, lr=LRS[k % len(LRS)],
+                        seed=k + 1)
             model.save_pretrained(directory)
             processor.save_pretrained(directory)
     features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})

@@ -24,10 +24,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
+from common import measure
 
 DOUBLED = "hf-soup 2N-ingredient uniform cpu"
 CACHE = Path(os.environ.get("HF_SOUP_BENCH_CACHE", Path.home() / ".cache" / "hf_soup_bench"))
@@ -113,17 +113,6 @@ def warm(paths: list[Path]) -> None:
         with open(file, "rb") as handle:
             while handle.read(1 << 24):
                 pass
-
-
-def measure(command: list[str], env: dict | None = None) -> dict:
-    """Wall seconds, CPU seconds and peak RSS (MB) of the process tree ``command`` waits for."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{process.stderr.read().decode()[-3000:]}")
-    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss": usage.ru_maxrss / 1024}
 
 
 def digest(folder: Path) -> str:

@@ -40,15 +40,15 @@ def warm_cache(paths: list[Path]) -> None:
                     pass
 
 
-def measure(command: list[str], env: dict | None = None) -> tuple[float, float]:
-    """Run ``command``; return (wall seconds, peak RSS in MB) of the whole process tree it waits for."""
+def measure(command: list[str], env: dict | None = None) -> dict[str, float]:
+    """Run ``command``; ``wall`` and ``cpu`` seconds and peak ``rss`` (MB) of the process tree it waits for."""
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{process.stderr.read().decode()[-3000:]}")
-    return wall, usage.ru_maxrss / 1024
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss": usage.ru_maxrss / 1024}
 
 
 def median_of(runs: int, command: list[str], before=None, env=None) -> tuple[float, float]:
@@ -57,9 +57,9 @@ def median_of(runs: int, command: list[str], before=None, env=None) -> tuple[flo
     for _ in range(runs):
         if before:
             before()
-        wall, peak = measure(command, env)
-        walls.append(wall)
-        peaks.append(peak)
+        result = measure(command, env)
+        walls.append(result["wall"])
+        peaks.append(result["rss"])
     return statistics.median(walls), statistics.median(peaks)
 
 

@@ -8,10 +8,9 @@ Heavy modules (torch, transformers) are imported only when a feature needs them.
 
 from __future__ import annotations
 
-from typing import Any
-
 from . import moved
 from ._version import __version__
+from .lazy import lazy_exports
 
 moved.install()
 
@@ -30,9 +29,4 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'hf_soup' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

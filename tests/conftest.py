@@ -44,6 +44,12 @@ def build_model(arch: str, seed: int, dtype: torch.dtype = torch.float32, **over
     return model.to(dtype)
 
 
+def trainer_vit(seed: int = 0):
+    """The one-channel tiny ViT digit classifier the Trainer tests train (no dropout: evaluations repeat exactly)."""
+    return build_model("vit", seed, num_hidden_layers=1, num_attention_heads=2, hidden_dropout_prob=0.0,
+                       attention_probs_dropout_prob=0.0)
+
+
 def vit_processor_class():
     """``ViTImageProcessorPil`` where transformers has it (needs no torchvision), else ``ViTImageProcessor``."""
     import transformers
@@ -72,6 +78,15 @@ def tree_digest(path: Path) -> dict[str, str]:
         str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(path.rglob("*")) if p.is_file()
     }
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every test starts on one torch thread, whatever an earlier test set, and leaves it as it found it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,9 @@
   papers do), for a few AdamW steps. Everything runs on CPU in a few seconds.
 
 ``make_vit_ingredients`` / ``make_bert_ingredients`` return a :class:`DigitIngredients`
-with the ingredient folders and the validation split as a ``datasets.Dataset``. The
+with the ingredient folders and the validation split as a ``datasets.Dataset``;
+``save_tiny_llamas`` saves random causal LMs over the digit tokens, ``digit_pixels`` gives
+the digits as one-channel ViT input (with ``conftest.trainer_vit``, for Trainer runs). The
 pytest fixtures below are session-scoped; import them into a test module (or
 ``conftest.py``) with ``from fixtures_classifiers import digit_vit, digit_bert``.
 """
@@ -17,10 +19,12 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pytest
+
+from hf_soup.testing.train import train_steps
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"p{v}" for v in range(17)]
 NUM_VALIDATION = 240
@@ -41,6 +45,12 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
     digits = load_digits()
     return digits.images.astype(np.int64), digits.target.astype(np.int64)
+
+
+def digit_pixels() -> tuple[np.ndarray, np.ndarray]:
+    """Every digit as ``(N, 1, 8, 8)`` float32 in [0, 1], and the labels (one-channel ViT input for Trainer runs)."""
+    images, labels = _digits()
+    return (images / 16.0).astype(np.float32).reshape(-1, 1, 8, 8), labels
 
 
 def digit_text(image: np.ndarray) -> str:
@@ -77,22 +87,6 @@ def single_thread_torch() -> None:
     torch.set_num_threads(1)
 
 
-def _train(model: Any, inputs: dict[str, Any], labels: Any, steps: int, lr: float, seed: int, batch: int = 64) -> None:
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    model.train()
-    n = len(labels)
-    for _ in range(steps):
-        idx = torch.randint(0, n, (min(batch, n),), generator=generator)
-        loss = model(**{k: v[idx] for k, v in inputs.items()}, labels=labels[idx]).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-
-
 def _fine_tunes(model_factory, inputs, labels, root: Path, count: int, base_steps: int, steps: int,
                 save_extra, base_lr: float) -> tuple[list[Path], Path]:
     import torch
@@ -100,7 +94,7 @@ def _fine_tunes(model_factory, inputs, labels, root: Path, count: int, base_step
     single_thread_torch()
     torch.manual_seed(0)
     base = model_factory()
-    _train(base, inputs, labels, base_steps, base_lr, seed=0)
+    train_steps(base, inputs, labels, steps=base_steps, lr=base_lr, seed=0, weight_decay=0.0)
     base_dir = root / "base"
     base.save_pretrained(base_dir)
     save_extra(base_dir)
@@ -111,7 +105,8 @@ def _fine_tunes(model_factory, inputs, labels, root: Path, count: int, base_step
         model = model_factory()
         model.load_state_dict(base.state_dict())
         shard = torch.as_tensor(shards[k])
-        _train(model, {n: v[shard] for n, v in inputs.items()}, labels[shard], steps, lrs[k % len(lrs)], seed=k + 1)
+        train_steps(model, {n: v[shard] for n, v in inputs.items()}, labels[shard], steps=steps, lr=lrs[k % len(lrs)],
+                    seed=k + 1, weight_decay=0.0)
         out = root / f"ingredient-{k}"
         model.save_pretrained(out)
         save_extra(out)
@@ -152,6 +147,24 @@ def make_tokenizer(directory: Path) -> Any:
     tokenizer = BertTokenizer(str(directory / "vocab.txt"), do_lower_case=False)
     tokenizer.save_pretrained(directory)
     return tokenizer
+
+
+def save_tiny_llamas(root: Path, seeds: Iterable[int], max_position_embeddings: int = 32) -> list[Path]:
+    """Tiny random Llama causal LMs with tied embeddings over ``VOCAB``, one folder (model + tokenizer) per seed."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = make_tokenizer(root / "tok")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=max_position_embeddings,
+                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id)
+    dirs = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        LlamaForCausalLM(config).save_pretrained(root / f"lm-{seed}")
+        tokenizer.save_pretrained(root / f"lm-{seed}")
+        dirs.append(root / f"lm-{seed}")
+    return dirs
 
 
 def make_bert_ingredients(root: Path, count: int = 4, base_steps: int = 300, steps: int = 20) -> DigitIngredients:

@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 datasets = pytest.importorskip("datasets")
 
-from sklearn.datasets import load_digits  # noqa: E402
-from transformers import Trainer, TrainingArguments, ViTConfig, ViTForImageClassification  # noqa: E402
+from transformers import Trainer, TrainingArguments, ViTForImageClassification  # noqa: E402
 
+from conftest import trainer_vit  # noqa: E402
+from fixtures_classifiers import digit_pixels  # noqa: E402
 from hf_soup import SoupCallback  # noqa: E402
 from hf_soup.errors import EvaluationError  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def rows():
-    images, labels = load_digits(return_X_y=True)
-    images = (images / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    images, labels = digit_pixels()
     as_rows = [{"pixel_values": torch.from_numpy(images[i]), "labels": int(labels[i])} for i in range(len(labels))]
     return {"train": as_rows[:320], "validation": as_rows[1400:1500], "other": as_rows[1500:1560]}
 
@@ -64,13 +55,6 @@ KINDS = {
 }
 
 
-def tiny_vit() -> ViTForImageClassification:
-    torch.manual_seed(0)
-    return ViTForImageClassification(ViTConfig(
-        image_size=8, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=64, num_labels=10, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
-
-
 def accuracy(prediction):
     return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
 
@@ -81,7 +65,7 @@ def train(tmp_path, rows, eval_dataset, **overrides):
         **dict(per_device_train_batch_size=16, per_device_eval_batch_size=32, learning_rate=3e-3, max_steps=12,
                save_steps=4, save_total_limit=1, eval_strategy="no", use_cpu=True, report_to=[], disable_tqdm=True,
                seed=0), **overrides})
-    trainer = Trainer(tiny_vit(), args, train_dataset=rows["train"], eval_dataset=eval_dataset,
+    trainer = Trainer(trainer_vit(), args, train_dataset=rows["train"], eval_dataset=eval_dataset,
                       compute_metrics=accuracy, callbacks=[callback])
     trainer.train()
     return trainer, callback
@@ -132,7 +116,7 @@ def test_radin_ranks_with_the_trainer_loops_logits(tmp_path, rows):
     args = TrainingArguments(str(tmp_path / "run"), per_device_train_batch_size=16, per_device_eval_batch_size=32,
                              learning_rate=3e-3, max_steps=12, save_steps=4, save_total_limit=1, eval_strategy="no",
                              use_cpu=True, report_to=[], disable_tqdm=True, seed=0, metric_for_best_model="accuracy")
-    trainer = Trainer(tiny_vit(), args, train_dataset=rows["train"], eval_dataset=StreamedRows(rows["validation"]),
+    trainer = Trainer(trainer_vit(), args, train_dataset=rows["train"], eval_dataset=StreamedRows(rows["validation"]),
                       compute_metrics=accuracy, callbacks=[callback])
     trainer.train()
     assert callback.errors == []

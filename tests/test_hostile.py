@@ -354,6 +354,14 @@ def test_sigkill_leftovers_are_swept_by_the_next_run(make_ingredients, tmp_path,
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([alive.name, "soup"])
 
 
+def _merge_in_child(paths, output, limit) -> subprocess.CompletedProcess:
+    """``hf-soup merge`` of ``paths`` into ``output`` in a child process that calls ``limit()`` first."""
+    flags = [arg for path in paths for arg in ("-m", str(path))]
+    return subprocess.run([sys.executable, "-m", "hf_soup", "merge", *flags, "-o", str(output)],
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), preexec_fn=limit, capture_output=True,
+                          text=True, timeout=300)
+
+
 def test_file_size_limit_mid_write_is_one_clean_line(make_ingredients, tmp_path):
     """A write that fails for lack of room (here the process's file size limit: EFBIG) leaves nothing."""
     import resource
@@ -365,10 +373,7 @@ def test_file_size_limit_mid_write_is_one_clean_line(make_ingredients, tmp_path)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 
-    flags = [arg for path in paths for arg in ("-m", str(path))]
-    result = subprocess.run([sys.executable, "-m", "hf_soup", "merge", *flags, "-o", str(tmp_path / "out" / "soup")],
-                            env=dict(os.environ, PYTHONPATH=str(REPO)), preexec_fn=limit, capture_output=True,
-                            text=True, timeout=300)
+    result = _merge_in_child(paths, tmp_path / "out" / "soup", limit)
     assert result.returncode == 1, result.stderr
     assert "hf-soup: error: File too large" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
@@ -388,10 +393,7 @@ def test_too_many_open_files_is_one_clean_line(make_ingredients, tmp_path):
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))
 
-    flags = [arg for path in paths for arg in ("-m", str(path))]
-    result = subprocess.run([sys.executable, "-m", "hf_soup", "merge", *flags, "-o", str(tmp_path / "out" / "soup")],
-                            env=dict(os.environ, PYTHONPATH=str(REPO)), preexec_fn=limit, capture_output=True,
-                            text=True, timeout=300)
+    result = _merge_in_child(paths, tmp_path / "out" / "soup", limit)
     assert result.returncode == 1, result.stderr
     assert "hf-soup: error: Too many open files" in result.stderr and "ulimit -n" in result.stderr
     assert "Traceback" not in result.stderr

@@ -7,16 +7,12 @@ adapter (stacked factors, or a truncated SVD).
 
 from __future__ import annotations
 
-from typing import Any
+from ..lazy import lazy_exports
 
 __all__ = ["LoraAdapterConfig", "adapters_report", "attach_bases"]
 
+# lazy: the ingredients import this package, and bases.py resolves ingredients
 _LAZY = {"LoraAdapterConfig": ".config", "adapters_report": ".bases", "attach_bases": ".bases"}
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:  # lazy: the ingredients import this package, and bases.py resolves ingredients
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

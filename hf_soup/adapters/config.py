@@ -30,39 +30,35 @@ LEGACY_WEIGHTS_FILE = "adapter_model.bin"
 _BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
 
 
+# Options PEFT writes whose update is not a plain ``B @ A`` on the published base -> why.
+_REFUSED = {
+    "use_dora": "DoRA rescales each column by a learned magnitude; its ΔW is not B@A",
+    "bias": "trained base biases are not merged; retrain with bias='none'",
+    "lora_bias": "a bias on lora_B is not merged",
+    "target_parameters": "LoRA on raw parameters (MoE experts) is not merged",
+    "trainable_token_indices": "trainable-token deltas are not merged",
+    "layer_replication": "the adapter changes the layer stack of the base",
+    "alora_invocation_tokens": "activated LoRA applies only after its invocation tokens and cannot be merged",
+    "use_qalora": "QA-LoRA pools inputs; its ΔW is not B@A",
+    **dict.fromkeys(("use_bdlora", "arrow_config", "kasa_config", "monteclora_config"),
+                    "this LoRA variant's update is not a plain B@A"),
+    "loftq_config": "LoftQ adapters are relative to a quantised base",
+}
+
+
 def _refusals(data: dict[str, Any]) -> list[str]:
     """Every unsupported option set in ``data``, each as ``option=value (why)``."""
-    problems = []
-
-    def flag(option: str, why: str) -> None:
-        problems.append(f"{option}={data.get(option)!r} ({why})")
-
-    if data.get("use_dora"):
-        flag("use_dora", "DoRA rescales each column by a learned magnitude; its ΔW is not B@A")
-    if (data.get("bias") or "none") != "none":
-        flag("bias", "trained base biases are not merged; retrain with bias='none'")
-    if data.get("lora_bias"):
-        flag("lora_bias", "a bias on lora_B is not merged")
-    if data.get("target_parameters"):
-        flag("target_parameters", "LoRA on raw parameters (MoE experts) is not merged")
-    if data.get("trainable_token_indices"):
-        flag("trainable_token_indices", "trainable-token deltas are not merged")
-    if data.get("layer_replication"):
-        flag("layer_replication", "the adapter changes the layer stack of the base")
-    if data.get("alora_invocation_tokens"):
-        flag("alora_invocation_tokens", "activated LoRA applies only after its invocation tokens and cannot be merged")
-    if data.get("use_qalora"):
-        flag("use_qalora", "QA-LoRA pools inputs; its ΔW is not B@A")
-    for option in ("use_bdlora", "arrow_config", "kasa_config", "monteclora_config"):
-        if data.get(option):
-            flag(option, "this LoRA variant's update is not a plain B@A")
-    if data.get("loftq_config"):
-        flag("loftq_config", "LoftQ adapters are relative to a quantised base")
+    problems = [f"{option}={data.get(option)!r} ({why})" for option, why in _REFUSED.items() if _is_set(data, option)]
     init = data.get("init_lora_weights")
     if isinstance(init, str) and init.lower().startswith(_BASE_REWRITING_INITS):
-        flag("init_lora_weights", "this initialisation rewrites the base weights; save the adapter converted to "
-             "plain LoRA (path_initial_model_for_weight_conversion) and use that")
+        problems.append(f"init_lora_weights={init!r} (this initialisation rewrites the base weights; save the adapter "
+                        "converted to plain LoRA (path_initial_model_for_weight_conversion) and use that)")
     return problems
+
+
+def _is_set(data: dict[str, Any], option: str) -> bool:
+    """``bias`` is set unless ``none``; every other option when truthy."""
+    return (data.get("bias") or "none") != "none" if option == "bias" else bool(data.get(option))
 
 
 def match_pattern(patterns: dict[str, Any], module: str) -> str | None:

@@ -1,65 +1,8 @@
-"""The Hub sub-commands of ``hf-soup``: ``push`` and ``card``.
-
-    hf-soup push ./soup me/my-soup [--private] [--revision BRANCH] [--create-pr] [--token TOKEN]
-    hf-soup card ./soup [--template my_card.md] [--repo-id me/my-soup]
-
-``hf_soup.cli.build_parser`` adds them with :func:`add_push_parser` and :func:`add_card_parser`.
-"""
+"""The Hub commands, ``push`` (:mod:`.push`) and ``card`` (:mod:`.card`), under the name earlier releases used."""
 
 from __future__ import annotations
 
-import argparse
+from .card import add_card_parser, card_command
+from .push import add_push_parser, push_command
 
-from . import add_token_flag
-
-
-def add_push_parser(sub) -> argparse.ArgumentParser:
-    """Add ``hf-soup push OUTPUT_DIR REPO_ID`` to a sub-parser group."""
-    p = sub.add_parser("push", help="push a soup directory to the Hub",
-                       description="Upload a soup directory (weights, README.md, report) to a Hub repo in one commit.")
-    p.add_argument("output_dir", metavar="OUTPUT_DIR", help="the folder `hf-soup merge` wrote")
-    p.add_argument("repo_id", metavar="REPO_ID", help="the Hub repo to create or update, e.g. me/my-soup")
-    visibility = p.add_mutually_exclusive_group()
-    visibility.add_argument("--private", action="store_true", default=None, help="create the repo as private")
-    visibility.add_argument("--public", dest="private", action="store_false", default=None,
-                            help="create the repo as public even when ingredients are private (default: private then)")
-    p.add_argument("--regenerate-card", action="store_true",
-                   help="replace README.md with hf-soup's card even when it was edited by hand")
-    p.add_argument("--revision", help="branch to commit to (created if missing; default main)")
-    p.add_argument("--commit-message", help="commit title (default: what the soup is)")
-    p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to the branch")
-    add_token_flag(p, " with write access")
-    p.set_defaults(handler=push_command)
-    return p
-
-
-def push_command(args: argparse.Namespace) -> int:
-    """Handler of ``hf-soup push``."""
-    from ..output.push import push_soup
-
-    url = push_soup(args.output_dir, args.repo_id, token=args.token, private=args.private, revision=args.revision,
-                    commit_message=args.commit_message, create_pr=args.create_pr,
-                    regenerate_card=args.regenerate_card)
-    print(f"Pushed to {url}")
-    return 0
-
-
-def add_card_parser(sub) -> argparse.ArgumentParser:
-    """Add ``hf-soup card OUTPUT_DIR`` to a sub-parser group."""
-    p = sub.add_parser("card", help="(re)write a soup's README.md model card",
-                       description="Render README.md from the soup_report.json of a soup directory.")
-    p.add_argument("output_dir", metavar="OUTPUT_DIR", help="the folder `hf-soup merge` wrote")
-    p.add_argument("--template", help="your own Jinja Markdown template (default: hf-soup's)")
-    p.add_argument("--repo-id", help="the Hub repo the card names in its loading example")
-    p.set_defaults(handler=card_command)
-    return p
-
-
-def card_command(args: argparse.Namespace) -> int:
-    """Handler of ``hf-soup card``."""
-    from ..output.card import write_card
-
-    path = write_card(args.output_dir, args.template, repo_id=args.repo_id)
-    print(f"Model card written to {path}")
-    return 0
-
+__all__ = ["add_card_parser", "add_push_parser", "card_command", "push_command"]

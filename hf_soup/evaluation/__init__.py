@@ -32,8 +32,7 @@ the same numbers. Imports are lazy: importing this package does not import torch
 
 from __future__ import annotations
 
-from typing import Any
-
+from ..lazy import lazy_exports
 from .spec import EvaluationSpec, parse_evaluation
 
 __all__ = ["EvaluationSpec", "Evaluator", "LogitCache", "Metric", "SoupBuilder", "parse_evaluation",
@@ -49,9 +48,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -7,7 +7,7 @@ whose ingredient class builds on :mod:`.ingredient`.
 
 from __future__ import annotations
 
-from typing import Any
+from ..lazy import lazy_exports
 
 __all__ = ["Ingredient", "IngredientRef", "parse_ref", "resolve_ingredient", "resolve_ingredients"]
 
@@ -20,9 +20,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -6,7 +6,8 @@
 
 Needs ``olah`` (``pip install 'hf-soup[test]'``) and ``git``. Also here, for tests and
 benchmarks: :mod:`.learned_reference` (the all-models learned soup the ``learned`` method is
-checked against) and :mod:`.memory` (in-process peak-memory measurement).
+checked against), :mod:`.memory` (in-process peak-memory measurement) and :mod:`.train`
+(seeded fine-tuning steps for tiny models).
 """
 
 from .hub_server import DEFAULT_TOKEN, LocalHub

@@ -1,5 +1,7 @@
-"""Score candidate soups the way a ``transformers.Trainer`` scores its model.
+"""What a ``transformers.Trainer`` evaluates on and ranks by, read as hf_soup's evaluation.
 
+:func:`metric_of`, :func:`require_eval_dataset` and :func:`trainer_metric` read the
+Trainer's settings; both ways of scoring like the Trainer use them.
 :func:`evaluation_from_trainer` turns a Trainer's eval dataset, data collator and
 ``compute_metrics`` into an ``evaluation`` mapping (the keys of
 ``hf_soup.evaluation.EvaluationSpec``) for learned soups, which train on the data
@@ -51,14 +53,32 @@ def compute_metrics_scorer(compute_metrics: Callable[[Any], dict[str, float]], n
     return scorer
 
 
-def evaluation_from_trainer(trainer: Any) -> dict[str, Any]:
-    """The ``evaluation`` mapping that scores like ``trainer`` does (see the module docstring)."""
+def require_eval_dataset(trainer: Any) -> Any:
+    """The Trainer's ``eval_dataset``; an error saying how to give one when it has none."""
     dataset = getattr(trainer, "eval_dataset", None)
     if dataset is None:
         raise EvaluationError(
             "evaluation: this soup method needs validation data, and the Trainer has no eval_dataset; "
             "give Trainer(eval_dataset=...) or SoupCallback(evaluation={...})"
         )
+    return dataset
+
+
+def trainer_metric(trainer: Any, name: str) -> Any:
+    """The ``metric`` of an evaluation for metric ``name``: ``"loss"``, or ``trainer.compute_metrics`` read at it."""
+    if name == "loss":
+        return "loss"
+    if getattr(trainer, "compute_metrics", None) is None:
+        raise EvaluationError(
+            f"evaluation: metric_for_best_model is {name!r} but the Trainer has no compute_metrics; "
+            "give Trainer(compute_metrics=...) or SoupCallback(evaluation=...)"
+        )
+    return compute_metrics_scorer(trainer.compute_metrics, name)
+
+
+def evaluation_from_trainer(trainer: Any) -> dict[str, Any]:
+    """The ``evaluation`` mapping that scores like ``trainer`` does (see the module docstring)."""
+    dataset = require_eval_dataset(trainer)
     if isinstance(dataset, dict):
         raise EvaluationError(
             f"evaluation: the Trainer has several eval datasets ({', '.join(dataset)}); "
@@ -74,19 +94,9 @@ def evaluation_from_trainer(trainer: Any) -> dict[str, Any]:
     if remove is not None and getattr(trainer, "model", None) is not None:
         dataset = remove(dataset, description="evaluation")
     key, greater = metric_of(trainer.args)
-    name = key[len("eval_"):]
-    if name == "loss":
-        metric: Any = "loss"
-    elif getattr(trainer, "compute_metrics", None) is None:
-        raise EvaluationError(
-            f"evaluation: metric_for_best_model is {name!r} but the Trainer has no compute_metrics; "
-            "give Trainer(compute_metrics=...) or SoupCallback(evaluation=...)"
-        )
-    else:
-        metric = compute_metrics_scorer(trainer.compute_metrics, name)
     return {
         "dataset": dataset,
-        "metric": metric,
+        "metric": trainer_metric(trainer, key[len("eval_"):]),
         "higher_is_better": greater,
         "collate_fn": trainer.data_collator,
         "batch_size": int(trainer.args.per_device_eval_batch_size),

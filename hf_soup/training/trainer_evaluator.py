@@ -28,7 +28,7 @@ from ..evaluation.evaluator import Evaluator, RowsCallback, _load_config
 from ..evaluation.metrics import Metric
 from ..evaluation.spec import EvaluationSpec
 from ..evaluation.task_model import architecture_of, build_task_model
-from .trainer_evaluation import compute_metrics_scorer
+from .trainer_evaluation import metric_of, require_eval_dataset, trainer_metric
 
 logger = logging.getLogger("hf_soup")
 
@@ -74,9 +74,7 @@ class TrainerEvaluationSpec(EvaluationSpec):
 
 def _choose_dataset(trainer: Any) -> tuple[Any, str | None, str, bool]:
     """``(dataset, eval_name, metric_key, greater_is_better)`` as the Trainer ranks models."""
-    from .trainer_evaluation import metric_of
-
-    datasets = trainer.eval_dataset
+    datasets = require_eval_dataset(trainer)
     key, greater = metric_of(trainer.args)
     if not isinstance(datasets, dict):
         return datasets, None, key, greater
@@ -94,22 +92,8 @@ def _choose_dataset(trainer: Any) -> tuple[Any, str | None, str, bool]:
 
 def trainer_evaluation_spec(trainer: Any) -> TrainerEvaluationSpec:
     """The evaluation that scores like ``trainer.evaluate()`` (see the module docstring)."""
-    if getattr(trainer, "eval_dataset", None) is None:
-        raise EvaluationError(
-            "evaluation: this soup method needs validation data, and the Trainer has no eval_dataset; "
-            "give Trainer(eval_dataset=...) or SoupCallback(evaluation={...})"
-        )
     dataset, name, key, greater = _choose_dataset(trainer)
-    metric_name = key[len(f"eval_{name}_") if name else len("eval_"):]
-    if metric_name == "loss":
-        metric: Any = "loss"
-    elif getattr(trainer, "compute_metrics", None) is None:
-        raise EvaluationError(
-            f"evaluation: metric_for_best_model is {metric_name!r} but the Trainer has no compute_metrics; "
-            "give Trainer(compute_metrics=...) or SoupCallback(evaluation=...)"
-        )
-    else:
-        metric = compute_metrics_scorer(trainer.compute_metrics, metric_name)
+    metric = trainer_metric(trainer, key[len(f"eval_{name}_") if name else len("eval_"):])
     label = f"<Trainer eval_dataset{f'[{name!r}]' if name else ''}: {type(dataset).__name__}>"
     return TrainerEvaluationSpec(dataset=label, trainer=trainer, eval_name=name, metric_key=key, metric=metric,
                                  higher_is_better=greater, batch_size=int(trainer.args.per_device_eval_batch_size))

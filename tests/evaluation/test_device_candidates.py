@@ -192,22 +192,12 @@ def test_linear_combination_into_reused_buffers_gives_the_host_bytes(dtype):
 def test_tied_causal_lm_candidates_equal_the_host_path(digit_bert, tmp_path):
     """A Llama with tied embeddings: the checkpoint has no lm_head, the device path fills the tie's source."""
     import datasets
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    from fixtures_classifiers import DigitIngredients, make_tokenizer
+    from fixtures_classifiers import DigitIngredients, save_tiny_llamas
     from hf_soup.evaluation.device_candidates import DeviceCandidates
     from hf_soup.methods.uniform import UniformSoup
 
-    tokenizer = make_tokenizer(tmp_path / "tok")
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
-                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id)
-    dirs = []
-    for seed in range(3):
-        torch.manual_seed(seed)
-        LlamaForCausalLM(config).save_pretrained(tmp_path / f"lm-{seed}")
-        tokenizer.save_pretrained(tmp_path / f"lm-{seed}")
-        dirs.append(tmp_path / f"lm-{seed}")
+    dirs = save_tiny_llamas(tmp_path, range(3))
     texts = digit_bert.validation["text"][:16]
     data = DigitIngredients(dirs, datasets.Dataset.from_dict({"text": texts}), {"text_column": "text"}, dirs[0])
     uniform = UniformSoup(UniformSoup.Params())

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from fixtures_classifiers import bound_evaluator, digit_bert, digit_vit, make_tokenizer  # noqa: F401
+from fixtures_classifiers import bound_evaluator, digit_bert, digit_vit, save_tiny_llamas  # noqa: F401
 from hf_soup.errors import EvaluationError, RecipeError
 from hf_soup.evaluation import EvaluationSpec, Evaluator
 
@@ -161,21 +161,7 @@ def test_string_labels_are_mapped_through_label2id(digit_vit):
 
 @pytest.fixture(scope="module")
 def tiny_llamas(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    root = tmp_path_factory.mktemp("llama")
-    tokenizer = make_tokenizer(root / "tok")
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
-                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id)
-    dirs = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-        model.save_pretrained(root / f"lm-{seed}")
-        tokenizer.save_pretrained(root / f"lm-{seed}")
-        dirs.append(root / f"lm-{seed}")
-    return dirs
+    return save_tiny_llamas(tmp_path_factory.mktemp("llama"), (0, 1))
 
 
 def test_causal_lm_perplexity_counts_only_scored_tokens(tiny_llamas, digit_bert):

@@ -15,17 +15,9 @@ from fixtures_classifiers import digit_bert  # noqa: F401  (pytest fixture)
 from hf_soup.errors import EvaluationError, MethodParameterError
 from hf_soup.methods.base import MergeContext
 from hf_soup.methods.registry import build_method
+from hf_soup.testing.train import train_steps
 
 VALIDATION, TEST = 200, 200
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The CI machine is shared: one intra-op thread keeps tiny models fast and steps deterministic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _digit_image(pixels: np.ndarray):
@@ -61,19 +53,6 @@ def _splits(images: np.ndarray, labels: np.ndarray):
     return datasets.DatasetDict({"validation": part(slice(-VALIDATION - TEST, -TEST)), "test": part(slice(-TEST, None))})
 
 
-def _train(model, pixels, labels, steps: int, lr: float, seed: int) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(labels), (64,), generator=generator)
-        loss = model(pixel_values=pixels[idx], labels=labels[idx]).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-
-
 @pytest.fixture(scope="module")
 def sharded_digits(tmp_path_factory):
     """Four tiny ViT digit classifiers fine-tuned from one base, each on a different group of classes."""
@@ -90,13 +69,13 @@ def sharded_digits(tmp_path_factory):
     targets = torch.as_tensor(labels[train])
     torch.manual_seed(0)
     base = ViTForImageClassification(_vit_config())
-    _train(base, pixels, targets, steps=30, lr=3e-3, seed=0)
+    train_steps(base, {"pixel_values": pixels}, targets, steps=30, lr=3e-3, seed=0)
     dirs = []
     for k, classes in enumerate([(0, 1, 2), (3, 4, 5), (6, 7), (8, 9)]):
         model = ViTForImageClassification(_vit_config())
         model.load_state_dict(base.state_dict())
         rows = torch.as_tensor(np.where(np.isin(labels[train], classes))[0])
-        _train(model, pixels[rows], targets[rows], steps=25, lr=3e-3, seed=k + 1)
+        train_steps(model, {"pixel_values": pixels[rows]}, targets[rows], steps=25, lr=3e-3, seed=k + 1)
         model.save_pretrained(root / f"shard-{k}")
         processor.save_pretrained(root / f"shard-{k}")
         dirs.append(root / f"shard-{k}")
@@ -432,22 +411,9 @@ def test_two_processes_learn_the_same_coefficients_as_one(sharded_digits, tmp_pa
 @pytest.fixture(scope="module")
 def tiny_llamas(tmp_path_factory):
     """Three tiny Llama causal LMs with tied embeddings (random: the soup has something to learn)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from fixtures_classifiers import save_tiny_llamas
 
-    from fixtures_classifiers import make_tokenizer
-
-    root = tmp_path_factory.mktemp("learned-llama")
-    tokenizer = make_tokenizer(root / "tok")
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=80,
-                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id)
-    dirs = []
-    for seed in range(3):
-        torch.manual_seed(seed)
-        LlamaForCausalLM(config).save_pretrained(root / f"lm-{seed}")
-        tokenizer.save_pretrained(root / f"lm-{seed}")
-        dirs.append(root / f"lm-{seed}")
-    return dirs
+    return save_tiny_llamas(tmp_path_factory.mktemp("learned-llama"), range(3), max_position_embeddings=80)
 
 
 @pytest.mark.parametrize("task", ["causal-lm", "sequence-classification"])

@@ -14,7 +14,6 @@ transformers = pytest.importorskip("transformers")
 datasets = pytest.importorskip("datasets")
 
 from safetensors.numpy import load_file  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
 from transformers import Trainer, TrainerCallback, TrainingArguments, ViTConfig, ViTForImageClassification  # noqa: E402
 
 from hf_soup import SoupCallback  # noqa: E402
@@ -22,19 +21,11 @@ from hf_soup.errors import MethodParameterError, NothingToSoupError, RecipeError
 from hf_soup.output.report import read_report  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train much faster on one thread than on contended cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits():
-    images, labels = load_digits(return_X_y=True)
-    images = (images / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    from fixtures_classifiers import digit_pixels
+
+    images, labels = digit_pixels()
 
     def split(start, stop):
         return datasets.Dataset.from_dict({"pixel_values": images[start:stop].tolist(), "labels": labels[start:stop].tolist()})
@@ -43,6 +34,7 @@ def digits():
 
 
 def tiny_vit(seed: int = 0) -> ViTForImageClassification:
+    """``conftest.trainer_vit`` written out: callback_ddp_script.py imports this module alone."""
     torch.manual_seed(seed)
     config = ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=1,
                        num_attention_heads=2, intermediate_size=64, num_labels=10,

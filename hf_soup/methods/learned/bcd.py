@@ -79,6 +79,13 @@ class LearnedCoefficients:
     def steps(self) -> int:
         return len(self.losses)
 
+    @classmethod
+    def from_raw(cls, raw: torch.Tensor, hyperplane: bool, losses: list[float], batches: list[list[int]],
+                 soup: dict[str, Any] | None = None) -> "LearnedCoefficients":
+        """The result for trained coefficients ``raw`` ``(K, blocks)``: their mixing weights, in float64."""
+        weights = mixing_weights(raw.detach().double(), hyperplane=hyperplane).cpu().numpy()
+        return cls(raw.detach().cpu().numpy().astype(np.float64), weights, hyperplane, losses, batches, soup)
+
 
 def make_optimizer(params: list[torch.Tensor], config: LearnConfig) -> torch.optim.Optimizer:
     """``adamw`` or ``sgd`` over the coefficient tensors."""
@@ -215,10 +222,8 @@ def learn_block_coordinate(
             if on_step is not None:
                 on_step(len(losses), losses[-1])
         del diffs, rest
-    raw = torch.stack([r.detach() for r in rows])
-    return LearnedCoefficients(raw.cpu().numpy().astype(np.float64),
-                               mixing_weights(raw.double(), hyperplane=config.hyperplane).cpu().numpy(),
-                               config.hyperplane, losses, schedule, soup if keep_soup else None)
+    return LearnedCoefficients.from_raw(torch.stack([r.detach() for r in rows]), config.hyperplane, losses, schedule,
+                                        soup if keep_soup else None)
 
 
 def _device(tensors: Mapping[str, torch.Tensor]) -> torch.device:
