@@ -30,13 +30,15 @@ def test_more_processes_than_gpus_is_refused_with_the_fix():
 
 _CPU_AFTER_STATE = r"""
 import sys
+import accelerate
 import hf_soup
 from accelerate.state import AcceleratorState, PartialState
 
 dirs, data = sys.argv[1:-1], sys.argv[-1]
 evaluation = {"dataset": data, "image_column": "image", "batch_size": 16}
-first = hf_soup.evaluate(dirs, evaluation=evaluation, ensemble=False, soups=())  # accelerate's default device
-assert AcceleratorState._shared_state, "the first evaluation set accelerate's state"
+accelerate.Accelerator()  # what a Trainer or a notebook does first: accelerate's state, on the GPU when there is one
+first = hf_soup.evaluate(dirs, evaluation=evaluation, ensemble=False, soups=())  # the default device
+assert AcceleratorState._shared_state, "accelerate's state is set"
 again = hf_soup.evaluate(dirs, evaluation=evaluation, ensemble=False, soups=(), device="cpu")
 for a, b in zip(first["ingredient_scores"], again["ingredient_scores"]):
     assert abs(a - b) < 1e-4, (first["ingredient_scores"], again["ingredient_scores"])
@@ -45,7 +47,7 @@ print("ok", PartialState().device)
 
 
 def test_cpu_evaluation_after_accelerate_state_is_set_in_the_same_process(digit_vit, tmp_path):  # noqa: F811
-    """On a GPU machine the first evaluation runs on CUDA and fixes accelerate's process-wide state;
+    """On a GPU machine accelerate's process-wide state is on CUDA and the first evaluation runs there;
     ``device: cpu`` afterwards must still work (it used to raise inside accelerate)."""
     folder = tmp_path / "images"
     digit_vit.validation.select(range(32)).save_to_disk(str(folder))

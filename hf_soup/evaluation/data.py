@@ -290,7 +290,9 @@ def build_collate(
 
     Text is tokenized with the ingredient's ``AutoTokenizer`` (dynamic padding,
     truncation), images go through its ``AutoImageProcessor``; causal-LM labels are the
-    input ids with padding masked as ``-100``.
+    input ids with padding masked as ``-100``, and causal LMs are padded on the right
+    (whatever the tokenizer's ``padding_side``), so each row's tokens are scored exactly
+    as in a batch of one: loss and perplexity are token-weighted over the split.
     """
     if spec.collate_fn is not None:
         return spec.collate_fn
@@ -308,6 +310,8 @@ def build_collate(
             "cannot be tokenized; save the tokenizer next to the first ingredient (tokenizer.save_pretrained), set "
             "evaluation.processor_from to a folder that has one, or give a collate_fn"
         )
+    if task == "causal-lm":  # left padding would shift positions and score a first token after padding
+        tokenizer.padding_side = "right"
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     elif tokenizer.pad_token is None and spec.batch_size > 1:

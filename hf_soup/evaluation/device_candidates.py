@@ -126,12 +126,14 @@ class _Staging:
 class DeviceCandidates:
     """Forms candidates on the model's device and copies them into its parameters (see the module doc).
 
-    ``budget``: device bytes for resident ingredient tensors, a greedy running sum (float64)
-    and the candidate's working memory (``None``: half the device's free memory). Raises
-    :class:`EvaluationError` when even the largest tensor cannot be formed within it.
-    Ingredient tensors are kept resident in the order first used while they fit; the
-    others are read again for every candidate (a subset mean of k ingredients holds k of
-    them, of one weight, at a time).
+    ``budget``: device bytes for the candidate's working memory, a greedy running sum
+    (float64) and resident ingredient tensors, in that order of priority (``None``: half
+    the device's free memory). Raises :class:`EvaluationError` when even the largest
+    tensor cannot be formed within it. The running sum keeps the tensors that fit in
+    :attr:`sum_bytes`; ingredient tensors are kept resident in the order first used while
+    they fit in :attr:`resident_bytes`; the others are read again for every candidate. A
+    uniform or weighted soup reads its terms one at a time, so a streamed subset mean of k
+    ingredients holds one ingredient tensor at a time, whatever k.
     """
 
     def __init__(self, model: Any, builder: Any, targets: dict[str, str], budget: int | None = None):
@@ -159,8 +161,9 @@ class DeviceCandidates:
                 f"{self.device} needs {_size(need)}, more than the memory budget of {_size(budget)}; "
                 "raise evaluation.device_memory (bytes, or e.g. '8GiB') or evaluate on a device with more memory"
             )
-        running_sum = sum(8 * t.meta.numel for t in self.merged)
-        self.resident_bytes = max(0, budget - need - running_sum)
+        room = max(0, budget - need)
+        self.sum_bytes = min(room, sum(8 * t.meta.numel for t in self.merged))
+        self.resident_bytes = room - self.sum_bytes
         self._resident_used = 0
         self._copies = self._read_copies()
 
@@ -231,25 +234,67 @@ class DeviceCandidates:
 
     def load(self, method: TensorMethod, indices: Sequence[int]) -> None:
         """Put ``method``'s soup of ``indices`` (needs ``merge_torch``) into the model."""
-        from ..methods.linear_math import linear_combination_torch
-        from ..methods.uniform import UniformSoup
-
         self._bind()
         for tensor in self.merged:
-            chunks = [self.ingredient_tensor(i, tensor) for i in indices]
             numel = tensor.meta.numel
-            if type(method) is UniformSoup:  # its merge_torch, with reused buffers
-                values = linear_combination_torch(chunks, [1.0] * len(chunks), float(len(chunks)),
-                                                  out=self.buffer("out", numel), scratch=self.buffer("scratch", numel))
+            terms = _linear_terms(method, tensor.key, len(indices))
+            if terms is not None:  # its merge_torch's arithmetic, reading one term at a time into reused buffers
+                values = self.linear(tensor, indices, *terms)
             else:
+                chunks = [self.ingredient_tensor(i, tensor) for i in indices]
                 values = method.merge_torch(ChunkInfo(tensor.key, tensor.shape, 0, numel), chunks)  # type: ignore[attr-defined]
+                del chunks
             self._put(tensor, values)
-            del chunks
         self.model.eval()
+
+    def linear(self, tensor: Any, indices: Sequence[int], weights: Sequence[float], divisor: float) -> Any:
+        """``sum_k weights[k] * x_indices[k] / divisor`` of ``tensor`` (the engine's float64 arithmetic), one read at a time."""
+        from ..methods.linear_math import linear_combination_torch
+
+        numel = tensor.meta.numel
+        return linear_combination_torch(_OneAtATime(self, indices, tensor), weights, divisor,
+                                        out=self.buffer("out", numel), scratch=self.buffer("scratch", numel))
 
     def running_sum(self) -> "DeviceRunningSum":
         """An empty float64 running sum on the device (greedy soup)."""
         return DeviceRunningSum(self)
+
+
+def _linear_terms(method: TensorMethod, key: str, count: int) -> tuple[list[float], float] | None:
+    """``(weights, divisor)`` of a uniform or weighted soup's tensor ``key`` (what its ``merge_torch`` uses), else ``None``."""
+    from ..methods.uniform import UniformSoup
+    from ..methods.weighted import WeightedSoup
+
+    if type(method) is UniformSoup:
+        return [1.0] * count, float(count)
+    if type(method) is WeightedSoup:
+        weights = method._weights_for(key)
+        return list(weights), method._divisor(weights)
+    return None
+
+
+class _OneAtATime:
+    """The ingredient tensors of a linear soup, read when indexed; only the last one read is held.
+
+    :func:`~hf_soup.methods.linear_math.linear_combination_torch` reads its terms once each,
+    in order, so a streamed subset mean holds one ingredient tensor at a time.
+    """
+
+    def __init__(self, candidates: DeviceCandidates, indices: Sequence[int], tensor: Any):
+        self.candidates, self.indices, self.tensor = candidates, list(indices), tensor
+        self._position: int | None = None
+        self._value: Any = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> Any:
+        position = range(len(self.indices))[position]
+        if position != self._position:
+            self._value = None  # release the previous tensor before reading the next
+            self._value = self.candidates.ingredient_tensor(self.indices[position], self.tensor)
+            self._position = position
+        return self._value
 
 
 class DeviceRunningSum:
@@ -257,7 +302,9 @@ class DeviceRunningSum:
 
     The sum starts from the first ingredient itself and adds the next ones in the order
     of :meth:`add`; :meth:`load_candidate` adds one more and divides once, so a uniform
-    plan listing :attr:`members` in that order writes the candidate's bytes.
+    plan listing :attr:`members` in that order writes the candidate's bytes. Tensors
+    whose sum does not fit in the budget (``candidates.sum_bytes``) are summed again from
+    the streamed members for each candidate, with the same additions in the same order.
     """
 
     def __init__(self, candidates: DeviceCandidates):
@@ -265,10 +312,18 @@ class DeviceRunningSum:
         self.sums: dict[str, Any] = {}
         self.count = 0
         self.members: list[int] = []
+        self.kept: set[str] = set()
+        room = candidates.sum_bytes
+        for tensor in candidates.merged:
+            if 8 * tensor.meta.numel <= room:
+                self.kept.add(tensor.key)
+                room -= 8 * tensor.meta.numel
 
     def add(self, index: int) -> None:
         torch = self.candidates._torch
         for tensor in self.candidates.merged:
+            if tensor.key not in self.kept:
+                continue
             values = self.candidates.ingredient_tensor(index, tensor)
             if self.count:  # widened exactly first: the CPU adds mixed dtypes slowly
                 self.sums[tensor.key].add_(self.candidates.buffer("scratch", values.numel()).copy_(values))
@@ -281,15 +336,20 @@ class DeviceRunningSum:
         """Put the soup of the kept ingredients and ``index`` into the model."""
         from ..methods.linear_math import linear_combination_torch
 
-        self.candidates._bind()
-        for tensor in self.candidates.merged:
-            values = self.candidates.ingredient_tensor(index, tensor)
+        candidates = self.candidates
+        candidates._bind()
+        for tensor in candidates.merged:
+            if tensor.key not in self.kept:  # x_m0 + x_m1 + ... + x_index, as the kept sum adds them
+                members = self.members + [index]
+                candidates._put(tensor, candidates.linear(tensor, members, [1.0] * len(members), float(len(members))))
+                continue
+            values = candidates.ingredient_tensor(index, tensor)
             terms = [self.sums[tensor.key], values] if self.count else [values]
             numel = values.numel()
-            self.candidates._put(tensor, linear_combination_torch(
+            candidates._put(tensor, linear_combination_torch(
                 terms, [1.0] * len(terms), float(self.count + 1),
-                out=self.candidates.buffer("out", numel), scratch=self.candidates.buffer("scratch", numel)))
-        self.candidates.model.eval()
+                out=candidates.buffer("out", numel), scratch=candidates.buffer("scratch", numel)))
+        candidates.model.eval()
 
 
 class HostCandidates:

@@ -47,6 +47,21 @@ def _load_config(directory: Any, trust_remote_code: bool) -> Any:
         ) from None
 
 
+def _shared_accelerator(device: str | None) -> Any:
+    """An ``Accelerator`` on the processes' shared state; a clear error when that state runs elsewhere."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    cpu = device == "cpu"
+    state = AcceleratorState._shared_state
+    if cpu and state and getattr(state.get("device"), "type", "cpu") != "cpu":
+        raise EvaluationError(
+            f"device: these processes already evaluate on {state['device']} (accelerate's state, set by the launcher "
+            "or a Trainer); a multi-process evaluation cannot switch to the CPU: use device 'auto' in this launch"
+        )
+    return Accelerator(cpu=cpu)
+
+
 class Evaluator:
     """Scores candidate weights of one architecture on one split.
 
@@ -127,13 +142,15 @@ class Evaluator:
 
     @staticmethod
     def _make_accelerator(device: str | None) -> Any:
+        """One process: a :class:`LocalAccelerator` on ``device`` (no process-wide state, so calls with
+        different devices mix in one process); several: accelerate's, sharing the launcher's (or a Trainer's) state."""
         from .local_accelerator import LocalAccelerator, single_process
 
-        if device == "cpu" and single_process():  # no process-wide state: works after a CUDA run
-            return LocalAccelerator()
-        from accelerate import Accelerator
+        if single_process():
+            from ..engine.device import resolve_device
 
-        return Accelerator(cpu=device == "cpu")
+            return LocalAccelerator(resolve_device(device or "auto"))
+        return _shared_accelerator(device)
 
     def _dataloader(self) -> Any:
         from torch.utils.data import DataLoader

@@ -60,10 +60,11 @@ class EvaluationSpec(BaseModel):
     * ``dtype`` — the evaluation model's dtype (``float32`` default).
     * ``logits_dtype`` — dtype of cached logits (RADIN, ensemble): ``float32`` or ``float16``.
     * ``cache_dir`` — where large logit caches go (default: a temporary folder).
-    * ``device_memory`` — device memory for forming candidate soups and keeping ingredient
-      tensors resident: bytes, or a size such as ``"8GiB"`` / ``"500MB"`` (default: half
-      the free memory; ``0`` streams every ingredient through pinned host buffers — an
-      error then names the largest tensor, which always needs room).
+    * ``device_memory`` — device memory for forming candidate soups, greedy's running sum
+      and resident ingredient tensors (in that order): bytes, or a size such as ``"8GiB"`` /
+      ``"500MB"`` (default: half the free memory). What does not fit is streamed through
+      pinned host buffers, with the same result; ``0`` is refused with an error naming
+      the largest tensor, which always needs room.
     * ``trust_remote_code`` — allow the ingredients' own config / model / processor code.
     """
 

@@ -235,10 +235,9 @@ class LearnedSoup(PlanningMethod):
         seconds = time.perf_counter() - started
         method = self.weighted_method(result.weights, layout, key_block, evaluator.builder.tensors)
         indices = list(range(task.num_models))
-        # Score the learned soup as trained (float32, in the task model): no K-way merge needed here.
-        task.set_parameters(result.soup)
+        # Score the soup the plan writes (formed on the evaluation device, rounded once), not the float32 one trained.
         result.soup = None
-        score = evaluator.evaluate_model(task.model, "learned soup")
+        score = evaluator.evaluate_plan(method, indices, "learned soup")
         details = self.details(result, layout, config, task, evaluator, seconds, score, key_block)
         details["num_full_evaluations"] = evaluator.num_full_evaluations - evaluations_before
         details["train_loss_uniform"], details["train_loss_learned"] = uniform["loss"], learned_loss

@@ -4,9 +4,9 @@
 model, collate function, accelerator and streaming ``SoupBuilder``) and gives the
 optimisers what they need:
 
-* ``load(k)`` — ingredient k's parameters in the model's in-memory key space: its
-  checkpoint-keyed weights are streamed by the builder and loaded through
-  transformers' key conversion (``load_checkpoint_weights``), then read back;
+* ``load(k)`` — ingredient k's parameters in the model's in-memory key space: put into
+  the task model by the evaluator (``load_ingredient``: on its device through the key
+  map, or through transformers' key conversion), then read back;
 * ``batches(epoch)`` — a seeded shuffle of the training split per epoch, cut into global
   batches of ``batch_size`` rows; with P processes each rank takes rows ``rank::P`` of
   every global batch, so every step sees the same examples as a single process would
@@ -66,26 +66,14 @@ class LearnedTask:
         return self.builder.num_ingredients
 
     def load(self, index: int) -> Mapping[str, Any]:
-        """Ingredient ``index``'s parameters (views of the task model's, valid until the next load)."""
-        from ...evaluation.task_model import load_checkpoint_weights
+        """Ingredient ``index``'s parameters (views of the task model's, valid until the next load).
 
-        load_checkpoint_weights(self.model, self.builder.ingredient(index))
+        Loaded as the evaluator loads candidates (on its device, streamed or resident under
+        ``evaluation.device_memory``), with the ingredient's output-dtype values.
+        """
+        self.evaluator.load_ingredient(index)
         params = dict(self.model.named_parameters())
         return {name: params[name] for name in self.names}
-
-    def set_parameters(self, params: Mapping[str, Any]) -> None:
-        """Copy ``params`` (in-memory names) into the task model, e.g. to score the learned soup."""
-        import torch
-
-        own = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for name, value in params.items():
-                own[name].copy_(value.reshape(own[name].shape))
-        if self._float_buffers:
-            buffers = dict(self.model.named_buffers())
-            with torch.no_grad():
-                for name, value in self._float_buffers.items():
-                    buffers[name].copy_(value)
 
     def prepare_buffers(self) -> None:
         """Use the ingredients' mean for floating-point buffers (e.g. batch-norm statistics).
