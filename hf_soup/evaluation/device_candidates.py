@@ -261,16 +261,8 @@ class DeviceCandidates:
 
 
 def _linear_terms(method: TensorMethod, key: str, count: int) -> tuple[list[float], float] | None:
-    """``(weights, divisor)`` of a uniform or weighted soup's tensor ``key`` (what its ``merge_torch`` uses), else ``None``."""
-    from ..methods.uniform import UniformSoup
-    from ..methods.weighted import WeightedSoup
-
-    if type(method) is UniformSoup:
-        return [1.0] * count, float(count)
-    if type(method) is WeightedSoup:
-        weights = method._weights_for(key)
-        return list(weights), method._divisor(weights)
-    return None
+    """``(weights, divisor)`` of a linear soup's tensor ``key`` (its ``linear_terms``), else ``None``."""
+    return method.linear_terms(count, key)
 
 
 class _OneAtATime:
