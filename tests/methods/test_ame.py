@@ -180,7 +180,7 @@ def test_streamed_equals_whole_model_at_once(options):
         whole_method.setup(MergeContext(3, ["a", "b", "c"]))
     whole = [np.concatenate([sd[k].reshape(-1).numpy() for k in shapes]) for sd in sds]
     at_once = whole_method.merge(ChunkInfo("all", (whole[0].size,), 0, whole[0].size), whole)
-    np.testing.assert_array_equal(streamed, at_once)
+    np.testing.assert_array_equal(streamed, at_once.astype(np.float32))  # the engine's one rounding
 
 
 def test_thread_count_does_not_change_the_bytes():
