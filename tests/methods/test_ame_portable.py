@@ -269,3 +269,29 @@ def test_a_state_dict_pivot_and_a_fixed_pivot_stream_identically():
                             for a, b in ((0, 40_000), (40_000, 100_003))])
     np.testing.assert_array_equal(whole, parts)
     np.testing.assert_array_equal(method._merge_portable(info, xs, TorchOps("cpu")), whole)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("options", [ADAM_CASES[1], SGD_CASES[2], dict(optimizer="rmsprop", lr=0.01, centered=True)],
+                         ids=["adam", "sgd", "rmsprop"])
+def test_the_engines_device_path_gives_the_host_bytes(dtype, options):
+    """``merge_torch`` through the engine's GPU runner (here on the CPU): the host runner's bytes."""
+    from hf_soup.engine.chunks import work_items
+    from hf_soup.engine.device import DeviceRunner
+    from hf_soup.engine.execute import _CpuRunner
+
+    g = torch.Generator().manual_seed(9)
+    sds = [{"w": torch.randn(301, 257, generator=g).to(dtype), "b": torch.randn(7, generator=g).to(dtype)}
+           for _ in range(4)]
+    sources = {i: StateDictSource(sd) for i, sd in enumerate(sds)}
+    alignment = align(list(sources.values()), [f"m{i}" for i in sources])
+    method = build_method("ame", options)
+    method.setup(MergeContext(4, [f"m{i}" for i in sources], alignment=alignment))
+    results = []
+    for runner, step in ((_CpuRunner(method, sources, list(sources)), 1 << 20),
+                         (DeviceRunner(method, sources, list(sources), "cpu"), 10_007)):
+        sink = StateDictSink()
+        for item in work_items(alignment.tensors, step):
+            runner.run(item, sink)
+        results.append({k: v.view(torch.uint8) for k, v in sink.state_dict.items()})
+    assert all(torch.equal(results[0][k], results[1][k]) for k in ("w", "b"))

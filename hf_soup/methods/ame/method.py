@@ -79,7 +79,7 @@ import numpy as np
 from pydantic import ConfigDict, field_serializer, field_validator, model_validator
 
 from ...errors import MethodParameterError, RecipeError
-from .elementary import NumpyOps, ops_for
+from .elementary import NumpyOps, TorchOps, ops_for
 from .functional import FunctionalOptimizer
 from .optim import check_optimizer, default_lr, optimizer_group, resolve_optimizer
 from .portable import PortableOptimizer
@@ -503,24 +503,46 @@ class AmeSoup(TensorMethod):
         with warnings.catch_warnings():  # read-only inputs: AME never writes to them
             warnings.simplefilter("ignore", UserWarning)
             xs = [torch.from_numpy(np.ascontiguousarray(c, dtype=np.float32).reshape(-1)) for c in chunks]
-        on_cpu = self._device == "cpu"
-        if on_cpu:
-            result = np.empty(length, dtype=np.float32)
-            out = torch.from_numpy(result)
-        else:
-            xs = [x.to(self._device) for x in xs]
-            out = torch.empty(length, dtype=torch.float32, device=self._device)
-        # On CPU, run the whole schedule block by block so that w, its gradient, the optimizer
-        # state and the ingredients' block stay in cache across steps (the update is elementwise).
-        block = _CPU_BLOCK if on_cpu else length
+        if self._device != "cpu":
+            return self._torch_optim_on_device(info, [x.to(self._device) for x in xs]).cpu().numpy()
+        result = np.empty(length, dtype=np.float32)
+        with _torch_threads(self._threads):
+            self._torch_optim_into(torch.from_numpy(result), xs, info, _CPU_BLOCK)
+        return result
+
+    def _torch_optim_on_device(self, info: ChunkInfo | None, xs: list[Any]) -> Any:
+        import torch
+
+        out = torch.empty(len(xs[0]), dtype=torch.float32, device=xs[0].device)
+        self._torch_optim_into(out, [x.to(torch.float32) for x in xs], info, max(len(out), 1))
+        return out
+
+    def _torch_optim_into(self, out: Any, xs: list[Any], info: ChunkInfo | None, block: int) -> None:
+        """torch's optimizer kernels over ``out``'s elements, ``block`` at a time (in cache on the CPU)."""
+        length = len(out)
         aligned = length - length % _ALIGN
-        with _torch_threads(self._threads if on_cpu else None):
-            for start in range(0, aligned, block):
-                stop = min(aligned, start + block)
-                self._run(out[start:stop], [x[start:stop] for x in xs], info, start, stop - start)
-            if aligned < length:
-                self._run_padded(out, xs, info, aligned, length)
-        return result if on_cpu else out.cpu().numpy()
+        for start in range(0, aligned, block):
+            stop = min(aligned, start + block)
+            self._run(out[start:stop], [x[start:stop] for x in xs], info, start, stop - start)
+        if aligned < length:
+            self._run_padded(out, xs, info, aligned, length)
+
+    def merge_torch(self, info: ChunkInfo, chunks: Sequence[Any]) -> Any:
+        """:meth:`merge` on the chunks' device (the engine's GPU path: pinned buffers, a stream per thread).
+
+        The default returns float64 w computed by the same correctly rounded operations as the
+        host, so the engine's rounding there gives the host's bytes; ``fused`` returns float32.
+        """
+        if self._schedule is None:
+            self.setup(MergeContext(len(chunks), [f"ingredient {i}" for i in range(len(chunks))]))
+        xs = [c.reshape(-1) for c in chunks]
+        if self._implementation != "portable":
+            return self._torch_optim_on_device(info, xs)
+        ops = TorchOps(str(xs[0].device))
+        values = ops.empty(len(xs[0]))
+        if len(values):
+            self._run_portable(ops, values, xs, info, 0, self._workspace(ops))
+        return values
 
     def _run_padded(self, out: Any, xs: list[Any], info: ChunkInfo | None, start: int, stop: int) -> None:
         """Run the last ``stop - start`` (< 64) elements inside zero-padded 64-element buffers.
