@@ -77,20 +77,22 @@ class PortableOptimizer:
         self.buffers = {} if buffers is None else buffers
         self.t = 0
         self.scalars: dict[str, float] = {}
-        self._zeroed: set[str] = set()
+        self._views: dict[str, Any] = {}  # this block's arrays, each filled once when first asked for
         self._step = STEPS[key]
 
     def array(self, name: str, fill: float | None = None) -> Any:
         """The block-sized float64 array ``name`` (set to ``fill`` the first time this block asks)."""
+        view = self._views.get(name)
+        if view is not None:
+            return view
         array = self.buffers.get(name)
         if array is None or len(array) < self.count:
             array = self.ops.empty(self.count)
             self.buffers[name] = array
-        array = array[:self.count]
-        if fill is not None and name not in self._zeroed:
-            self.ops.fill(array, fill)
-            self._zeroed.add(name)
-        return array
+        view = self._views[name] = array[:self.count]
+        if fill is not None:
+            self.ops.fill(view, fill)
+        return view
 
     def mask(self, name: str) -> Any:
         array = self.buffers.get(name)
