@@ -12,7 +12,7 @@ load. Printed: median wall time, merge time (``soup_report.json`` timings) and p
 * AME merge time <= 1.5 x epochs x the uniform soup's merge time.
 
 Floors, measured first: a Python process that imports torch; one that also runs one step of
-torch's functional optimizer (what AME runs, ``torch.optim.adam.adam``...); and, for
+AME's portable optimizer (what AME runs by default); and, for
 comparison, one that builds and steps a ``torch.optim`` optimizer object, which imports
 ``torch._dynamo`` (AME does not).
 """
@@ -59,18 +59,19 @@ def main() -> None:
     paths = llama_ingredients(max(counts))
     ame_args = ["--method", "ame", "-p", f"optimizer={args.optimizer}", "-p", f"lr={args.lr}",
                 "-p", f"epochs={args.epochs}", "-p", f"batch_size={args.batch_size}"]
-    optimizer_step = ("from hf_soup.methods.ame_functional import FunctionalOptimizer; "
-                      "from hf_soup.methods.ame_optim import optimizer_group; "
-                      f"FunctionalOptimizer({args.optimizer!r}, torch.zeros(2), torch.ones(2), "
-                      f"optimizer_group({args.optimizer!r}, 0.1, {{}})).step()")
-    class_step = ("from hf_soup.methods.ame_optim import resolve_optimizer; p = torch.nn.Parameter(torch.zeros(2)); "
+    optimizer_step = ("import numpy; from hf_soup.methods.ame.portable import PortableOptimizer; "
+                      "from hf_soup.methods.ame.elementary import NumpyOps; "
+                      "from hf_soup.methods.ame.optim import optimizer_group; "
+                      f"PortableOptimizer({args.optimizer!r}, optimizer_group({args.optimizer!r}, 0.1, {{}}), "
+                      "NumpyOps(), 2).step(numpy.zeros(2), numpy.ones(2), 0.1)")
+    class_step = ("from hf_soup.methods.ame.optim import resolve_optimizer; p = torch.nn.Parameter(torch.zeros(2)); "
                   f"p.grad = torch.ones(2); resolve_optimizer({args.optimizer!r})([p], lr=0.1).step()")
     floors = {"python + torch": "import torch",
-              "+ functional step (AME)": f"import torch; {optimizer_step}",
+              "+ portable step (AME)": f"import torch; {optimizer_step}",
               "+ Optimizer object step": f"import torch; {class_step}"}
     floor_rss = {label: statistics.median(measure([sys.executable, "-c", code], ENV)["rss"] for _ in range(args.runs))
                  for label, code in floors.items()}
-    floor = floor_rss["+ functional step (AME)"]
+    floor = floor_rss["+ portable step (AME)"]
     work = Path(tempfile.mkdtemp(prefix="hf-soup-bench-ame-"))
     try:
         print(f"AME: {args.optimizer}, lr {args.lr}, {args.epochs} epochs, batch {args.batch_size}; "

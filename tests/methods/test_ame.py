@@ -180,7 +180,7 @@ def test_streamed_equals_whole_model_at_once(options):
         whole_method.setup(MergeContext(3, ["a", "b", "c"]))
     whole = [np.concatenate([sd[k].reshape(-1).numpy() for k in shapes]) for sd in sds]
     at_once = whole_method.merge(ChunkInfo("all", (whole[0].size,), 0, whole[0].size), whole)
-    np.testing.assert_array_equal(streamed, at_once)
+    np.testing.assert_array_equal(streamed, at_once.astype(np.float32))  # the engine's one rounding
 
 
 def test_thread_count_does_not_change_the_bytes():
@@ -360,7 +360,7 @@ def test_cuda_matches_cpu():
     gpu.setup(MergeContext(N, list("abcd"), device="cuda"))
     xs = [sd["layer.weight"].reshape(-1).numpy() for sd in sds]
     info = ChunkInfo("layer.weight", (24, 16), 0, 384)
-    np.testing.assert_allclose(gpu.merge(info, xs), cpu.merge(info, xs), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(gpu.merge(info, xs), cpu.merge(info, xs))  # the portable default: same bits
 
 
 def test_cuda_request_without_cuda_is_a_clear_error():

@@ -5,11 +5,10 @@ a batch B of ingredients, sets the gradient of w to the pivoted pseudogradient
 
     g_t = (1 / (N·|B|)) · Σ_{j∈B} ζ_j (w_ref − x_j),   w_ref = w_{t−1} (adaptive pivot) or w₀,
 
-and lets a real ``torch.optim`` optimizer update w with the rate η_t = lr · f(t)
+and lets an elementwise ``torch.optim`` optimizer's rule update w with the rate η_t = lr · f(t)
 (Algorithm 1, §3.2–3.3; f = 1/t for ``harmonic``, 1 for ``constant``). As computed, in
-float32: for |B| = 1, ``g = (w_ref − x_j) * (ζ_j / N)`` — one subtraction, then one
-multiplication by the float ζ_j/N (not a division by N); for |B| > 1,
-``g = (Σ ζ_j x_j − (Σ ζ_j)·w_ref) * (−1 / (N·|B|))``. N is the number of ingredients.
+float64: ``d_j = w_ref − x_j``, times ζ_j when ζ_j ≠ 1, summed over the batch in its
+order, then divided by N·|B| (N: the number of ingredients).
 
 When the identities hold (SGD without momentum or weight decay, ζ = 1, batch_size 1,
 one epoch, float rounding aside):
@@ -30,27 +29,25 @@ default for the others, ``lr_schedule: harmonic`` (App. A.2: "we decayed the lea
 rate harmonically"), ``pivot: soup`` (the experiments start from the uniform soup),
 ``adaptive_pivot: true`` (eq. 5, Algorithm 1's w = w_{i−1}), ``epochs: 1``, ζ = 1.
 
-``fused`` (an optimizer argument): unless ``fused`` or ``foreach`` is given, torch's
-fused kernel runs where one exists for the optimizer and device (SGD, Adam, AdamW,
-Adagrad): the same update rule in one pass per step, which rounds differently in the last
-bits (measured: one bf16 ulp in most tensors on CUDA against the CPU single-tensor
-path). ``fused: false`` runs torch's single-tensor implementation, which on CPU equals a
-textbook Algorithm 1 (w ← w − η_t · Optimizer(g_t)) bit for bit, and is the way to get
-the same bytes on every device.
+Numerics. By default (``implementation: portable`` in the report) every step is AME's own
+sequence of correctly rounded float64 operations (:mod:`~hf_soup.methods.ame.portable`,
+one line of the optimizer's documented pseudo-code per operation, no fused multiply-add),
+and the engine rounds w once to the output dtype: the bytes are the same on the CPU
+(numpy) and on a GPU (torch), for any thread count, chunk size and process count, and equal
+a float64 textbook Algorithm 1 rounded once. ``fused: true`` (or ``foreach: true``) runs
+torch's fused (multi-tensor) optimizer kernels instead, in float32, through its functional
+optimizers (:mod:`~hf_soup.methods.ame.functional`, bit-identical to ``optimizer.step()``,
+without the ``Optimizer`` object whose ``step`` imports ``torch._dynamo``): faster on a GPU,
+but its bytes differ between devices in the last bits.
 
 The update is elementwise (App. A.1, "Compute Efficiency"), so the engine streams it
-tensor by tensor: each chunk of each tensor replays one seeded schedule (order, shuffles,
+tensor by tensor: each block of each tensor replays one seeded schedule (order, shuffles,
 batches, rates) from a fresh optimizer state, which equals running AME on the whole
-flattened model at once, byte for byte. The steps run through torch's functional
-optimizers (``torch.optim.adam.adam``...) with exactly the state and arguments
-``optimizer.step()`` uses (:mod:`~hf_soup.methods.ame.functional`): bit-identical, but
-without an ``Optimizer`` object, whose ``step`` imports ``torch._dynamo`` (~70 MB).
-On CPU a chunk is processed in cache-sized blocks (the whole schedule runs on one block
-before the next), blocks are multiples of 64 elements (the last one zero-padded) so
-that every element goes through the same vectorised kernels. The single-tensor implementation
-runs by default (``fused: true`` asks for torch's fused kernels, see ``_run_arguments``).
-Memory: the engine's read buffers (16 MiB for AME) plus one output chunk and a block's
-optimizer state.
+flattened model at once, byte for byte. On the host the portable path runs on the
+engine's worker threads, in blocks of 64 Ki elements (the whole schedule runs over one
+block before the next); on a GPU each work item runs in one piece.
+Memory: the engine's read buffers (16 MiB for AME) plus, per thread, the float64 arrays of
+one block (w, its gradient, the optimizer's state).
 
 Ordering by validation score and ``pivot: best`` need scores: ``MergeContext.scores`` or
 the context's evaluator. Greedy AME (App. A.4) is :mod:`hf_soup.methods.ame.greedy`.
@@ -62,17 +59,18 @@ copies them from the reference ingredient (``output.config_from``, the first by 
 
 >>> import numpy as np
 >>> ame = AmeSoup(AmeParams(lr_schedule="constant", adaptive_pivot=False, pivot=0))
->>> ame.merge(None, [np.array([0.0, 2.0], "f4"), np.array([1.0, 4.0], "f4")])
-array([0.5, 3. ], dtype=float32)
+>>> ame.merge(None, [np.array([0.0, 2.0], "f4"), np.array([1.0, 4.0], "f4")])   # float64, rounded by the engine
+array([0.5, 3. ])
 >>> xs = [np.array([0.0, 2.0], "f4"), np.array([1.0, 4.0], "f4"), np.array([5.0, 0.0], "f4")]
 >>> AmeSoup(AmeParams(lr=3, pivot=0)).merge(None, xs)    # harmonic, adaptive, lr = N: the running mean
-array([2., 2.], dtype=float32)
+array([2., 2.])
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator, Literal, Mapping, Sequence
@@ -81,8 +79,10 @@ import numpy as np
 from pydantic import ConfigDict, field_serializer, field_validator, model_validator
 
 from ...errors import MethodParameterError, RecipeError
+from .elementary import NumpyOps, TorchOps, ops_for
 from .functional import FunctionalOptimizer
 from .optim import check_optimizer, default_lr, optimizer_group, resolve_optimizer
+from .portable import PortableOptimizer
 from .schedule import AmeStep, build_schedule, ingredient_order
 from ..base import ChunkInfo, MergeContext, MethodParams, TensorMethod
 
@@ -90,6 +90,10 @@ PIVOT_NAMES = ("soup", "first", "best")
 # Elements per block on CPU: the ingredients' block, w, its gradient and the optimizer
 # state (a few MB) stay in cache while every step of the schedule runs over them.
 _CPU_BLOCK = 1 << 18
+# Elements per block of the portable path on the host: the schedule runs over one block
+# (w, g, the optimizer's state: 512 KiB each in float64) before the next; measured about
+# as fast as 128 Ki and faster than smaller blocks, whose calls cost more than they save.
+_PORTABLE_BLOCK = 1 << 16
 # Blocks are multiples of this many elements (the last one is zero-padded to it).
 _ALIGN = 64
 _COPIED_NOTE = ("integer and boolean tensors are not optimized: they are copied unchanged from the "
@@ -119,12 +123,13 @@ class AmeParams(MethodParams):
       and no shuffle (a choice the paper leaves open: its experiments use ζ = 1).
     * ``order``: ``given``, ``ascending`` (weakest first) or ``descending`` (strongest first)
       by validation score; needs an evaluation.
-    * ``num_threads``: torch threads for the math on CPU (default: all cores but one; the
-      engine then feeds AME from one thread).
+    * ``num_threads``: threads for the math on CPU: at most this many engine threads on the
+      default path (default: the engine's ``--threads``); torch's intra-op threads with
+      ``fused: true`` (default: all cores but one, fed by one engine thread).
     * Optimizer arguments, e.g. ``betas``, ``eps``, ``weight_decay``, ``momentum``, ``rho``,
-      ``fused`` (default off: torch's single-tensor implementation on every device,
-      bit-identical to a textbook Algorithm 1 on CPU; ``fused: true``: torch's fused kernel
-      where one exists, faster and different in the last bits).
+      ``fused`` (default off: AME's portable float64 steps, the same bytes on every device
+      and equal to a textbook Algorithm 1; ``fused: true``: torch's fused kernels in
+      float32 where they exist, faster on a GPU and different in the last bits).
     """
 
     model_config = ConfigDict(extra="allow", arbitrary_types_allowed=True)
@@ -282,10 +287,17 @@ class AmeSoup(TensorMethod):
         self._pivot = self._resolve_pivot(context, [schedule[0].batch[0]], scores, higher_is_better)
         self._zetas = [float(z) for z in zetas]
         self._device = self._check_device(context.device)
-        # On a GPU, several engine threads may feed it at once (reads overlap the steps).
-        self.max_threads = 1 if self._device == "cpu" else None
         self._optimizer_class = resolve_optimizer(p.optimizer)
         self._run_args, self._implementation = self._run_arguments(self._device)
+        # The portable path runs on the engine's threads (numpy releases the interpreter lock);
+        # torch's kernels on the CPU run on torch's own threads, fed by one engine thread. On a
+        # GPU, several engine threads may feed it at once (reads overlap the steps).
+        if self._device != "cpu":
+            self.max_threads = None
+        elif self._implementation == "portable":
+            self.max_threads = p.num_threads
+        else:
+            self.max_threads = 1
         self._threads = p.num_threads or max(1, (os.cpu_count() or 1) - 1)
         self._schedule = schedule
 
@@ -374,56 +386,163 @@ class AmeSoup(TensorMethod):
         self._schedule = list(steps)
 
     def _run_arguments(self, device: str) -> tuple[dict[str, Any], str]:
-        """The optimizer's full parameter group, and which torch implementation runs.
+        """The optimizer's full parameter group, and which implementation runs.
 
-        By default the single-tensor ("for-loop") implementation runs on every device
-        (``foreach`` and ``fused`` off), the textbook update of Algorithm 1, so CPU and GPU
-        run the same arithmetic. ``fused: true`` (or ``foreach: true``) asks for torch's
-        multi-tensor kernels instead: faster, but their results differ from the single-tensor
-        ones, and from one device to another, in the last bits.
+        By default (``portable``) AME's own float64 steps (:mod:`.portable`): correctly
+        rounded operations only, the same bytes on every device. ``fused: true`` (or
+        ``foreach: true``) runs torch's fused (multi-tensor) kernels in float32 instead:
+        faster on a GPU, and different in the last bits from one device to another.
         """
-        arguments = dict(self.params.optimizer_kwargs)
-        name = self.params.optimizer
-        group = optimizer_group(name, self._lr, arguments)
+        group = optimizer_group(self.params.optimizer, self._lr, dict(self.params.optimizer_kwargs))
         if group.get("fused"):
             return group, "fused"
         if group.get("foreach"):
             return group, "foreach"
-        if "foreach" in group:
-            group["foreach"] = False  # torch would pick its multi-tensor kernels on a GPU
-        return group, "for-loop"
+        return group, "portable"
 
     # -- the elementwise merge ----------------------------------------------------------
 
     def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
-        import torch
-
         if self._schedule is None:
             self.setup(MergeContext(len(chunks), [f"ingredient {i}" for i in range(len(chunks))]))
+        if self._implementation == "portable":
+            return self._merge_portable(info, chunks, ops_for(self._device))
+        return self._merge_torch_optim(info, chunks)
+
+    # -- the default: correctly rounded float64 steps (``portable``), numpy or torch ------
+
+    def _merge_portable(self, info: ChunkInfo | None, chunks: Sequence[np.ndarray], ops: Any) -> np.ndarray:
+        """w for these chunks, in float64, stepped by :mod:`.portable` with ``ops`` (numpy or torch).
+
+        On the host the chunk runs in blocks of ``_PORTABLE_BLOCK`` elements that stay in the
+        core's cache across the whole schedule; on a device in one piece. Every operation is
+        correctly rounded, so neither the block size nor the device changes a bit.
+        """
+        length = int(chunks[0].size)
+        xs = [np.ascontiguousarray(c).reshape(-1) for c in chunks]
+        if length == 0:
+            return np.empty(0, dtype=np.float64)
+        buffers = self._workspace(ops)
+        if isinstance(ops, NumpyOps):
+            result = np.empty(length, dtype=np.float64)
+            for start in range(0, length, _PORTABLE_BLOCK):
+                stop = min(length, start + _PORTABLE_BLOCK)
+                self._run_portable(ops, result[start:stop], [x[start:stop] for x in xs], info, start, buffers)
+            return result
+        import torch
+
+        with warnings.catch_warnings():  # read-only inputs: AME never writes to them
+            warnings.simplefilter("ignore", UserWarning)
+            device_xs = [torch.from_numpy(x).to(ops.device) for x in xs]
+        values = ops.empty(length)
+        self._run_portable(ops, values, device_xs, info, 0, buffers)
+        return values.cpu().numpy()
+
+    def _workspace(self, ops: Any) -> dict[str, Any]:
+        """This thread's reusable arrays for ``ops`` (engine threads merge blocks concurrently)."""
+        local = self.__dict__.setdefault("_local", threading.local())
+        spaces = local.__dict__.setdefault("spaces", {})
+        return spaces.setdefault((type(ops).__name__, ops.device), {})
+
+    def _run_portable(self, ops: Any, values: Any, xs: list[Any], info: ChunkInfo | None, offset: int,
+                      buffers: dict[str, Any]) -> None:
+        """Every step of the schedule on one block; ``values`` (float64) ends up holding w."""
+        count = len(values)
+        self._fill_pivot_portable(ops, values, xs, info, offset, buffers)
+        reference = values
+        if not self.params.adaptive_pivot:
+            reference = ops.copy(_sized(ops, buffers, "pivot", count), values)
+        grad, scratch = _sized(ops, buffers, "grad", count), _sized(ops, buffers, "pseudo", count)
+        optimizer = PortableOptimizer(self.params.optimizer, self._run_args, ops, count, buffers)
+        num, zetas = len(xs), self._zetas
+        for step in self._schedule:
+            # g = Σ_{j∈B} ζ_j (w_ref − x_j) / (N |B|)
+            for position, j in enumerate(step.batch):
+                target = grad if position == 0 else scratch
+                ops.sub(reference, xs[j], target)
+                if zetas[j] != 1.0:
+                    ops.mul(target, zetas[j], target)
+                if position:
+                    ops.add(grad, target, grad)
+            ops.div(grad, float(num * len(step.batch)), grad)
+            optimizer.step(values, grad, step.lr)
+
+    def _fill_pivot_portable(self, ops: Any, values: Any, xs: list[Any], info: ChunkInfo | None, offset: int,
+                             buffers: dict[str, Any]) -> None:
+        """w₀ for this block, in float64: the soup Σx / N, an ingredient, or the state dict's values."""
+        pivot = self._pivot
+        if pivot == "soup":
+            ops.copy(values, xs[0])
+            for x in xs[1:]:
+                ops.add(values, x, values)
+            ops.div(values, float(len(xs)), values)
+        elif isinstance(pivot, int):
+            ops.copy(values, xs[pivot])
+        else:
+            count = len(values)
+            host = buffers.get("pivot_host")
+            if host is None or host.size < count:
+                host = buffers["pivot_host"] = np.empty(count, dtype=np.float32)
+            own = self._pivot_source_key(pivot, info)
+            read = pivot.read_float32(own, info.start + offset, info.start + offset + count, host[:count])
+            if isinstance(ops, NumpyOps):
+                ops.copy(values, read)
+            else:
+                import torch
+
+                ops.copy(values, torch.from_numpy(read).to(ops.device))
+
+    # -- ``fused: true`` / ``foreach: true``: torch's own optimizer kernels, float32 ------
+
+    def _merge_torch_optim(self, info: ChunkInfo | None, chunks: Sequence[np.ndarray]) -> np.ndarray:
+        import torch
+
         length = int(chunks[0].size)
         if length == 0:
             return np.empty(0, dtype=np.float32)
         with warnings.catch_warnings():  # read-only inputs: AME never writes to them
             warnings.simplefilter("ignore", UserWarning)
             xs = [torch.from_numpy(np.ascontiguousarray(c, dtype=np.float32).reshape(-1)) for c in chunks]
-        on_cpu = self._device == "cpu"
-        if on_cpu:
-            result = np.empty(length, dtype=np.float32)
-            out = torch.from_numpy(result)
-        else:
-            xs = [x.to(self._device) for x in xs]
-            out = torch.empty(length, dtype=torch.float32, device=self._device)
-        # On CPU, run the whole schedule block by block so that w, its gradient, the optimizer
-        # state and the ingredients' block stay in cache across steps (the update is elementwise).
-        block = _CPU_BLOCK if on_cpu else length
+        if self._device != "cpu":
+            return self._torch_optim_on_device(info, [x.to(self._device) for x in xs]).cpu().numpy()
+        result = np.empty(length, dtype=np.float32)
+        with _torch_threads(self._threads):
+            self._torch_optim_into(torch.from_numpy(result), xs, info, _CPU_BLOCK)
+        return result
+
+    def _torch_optim_on_device(self, info: ChunkInfo | None, xs: list[Any]) -> Any:
+        import torch
+
+        out = torch.empty(len(xs[0]), dtype=torch.float32, device=xs[0].device)
+        self._torch_optim_into(out, [x.to(torch.float32) for x in xs], info, max(len(out), 1))
+        return out
+
+    def _torch_optim_into(self, out: Any, xs: list[Any], info: ChunkInfo | None, block: int) -> None:
+        """torch's optimizer kernels over ``out``'s elements, ``block`` at a time (in cache on the CPU)."""
+        length = len(out)
         aligned = length - length % _ALIGN
-        with _torch_threads(self._threads if on_cpu else None):
-            for start in range(0, aligned, block):
-                stop = min(aligned, start + block)
-                self._run(out[start:stop], [x[start:stop] for x in xs], info, start, stop - start)
-            if aligned < length:
-                self._run_padded(out, xs, info, aligned, length)
-        return result if on_cpu else out.cpu().numpy()
+        for start in range(0, aligned, block):
+            stop = min(aligned, start + block)
+            self._run(out[start:stop], [x[start:stop] for x in xs], info, start, stop - start)
+        if aligned < length:
+            self._run_padded(out, xs, info, aligned, length)
+
+    def merge_torch(self, info: ChunkInfo, chunks: Sequence[Any]) -> Any:
+        """:meth:`merge` on the chunks' device (the engine's GPU path: pinned buffers, a stream per thread).
+
+        The default returns float64 w computed by the same correctly rounded operations as the
+        host, so the engine's rounding there gives the host's bytes; ``fused`` returns float32.
+        """
+        if self._schedule is None:
+            self.setup(MergeContext(len(chunks), [f"ingredient {i}" for i in range(len(chunks))]))
+        xs = [c.reshape(-1) for c in chunks]
+        if self._implementation != "portable":
+            return self._torch_optim_on_device(info, xs)
+        ops = TorchOps(str(xs[0].device))
+        values = ops.empty(len(xs[0]))
+        if len(values):
+            self._run_portable(ops, values, xs, info, 0, self._workspace(ops))
+        return values
 
     def _run_padded(self, out: Any, xs: list[Any], info: ChunkInfo | None, start: int, stop: int) -> None:
         """Run the last ``stop - start`` (< 64) elements inside zero-padded 64-element buffers.
@@ -474,6 +593,16 @@ class AmeSoup(TensorMethod):
         if isinstance(pivot, int):
             values.copy_(xs[pivot])
             return
+        own = self._pivot_source_key(pivot, info)
+        start = info.start + offset
+        if values.device.type == "cpu":
+            pivot.read_float32(own, start, start + count, values[:count].numpy())
+        else:
+            buffer = np.empty(count, dtype=np.float32)
+            values[:count].copy_(torch.from_numpy(pivot.read_float32(own, start, start + count, buffer)))
+
+    def _pivot_source_key(self, pivot: Any, info: ChunkInfo | None) -> str:
+        """The pivot state dict's own name for ``info``'s tensor, checked against its shape."""
         key = info.key if info is not None else None
         own = self._pivot_keys.get(key) if key is not None else None
         if own is None:
@@ -482,12 +611,7 @@ class AmeSoup(TensorMethod):
         if pivot.meta(own).numel != math.prod(info.shape):
             raise MethodParameterError(f"method.pivot: tensor {key!r} has shape {list(pivot.meta(own).shape)}, "
                                        f"the ingredients {list(info.shape)}")
-        start = info.start + offset
-        if values.device.type == "cpu":
-            pivot.read_float32(own, start, start + count, values[:count].numpy())
-        else:
-            buffer = np.empty(count, dtype=np.float32)
-            values[:count].copy_(torch.from_numpy(pivot.read_float32(own, start, start + count, buffer)))
+        return own
 
     def _pseudogradient(self, grad: Any, reference: Any, xs: list[Any], batch: tuple[int, ...], count: int) -> None:
         """``grad ← Σ_{j∈B} ζ_j (reference − x_j) / (N |B|)``, in place."""
@@ -550,6 +674,14 @@ class AmeSoup(TensorMethod):
         for step in self._schedule or []:
             orders.setdefault(step.epoch, []).extend(step.batch)
         return [orders[e] for e in sorted(orders)]
+
+
+def _sized(ops: Any, buffers: dict[str, Any], name: str, count: int) -> Any:
+    """``buffers[name]`` (float64, grown to ``count`` elements when shorter), its first ``count`` elements."""
+    array = buffers.get(name)
+    if array is None or len(array) < count:
+        array = buffers[name] = ops.empty(count)
+    return array[:count]
 
 
 @contextmanager
