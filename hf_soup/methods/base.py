@@ -108,6 +108,9 @@ class TensorMethod(SoupMethod):
     max_threads: ClassVar[int | None] = None
     #: ``True``: each call receives whole tensors (for per-tensor statistics), not chunks.
     whole_tensor: ClassVar[bool] = False
+    #: ``True``: before a merge, :meth:`prepare_tensor` is called once per merged tensor (see
+    #: :mod:`hf_soup.engine.prepass`), so per-tensor statistics come from streamed chunks.
+    needs_prepass: ClassVar[bool] = False
     #: Optional GPU path, ``merge_torch(info, chunks) -> torch.Tensor``: :meth:`merge`'s operations in
     #: the same order on torch tensors, so the bytes match (see :mod:`hf_soup.engine.device`).
     merge_torch: ClassVar[Callable[..., torch.Tensor] | None] = None
@@ -121,6 +124,14 @@ class TensorMethod(SoupMethod):
         the output dtype. Must be elementwise (the result for an element depends only on
         that element in each chunk and on ``info``) unless :attr:`whole_tensor` is set, so
         chunking never changes the output bytes; may be called from several threads at once.
+        """
+
+    def prepare_tensor(self, info: ChunkInfo, read: Callable[[int, int], Sequence[np.ndarray]]) -> None:
+        """Compute what :meth:`merge` needs to know about the whole tensor ``info`` (all its elements).
+
+        ``read(start, stop)`` returns flat elements ``[start, stop)`` of every input, as
+        :meth:`merge` receives them (valid until the next call); it may be called in as many
+        passes as needed. Called from several threads at once for different tensors.
         """
 
     def linear_weights(self, count: int, key: str | None = None) -> list[float] | None:
