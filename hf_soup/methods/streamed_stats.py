@@ -47,9 +47,9 @@ def _leaves(node: tuple) -> list[tuple[int, int]]:
 class PairwiseSum:
     """``np.sum`` of ``count`` float64 values that arrive in order, chunk by chunk (``add``)."""
 
-    def __init__(self, count: int, leaf: int = LEAF):
+    def __init__(self, count: int, leaf: int | None = None):
         self.count = count
-        self.tree = _tree(0, count, max(leaf, 128))
+        self.tree = _tree(0, count, max(leaf or LEAF, 128))
         self.leaves = _leaves(self.tree)
         self.sums: list[float] = []
         self.buffer: np.ndarray | None = None
@@ -102,9 +102,10 @@ class RankSelection:
     group holding the rank (one histogram per pass), until it is small enough to gather.
     """
 
-    def __init__(self, size: int, rank: int, descending: bool = False, collect: int = COLLECT):
+    def __init__(self, size: int, rank: int, descending: bool = False, collect: int | None = None):
         assert 0 <= rank < size
-        self.rank, self.group, self.descending, self.collect = rank, size, descending, collect
+        self.rank, self.group, self.descending, self.collect = rank, size, descending, collect or COLLECT
+        self.mode = "new"
         self.bits, self.prefix, self.level = 0, 0, 0
         self.result: tuple[float, int] | None = None
 
