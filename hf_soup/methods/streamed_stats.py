@@ -88,7 +88,7 @@ class PairwiseSum:
         return join(self.tree)
 
 
-DIGITS = (20, 16, 16, 12)  # bits of the float64 pattern resolved per histogram pass
+DIGITS = (18, 16, 16, 13)  # bits of the 63-bit pattern (the sign is 0) resolved per histogram pass
 COLLECT = 1 << 19  # candidates gathered (16 bytes each) once a group is this small
 
 
@@ -105,8 +105,8 @@ class RankSelection:
     def __init__(self, size: int, rank: int, descending: bool = False, collect: int | None = None):
         assert 0 <= rank < size
         self.rank, self.group, self.descending, self.collect = rank, size, descending, collect or COLLECT
+        self.bits, self.prefix, self.level = 0, 0, 0  # the group: patterns whose top ``bits`` of 63 are ``prefix``
         self.mode = "new"
-        self.bits, self.prefix, self.level = 0, 0, 0
         self.result: tuple[float, int] | None = None
 
     @property
@@ -117,31 +117,27 @@ class RankSelection:
         """Start a pass over every chunk (nothing to do once :attr:`done`)."""
         if self.done:
             self.mode = "done"
-        elif self.bits == 64:
+        elif self.bits == 63:
             self.mode, self.seen = "locate", 0
         elif self.group <= self.collect:
             self.mode, self.keys, self.positions = "collect", [], []
         else:
-            self.mode, self.width = "histogram", min(DIGITS[min(self.level, len(DIGITS) - 1)], 64 - self.bits)
+            self.mode, self.width = "histogram", min(DIGITS[min(self.level, len(DIGITS) - 1)], 63 - self.bits)
             self.counts = np.zeros(1 << self.width, dtype=np.int64)
             self.low, self.high = np.uint64(~np.uint64(0)), np.uint64(0)
 
-    def _keys(self, values: np.ndarray) -> np.ndarray:
-        keys = values.view(np.uint64)
-        return ~keys if self.descending else keys
-
     def observe(self, start: int, values: np.ndarray) -> None:
-        """The chunk of values (float64) starting at flat position ``start``."""
+        """The chunk of values (float64, non-negative) starting at flat position ``start``."""
         if self.mode == "done" or self.done:
             return
-        keys = self._keys(values)
-        inside = None if self.bits == 0 else (keys >> np.uint64(64 - self.bits)) == np.uint64(self.prefix)
+        keys = values.view(np.uint64)
+        inside = None if self.bits == 0 else (keys >> np.uint64(63 - self.bits)) == np.uint64(self.prefix)
         if self.mode == "locate":
             count = keys.size if inside is None else int(np.count_nonzero(inside))
             if self.seen + count > self.rank:
                 where = self.rank - self.seen
                 position = where if inside is None else int(np.flatnonzero(inside)[where])
-                self.result = (self._value(self.prefix), start + position)
+                self.result = (_value(self.prefix), start + position)
             self.seen += count
             return
         if inside is not None:
@@ -153,34 +149,40 @@ class RankSelection:
             where = np.arange(keys.size) if inside is None else np.flatnonzero(inside)
             self.positions.append(where + start)
             return
-        shift = np.uint64(64 - self.bits - self.width)
-        digits = (keys >> shift) & np.uint64((1 << self.width) - 1)
-        self.counts += np.bincount(digits.astype(np.intp), minlength=self.counts.size)
+        digits = keys >> np.uint64(63 - self.bits - self.width)
+        if self.bits:
+            digits &= np.uint64((1 << self.width) - 1)
+        self.counts += np.bincount(digits.view(np.int64), minlength=self.counts.size)
         self.low, self.high = min(self.low, keys.min()), max(self.high, keys.max())
 
     def end_pass(self) -> None:
         if self.mode == "collect":
             keys, positions = np.concatenate(self.keys), np.concatenate(self.positions)
             self.keys = self.positions = []
-            chosen = np.lexsort((positions, keys))[self.rank]
-            self.result = (self._value(int(keys[chosen])), int(positions[chosen]))
+            order = np.lexsort((positions, ~keys if self.descending else keys))
+            chosen = order[self.rank]
+            self.result = (_value(int(keys[chosen])), int(positions[chosen]))
         elif self.mode == "histogram":
+            counts, self.counts = self.counts, None  # not kept past the pass
             if self.low == self.high:  # every value of the group is the same: only its position is left
-                self.prefix, self.bits = int(self.low), 64
+                self.prefix, self.bits = int(self.low), 63
                 return
-            below = np.cumsum(self.counts)
+            ordered = counts[::-1] if self.descending else counts
+            below = np.cumsum(ordered)
             digit = int(np.searchsorted(below, self.rank, side="right"))
             self.rank -= int(below[digit - 1]) if digit else 0
-            self.group = int(self.counts[digit])
+            self.group = int(ordered[digit])
+            if self.descending:
+                digit = counts.size - 1 - digit
             self.prefix = (self.prefix << self.width) | digit
             self.bits += self.width
             self.level += 1
         elif self.mode == "locate" and not self.done:
             raise AssertionError("RankSelection: the rank was not reached; fewer values than announced")
 
-    def _value(self, key: int) -> float:
-        key = ~np.uint64(key) if self.descending else np.uint64(key)
-        return float(np.array([key], dtype=np.uint64).view(np.float64)[0])
+
+def _value(key: int) -> float:
+    return float(np.array([key], dtype=np.uint64).view(np.float64)[0])
 
 
 def first_ranked(values: np.ndarray, start: int, bound: tuple[float, int], descending: bool) -> np.ndarray:

@@ -147,10 +147,17 @@ class TaskVectorMethod(TensorMethod):
         if rules is None:
             raise AssertionError(f"{self.name}: tensor {info.key} was merged before its pre-pass "
                                  "(hf_soup.engine.prepass.prepass)")
-        masks = [None if rule is None else rule.keep(info.start, info.stop, _magnitudes(x, base) if rule.needs_values
-                                                     else None) for rule, x in zip(rules, inputs)]
+        differences: list[np.ndarray | None] = [None] * count
+        masks: list[np.ndarray | None] = []
+        for index, (rule, x) in enumerate(zip(rules, inputs)):
+            if rule is not None and rule.needs_values:
+                differences[index] = x.astype(np.float64)
+                differences[index] -= base  # type: ignore[operator]
+                masks.append(rule.keep(info.start, info.stop, np.abs(differences[index])))
+            else:
+                masks.append(None if rule is None else rule.keep(info.start, info.stop, None))
         factors = [rule.factor if rule is not None and self.params.rescale else 1.0 for rule in rules]
-        vectors = _TaskVectors(base, list(inputs), masks, factors, weights)
+        vectors = _TaskVectors(base, list(inputs), masks, factors, weights, differences)
         return self._combine(vectors, float(settings.resolve(self.params.lambda_, info.key)))
 
     def _merge_whole(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
@@ -314,12 +321,15 @@ class _TaskVectors:
     """The weighted, sparsified task vectors of one block: ``vectors(k)`` is ``w_k · τ_k`` (float64)."""
 
     def __init__(self, base: np.ndarray, inputs: list[np.ndarray], masks: list[np.ndarray | None],
-                 factors: list[float], weights: list[float]):
+                 factors: list[float], weights: list[float], differences: list[np.ndarray | None] | None = None):
         self.base, self.inputs, self.masks, self.factors, self.weights = base, inputs, masks, factors, weights
+        self.differences = differences or [None] * len(inputs)  # θ_k − θ_base already formed, used once
 
     def __call__(self, index: int) -> np.ndarray:
-        vector = self.inputs[index].astype(np.float64)
-        vector -= self.base
+        vector, self.differences[index] = self.differences[index], None
+        if vector is None:
+            vector = self.inputs[index].astype(np.float64)
+            vector -= self.base
         if self.masks[index] is not None:
             vector *= self.masks[index]
             if self.factors[index] != 1.0:
@@ -330,14 +340,15 @@ class _TaskVectors:
 
 def _elect(vectors: _TaskVectors, count: int) -> tuple[np.ndarray, np.ndarray]:
     """TIES: keep the entries whose sign agrees with that of the summed task vectors; their sum and weight."""
-    total = vectors(0)
-    for index in range(1, count):
-        total += vectors(index)
+    weighted = [vectors(index) for index in range(count)]  # each formed once
+    total = weighted[0].copy()
+    for vector in weighted[1:]:
+        total += vector
     positive = total >= 0
     del total
     mixed = divisor = None
     for index in range(count):
-        vector = vectors(index)
+        vector = weighted[index]
         agree = np.where(positive, vector > 0, vector < 0)
         vector *= agree
         counted = vectors.weights[index] * agree
