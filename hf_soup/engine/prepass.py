@@ -35,7 +35,7 @@ def prepass(method: TensorMethod, tensors: Sequence[AlignedTensor], sources: dic
 
         method.prepare_tensor(ChunkInfo(tensor.key, tensor.shape, 0, tensor.meta.numel), read)
 
-    threads = max(1, min(threads, method.max_threads or threads, len(todo)))
+    threads = max(1, min(threads, method.max_threads or threads, method.prepass_threads or threads, len(todo)))
     if threads == 1:
         for tensor in todo:
             prepare(tensor)

@@ -111,6 +111,8 @@ class TensorMethod(SoupMethod):
     #: ``True``: before a merge, :meth:`prepare_tensor` is called once per merged tensor (see
     #: :mod:`hf_soup.engine.prepass`), so per-tensor statistics come from streamed chunks.
     needs_prepass: ClassVar[bool] = False
+    #: Threads that may run :meth:`prepare_tensor` at once (``None``: as many as the merge).
+    prepass_threads: ClassVar[int | None] = None
     #: Optional GPU path, ``merge_torch(info, chunks) -> torch.Tensor``: :meth:`merge`'s operations in
     #: the same order on torch tensors, so the bytes match (see :mod:`hf_soup.engine.device`).
     merge_torch: ClassVar[Callable[..., torch.Tensor] | None] = None

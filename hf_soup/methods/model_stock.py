@@ -33,6 +33,7 @@ class ModelStockSoup(TensorMethod):
     paper_title = "Model Stock: All we need is just a few fine-tuned models (Jang et al., ECCV 2024)"
     Params = ModelStockParams
     needs_prepass = True
+    prepass_threads = 1  # its blocks hold N float64 offsets of up to 1M elements: one at a time bounds memory
     uses_base = "required"
 
     def setup(self, context: MergeContext) -> None:
@@ -143,7 +144,10 @@ class _OffsetSums:
 
     def add(self, rows: slice, base: np.ndarray, inputs: Sequence[np.ndarray]) -> None:
         """One block: rows ``rows`` (2-D arrays of those rows, all or some columns)."""
-        offsets = [x.astype(np.float64) - base for x in inputs]
+        offsets = []
+        for x in inputs:  # x − base in float64, formed in place (no second temporary)
+            offsets.append(x.astype(np.float64))
+            offsets[-1] -= base
         for i, offset in enumerate(offsets):
             self.squares[i, rows] += np.einsum("ij,ij->i", offset, offset)
         for n, (i, j) in enumerate(self.pairs):
