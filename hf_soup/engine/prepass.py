@@ -18,6 +18,7 @@ from ..align import AlignedTensor
 from ..io.source import TensorSource
 from ..methods.base import ChunkInfo, TensorMethod
 from .chunks import ReadBuffers, WorkItem, read_inputs
+from .heap import keep_freed_blocks
 
 
 def prepass(method: TensorMethod, tensors: Sequence[AlignedTensor], sources: dict[int, TensorSource],
@@ -25,6 +26,7 @@ def prepass(method: TensorMethod, tensors: Sequence[AlignedTensor], sources: dic
     """Call ``method.prepare_tensor`` for every tensor of ``tensors`` that is merged (not copied)."""
     if not method.needs_prepass or method.whole_tensor:
         return
+    keep_freed_blocks()  # their per-block temporaries: from the heap, not mapped afresh each time
     todo = [t for t in tensors if t.action == "merge"]
     selected = [sources[i] for i in indices]
     buffers = ReadBuffers()
