@@ -91,6 +91,7 @@ def merge_state_dicts(
     """
     from .engine import execute
     from .engine.execute import default_threads
+    from .engine.prepass import prepass
     from .engine.sinks import StateDictSink
     from .methods.base import MergeContext, TensorMethod
     from .align import align
@@ -119,6 +120,7 @@ def merge_state_dicts(
         merger.setup(MergeContext(count, names[:count], alignment=alignment, seed=seed,
                                   base="base_state_dict" if uses_base else None))
         sink = StateDictSink()
-        execute(merger, alignment.tensors, sources, [count] * uses_base + list(range(count)), lambda _: sink,
-                threads=threads or default_threads())
+        streamed = [count] * uses_base + list(range(count))
+        prepass(merger, alignment.tensors, sources, streamed, threads=threads or default_threads())
+        execute(merger, alignment.tensors, sources, streamed, lambda _: sink, threads=threads or default_threads())
     return sink.state_dict

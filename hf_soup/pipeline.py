@@ -175,8 +175,9 @@ class _Run:
         context = MergeContext(len(ingredients), [i.name for i in ingredients], device=dist.device,
                                seed=recipe.seed, alignment=self.alignment,
                                base=self.merge_base.name if self.merge_base else None)
-        if self.evaluator is not None:
-            context.evaluator = self.evaluator.bind(self.alignment.tensors, self.sources)
+        if self.evaluator is not None:  # bound to the ingredients; a base model is not one of them
+            ingredient_sources = {i: s for i, s in self.sources.items() if i < len(ingredients)}
+            context.evaluator = self.evaluator.bind(self.alignment.tensors, ingredient_sources)
             context.higher_is_better = self.evaluator.higher_is_better
         with dist.stage("planning the merge"):
             self.merge_plan = plan_merge(self.method, context, ingredients)
@@ -194,8 +195,9 @@ class _Run:
 
             held_out = self.method.comparison_evaluator(self.evaluator)
             with dist.stage("comparing the soups"):
+                base = self.sources[self.merge_plan.base] if self.merge_plan.base is not None else None
                 self.comparison = compare_soups(held_out or self.evaluator, self.method.name, self.merge_plan,
-                                                context.refs, selection=self.evaluator)
+                                                context.refs, selection=self.evaluator, base=base)
             if held_out is None:  # scores on another split must not pass for the evaluation split's
                 self.merge_plan.details.setdefault("scores", self.comparison["ingredient_scores"])
                 self.merge_plan.details.setdefault("score", self.comparison["chosen_score"])
@@ -324,9 +326,6 @@ def _check_inputs_outside(destination: Path, recipe: Recipe, ingredients: list[I
 def _check_base(recipe: Recipe, method: Any) -> None:
     """Before any work: a base-relative method needs ``base_model`` (PEFT adapters bring their own)."""
     uses = getattr(method, "uses_base", "never")
-    if recipe.compare and uses != "never":
-        raise RecipeError(f"compare: not supported with the base-relative method {method.name!r} yet; "
-                          "remove compare (--compare)")
     if uses != "required" or recipe.base_model is not None:
         return
     from .adapters.detect import is_adapter_folder

@@ -48,6 +48,10 @@ step bench "${HF_SOUP_GPU_BENCH_SECONDS:-240}" "$PY" benchmarks/bench_scale.py -
 # opt-in (HF_SOUP_GPU_STEPS="eval_overhead"): issue 14's target, greedy over 8 BERT-base classifiers, 2,400 rows
 step eval_overhead "${HF_SOUP_GPU_EVAL_SECONDS:-300}" "$PY" benchmarks/bench_eval_overhead.py --device "$DEVICE" \
     --hidden 768 --layers 12 --rows 2400 --batch-size 256 --threads "$(nproc)"
+# opt-in (HF_SOUP_GPU_STEPS="taskvec"): issue 18's targets, TIES / DARE-TIES / Model Stock vs uniform at the
+# 1.1 B shape (HF_SOUP_GPU_LAYERS), CPU, without MergeKit; peak RSS, CPU seconds and wall per method
+step taskvec "${HF_SOUP_GPU_TASKVEC_SECONDS:-400}" "$PY" benchmarks/bench_taskvec.py --runs 1 --mergekit "" \
+    --layers "${HF_SOUP_GPU_LAYERS:-22}" --methods ties dare_ties model_stock
 XDIST=""
 if "$PY" -c "import xdist" 2>/dev/null; then XDIST="-n $(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))"; fi
 if "$PY" -c "import pytest_timeout" 2>/dev/null; then XDIST="$XDIST --timeout 150"; fi

@@ -46,9 +46,11 @@ class SoupBuilder:
     def merge(self, method: TensorMethod, indices: Sequence[int]) -> dict[str, Any]:
         """Stream ``method`` over ingredients ``indices`` into a checkpoint-keyed torch state dict."""
         from ..engine import execute
+        from ..engine.prepass import prepass
         from ..engine.sinks import StateDictSink
 
         sink = StateDictSink()
+        prepass(method, self.tensors, self.sources, list(indices))
         execute(method, self.tensors, self.sources, list(indices), lambda _: sink)
         return sink.state_dict
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from ..errors import EvaluationError
+
 PLOT_FILE = "soup_comparison.png"
 
 
@@ -62,20 +64,36 @@ def ensemble_rows(evaluator: Any, *, selection: Any = None) -> list[dict[str, An
     ]
 
 
-def score_written(evaluator: Any, plan: Any, description: str) -> float:
-    """The score of exactly what ``plan`` writes: merged as the writer would, one full evaluation."""
-    return evaluator.evaluate_plan(plan.method, list(plan.ingredients), description)
+def score_written(evaluator: Any, plan: Any, description: str, base: Any = None) -> float:
+    """The score of exactly what ``plan`` writes: merged as the writer would, one full evaluation.
+
+    ``base``: the open source of the base model, for a plan relative to one (``plan.base``);
+    the evaluator is bound to the ingredients alone, so it is added for this soup only.
+    """
+    if plan.base is None:
+        return evaluator.evaluate_plan(plan.method, list(plan.ingredients), description)
+    from .candidates import SoupBuilder
+    from .device_candidates import HostCandidates
+
+    if base is None:
+        raise EvaluationError(f"compare: the {plan.method.name} soup merges relative to a base model; "
+                              "compare_soups(..., base=<its open source>) must be given it")
+    builder = evaluator.require_builder()
+    with_base = SoupBuilder(builder.tensors, {**builder.sources, plan.base: base})
+    HostCandidates(evaluator.model, with_base).load(plan.method, plan.streamed)
+    return evaluator._score_model(evaluator.model, description)
 
 
 def compare_soups(evaluator: Any, method_name: str, plan: Any, refs: Sequence[str], *,
-                  selection: Any = None) -> dict[str, Any]:
+                  selection: Any = None, base: Any = None) -> dict[str, Any]:
     """Score the references and the chosen plan on ``evaluator``'s split; return the report entry.
 
     ``selection``: the evaluator the method scored its plan on, when it is not
     ``evaluator`` (a learned soup's ``test_split``). Then every row is scored afresh on
     ``evaluator``'s held-out split, while the choices — the best ingredient, greedy
     soup and greedy ensemble members — are still made on ``selection``'s split, so no
-    reference selects on the split it is scored on.
+    reference selects on the split it is scored on. ``base``: the base model's open source
+    when the plan is relative to one (the references are soups of the ingredients alone).
     """
     from ..methods.greedy import GreedySoup
     from ..methods.base import MergeContext
@@ -119,7 +137,7 @@ def compare_soups(evaluator: Any, method_name: str, plan: Any, refs: Sequence[st
     if method_name not in ("uniform", "greedy"):
         score = details.get("score")
         if score is None:  # a data-free method (or a held-out split): score what the plan writes
-            score = score_written(evaluator, plan, f"compare: {method_name}")
+            score = score_written(evaluator, plan, f"compare: {method_name}", base)
         rows.append({"name": f"{method_name} soup (chosen)", "kind": "soup", "score": score,
                      "num_models": len(plan.ingredients), "ingredients": list(plan.ingredients),
                      "num_full_evaluations": details.get("num_full_evaluations", 1)})

@@ -108,6 +108,11 @@ class TensorMethod(SoupMethod):
     max_threads: ClassVar[int | None] = None
     #: ``True``: each call receives whole tensors (for per-tensor statistics), not chunks.
     whole_tensor: ClassVar[bool] = False
+    #: ``True``: before a merge, :meth:`prepare_tensor` is called once per merged tensor (see
+    #: :mod:`hf_soup.engine.prepass`), so per-tensor statistics come from streamed chunks.
+    needs_prepass: ClassVar[bool] = False
+    #: Threads that may run :meth:`prepare_tensor` at once (``None``: as many as the merge).
+    prepass_threads: ClassVar[int | None] = None
     #: Optional GPU path, ``merge_torch(info, chunks) -> torch.Tensor``: :meth:`merge`'s operations in
     #: the same order on torch tensors, so the bytes match (see :mod:`hf_soup.engine.device`).
     merge_torch: ClassVar[Callable[..., torch.Tensor] | None] = None
@@ -130,6 +135,14 @@ class TensorMethod(SoupMethod):
         instead of widening all N first: the same operations, so the same bytes, faster.
         """
         return None
+
+    def prepare_tensor(self, info: ChunkInfo, read: Callable[[int, int], Sequence[np.ndarray]]) -> None:
+        """Compute what :meth:`merge` needs to know about the whole tensor ``info`` (all its elements).
+
+        ``read(start, stop)`` returns flat elements ``[start, stop)`` of every input, as
+        :meth:`merge` receives them (valid until the next call); it may be called in as many
+        passes as needed. Called from several threads at once for different tensors.
+        """
 
     def linear_weights(self, count: int, key: str | None = None) -> list[float] | None:
         """The ``w_k`` when the soup of tensor ``key`` is ``Σ w_k x_k`` for fixed weights, else ``None``.

@@ -29,6 +29,8 @@ class DellaLinearSoup(TaskVectorMethod):
                    "Sampling (Deep et al., 2024)")
     Params = DellaParams
     sparsification = "della"
+    whole_tensor = True  # ranks within each row: whole tensors, no pre-pass
+    needs_prepass = False
 
     def check_parameters(self, count: int | None) -> list[str]:
         problems = super().check_parameters(count)

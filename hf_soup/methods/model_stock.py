@@ -24,21 +24,79 @@ class ModelStockSoup(TensorMethod):
 
     ``cos`` is the mean pairwise cosine of the offsets ``θ_k − θ_base``; the base is kept where
     ``1 + (N − 1) cos ≈ 0``. Computed in float64 with MergeKit 0.1.5's operations, rounded once.
+    The norms and dot products come from a pre-pass over blocks of the tensor (fixed by its
+    shape, so the sums do not depend on chunking); the merge is then elementwise.
     """
 
     name = "model_stock"
     paper = "https://arxiv.org/abs/2403.19522"
     paper_title = "Model Stock: All we need is just a few fine-tuned models (Jang et al., ECCV 2024)"
     Params = ModelStockParams
-    whole_tensor = True
+    needs_prepass = True
+    prepass_threads = 1  # its blocks hold N float64 offsets of up to 1M elements: one at a time bounds memory
     uses_base = "required"
 
     def setup(self, context: MergeContext) -> None:
+        self._ratios: dict[str, np.ndarray] = {}
         if context.num_ingredients < 2:
             raise MethodParameterError(
                 f"model_stock needs at least 2 fine-tuned ingredients besides the base; got {context.num_ingredients}")
 
+    def _columns(self, shape: tuple[int, ...], size: int) -> int:
+        return shape[-1] if self.params.filter_wise and len(shape) >= 2 else size
+
+    def prepare_tensor(self, info: ChunkInfo, read) -> None:
+        """The ratio t of each row (of the whole tensor unless ``filter_wise``), from the offsets' sums."""
+        size = info.stop
+        if size == 0:
+            return
+        columns = self._columns(info.shape, size)
+        height = size // columns
+        sums = None
+        for rows, cols in _blocks((height, columns)):  # the blocks _ratio sums over, read one at a time
+            top, bottom = rows.start, min(rows.stop, height)
+            if cols == slice(None):
+                start, stop, shape = top * columns, bottom * columns, (bottom - top, columns)
+            else:
+                left, right = cols.start, min(cols.stop, columns)
+                start, stop, shape = top * columns + left, top * columns + right, (1, right - left)
+            chunks = read(start, stop)
+            base, inputs = chunks[0].reshape(shape), [c.reshape(shape) for c in chunks[1:]]
+            if sums is None:
+                sums = _OffsetSums(len(inputs), height)
+            sums.add(slice(top, bottom), base, inputs)
+        assert sums is not None
+        self._ratios[info.key] = sums.ratio()
+
     def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
+        """t · mean_k θ_k + (1 − t) · θ_base over the chunk, with each element's row's t."""
+        if chunks[0].size == 0:
+            return np.empty(0, dtype=np.float64)
+        ratios = self._ratios.get(info.key)
+        if ratios is None:
+            raise AssertionError(f"model_stock: tensor {info.key} was merged before its pre-pass "
+                                 "(hf_soup.engine.prepass.prepass)")
+        columns = self._columns(info.shape, _numel(info.shape))
+        base, inputs = chunks[0], chunks[1:]
+        if ratios.size == 1:
+            t = ratios.reshape(-1)
+        else:
+            t = ratios.reshape(-1)[np.arange(info.start, info.stop) // columns]
+        out = np.empty(base.size, dtype=np.float64)
+        for start in range(0, base.size, _BLOCK):
+            part = slice(start, start + _BLOCK)
+            part_t = t if t.size == 1 else t[part]
+            average = inputs[0][part].astype(np.float64)
+            for x in inputs[1:]:
+                average += x[part]
+            average /= len(inputs)
+            average *= part_t
+            average += (1 - part_t) * base[part]
+            out[part] = average
+        return out
+
+    def merge_whole(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
+        """The same soup from the whole tensor at once (the reference the streamed merge equals)."""
         shape = info.shape if info is not None else (chunks[0].size,)
         if chunks[0].size == 0:
             return np.empty(0, dtype=np.float64)
@@ -59,28 +117,52 @@ class ModelStockSoup(TensorMethod):
     @staticmethod
     def _ratio(base: np.ndarray, inputs: list[np.ndarray]) -> np.ndarray:
         """Per row: t = N cos / (1 + (N − 1) cos), cos the mean pairwise cosine of the offsets (0 where singular)."""
-        count = len(inputs)
-        pairs = list(combinations(range(count), 2))
-        squares = np.zeros((count, base.shape[0]))
-        dots = np.zeros((len(pairs), base.shape[0]))
+        sums = _OffsetSums(len(inputs), base.shape[0])
         for rows, cols in _blocks(base.shape):  # norms and dot products summed block by block
-            offsets = [x[rows, cols].astype(np.float64) - base[rows, cols] for x in inputs]
-            for i, offset in enumerate(offsets):
-                squares[i, rows] += np.einsum("ij,ij->i", offset, offset)
-            for n, (i, j) in enumerate(pairs):
-                dots[n, rows] += np.einsum("ij,ij->i", offsets[i], offsets[j])
-        norms = np.sqrt(squares)
-        cosines = [np.clip(dots[n] / np.maximum(norms[i] * norms[j], 1e-6), -1, 1) for n, (i, j) in enumerate(pairs)]
-        cos = (sum(cosines[1:], cosines[0]) / len(cosines))[:, None]
-        denominator = 1 + (count - 1) * cos
-        singular = np.abs(denominator) < 1e-6
-        return np.where(singular, 0.0, count * cos / np.where(singular, 1.0, denominator))
+            sums.add(rows, base[rows, cols], [x[rows, cols] for x in inputs])
+        return sums.ratio()
 
     def report(self) -> dict[str, Any]:
         return {"base_relative": True}
 
 
 _BLOCK = 1 << 20  # elements per block (bounds the float64 scratch)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+
+
+class _OffsetSums:
+    """Per row, the squared norms and pairwise dot products of the offsets ``θ_k − θ_base``, block by block."""
+
+    def __init__(self, count: int, height: int):
+        self.count = count
+        self.pairs = list(combinations(range(count), 2))
+        self.squares = np.zeros((count, height))
+        self.dots = np.zeros((len(self.pairs), height))
+
+    def add(self, rows: slice, base: np.ndarray, inputs: Sequence[np.ndarray]) -> None:
+        """One block: rows ``rows`` (2-D arrays of those rows, all or some columns)."""
+        offsets = []
+        for x in inputs:  # x − base in float64, formed in place (no second temporary)
+            offsets.append(x.astype(np.float64))
+            offsets[-1] -= base
+        for i, offset in enumerate(offsets):
+            self.squares[i, rows] += np.einsum("ij,ij->i", offset, offset)
+        for n, (i, j) in enumerate(self.pairs):
+            self.dots[n, rows] += np.einsum("ij,ij->i", offsets[i], offsets[j])
+
+    def ratio(self) -> np.ndarray:
+        """t per row, shape (rows, 1)."""
+        count, pairs = self.count, self.pairs
+        norms = np.sqrt(self.squares)
+        cosines = [np.clip(self.dots[n] / np.maximum(norms[i] * norms[j], 1e-6), -1, 1)
+                   for n, (i, j) in enumerate(pairs)]
+        cos = (sum(cosines[1:], cosines[0]) / len(cosines))[:, None]
+        denominator = 1 + (count - 1) * cos
+        singular = np.abs(denominator) < 1e-6
+        return np.where(singular, 0.0, count * cos / np.where(singular, 1.0, denominator))
 
 
 def _blocks(shape: tuple[int, int]):

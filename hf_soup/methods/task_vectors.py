@@ -7,9 +7,14 @@ sparsified (a keep mask, rescaled to its l1 norm when ``rescale``), weighted by
 counted weights when ``normalize``). The operations and their order are MergeKit 0.1.5's
 ``GeneralizedTaskArithmeticMerge``, computed in float64 and rounded once.
 
-The whole tensor is needed (top-k, random masks, l1 norms), so these methods have
-``whole_tensor = True``; besides the N + 1 float32 inputs they hold float64 working
-arrays of one tensor and one boolean mask per ingredient, never N float64 task vectors.
+Masks need statistics of the whole tensor (top-k thresholds, l1 norms). They are computed
+in a pre-pass over streamed chunks (:mod:`hf_soup.engine.prepass`): an exact rank selection
+gives each magnitude mask as a bound ``(value, position)`` (ties by position), numpy's own
+summation order gives the l1 norms, and DARE's masks are drawn from the generator advanced
+to each chunk's first element. The merge then streams chunk by chunk like an elementwise
+soup, with the bytes a whole-tensor computation gives. DELLA's per-row ranks still need
+whole tensors (``whole_tensor = True``: the N + 1 inputs, float64 working arrays of one
+tensor and one boolean mask per ingredient).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pydantic import ConfigDict, Field
 from ..errors import MethodParameterError
 from . import settings, sparsify
 from .base import ChunkInfo, MergeContext, MethodParams, TensorMethod
+from .streamed_stats import PairwiseSum, RankSelection, first_ranked
 from .settings import PerIngredient, Setting
 
 
@@ -47,7 +53,7 @@ class TaskVectorMethod(TensorMethod):
     """The generalized task-arithmetic merge; subclasses choose sparsification and consensus."""
 
     Params = TaskVectorParams
-    whole_tensor = True
+    needs_prepass = True
     uses_base = "required"
     sparsification: ClassVar[str | None] = None  # magnitude | random | magnitude_outliers | della
     consensus: ClassVar[bool] = False  # TIES sign election ("sum")
@@ -55,6 +61,7 @@ class TaskVectorMethod(TensorMethod):
     def setup(self, context: MergeContext) -> None:
         self.count = context.num_ingredients
         self.seed = int(context.seed or 0)
+        self._masks: dict[str, list[_MaskRule | None]] = {}
         problems = self.check_parameters(self.count)
         if problems:
             raise MethodParameterError("; ".join(problems))
@@ -84,7 +91,77 @@ class TaskVectorMethod(TensorMethod):
             return sparsify.bernoulli(magnitudes.size, density, rng)
         return sparsify.della(magnitudes, info.shape, density, extra["epsilon"], rng)
 
+    def _tensor_settings(self, key: str, count: int) -> tuple[list[float], list[float], dict[str, list[Any]]]:
+        weights = [float(w) for w in settings.per_ingredient(self.params.weights, count, key)]
+        densities = [float(d) for d in settings.per_ingredient(self.params.density, count, key)]
+        return weights, densities, self._sparsify_args(key)
+
+    def prepare_tensor(self, info: ChunkInfo, read) -> None:
+        """The mask rule of each ingredient's task vector of tensor ``info``, from streamed passes."""
+        if self.sparsification is None or self.whole_tensor:
+            return
+        size = info.stop
+        count = self.count
+        _, densities, extras = self._tensor_settings(info.key, count)
+        rules = [_MaskRule.plan(self.sparsification, size, densities[k], {n: v[k] for n, v in extras.items()},
+                                sparsify.rng_for(self.seed, info.key, k) if self.sparsification == "random" else None)
+                 for k in range(count)]
+        step = _PREPASS_CHUNK
+        while any(rule is not None and rule.pending for rule in rules):  # rank selections, a pass each
+            for rule in rules:
+                if rule is not None:
+                    rule.begin_pass()
+            for start in range(0, size, step):
+                chunks = read(start, min(size, start + step))
+                for rule, chunk in zip(rules, chunks[1:]):
+                    if rule is not None and rule.pending:
+                        rule.observe(start, _magnitudes(chunk, chunks[0]))
+            for rule in rules:
+                if rule is not None:
+                    rule.end_pass()
+        if self.params.rescale and any(rule is not None for rule in rules):
+            for rule in rules:  # DARE: how many entries are kept decides numpy's summation tree
+                if rule is not None:
+                    rule.count_kept(size, step)
+            sums = [None if rule is None else (PairwiseSum(size), PairwiseSum(rule.kept)) for rule in rules]
+            for start in range(0, size, step):
+                stop = min(size, start + step)
+                chunks = read(start, stop)
+                for rule, pair, chunk in zip(rules, sums, chunks[1:]):
+                    if rule is not None:
+                        magnitudes = _magnitudes(chunk, chunks[0])
+                        pair[0].add(magnitudes)
+                        pair[1].add(magnitudes[rule.keep(start, stop, magnitudes)])
+            for rule, pair in zip(rules, sums):
+                if rule is not None:
+                    rule.factor = _l1_factor(pair[0].result(), pair[1].result())
+        self._masks[info.key] = rules
+
     def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
+        if self.whole_tensor:
+            return self._merge_whole(info, chunks)
+        base, inputs = chunks[0], chunks[1:]
+        count = len(inputs)
+        weights, _, _ = self._tensor_settings(info.key, count)
+        rules = self._masks.get(info.key) if self.sparsification is not None else [None] * count
+        if rules is None:
+            raise AssertionError(f"{self.name}: tensor {info.key} was merged before its pre-pass "
+                                 "(hf_soup.engine.prepass.prepass)")
+        differences: list[np.ndarray | None] = [None] * count
+        masks: list[np.ndarray | None] = []
+        for index, (rule, x) in enumerate(zip(rules, inputs)):
+            if rule is not None and rule.needs_values:
+                differences[index] = x.astype(np.float64)
+                differences[index] -= base  # type: ignore[operator]
+                masks.append(rule.keep(info.start, info.stop, np.abs(differences[index])))
+            else:
+                masks.append(None if rule is None else rule.keep(info.start, info.stop, None))
+        factors = [rule.factor if rule is not None and self.params.rescale else 1.0 for rule in rules]
+        vectors = _TaskVectors(base, list(inputs), masks, factors, weights, differences)
+        return self._combine(vectors, float(settings.resolve(self.params.lambda_, info.key)))
+
+    def _merge_whole(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
+        """The merge of one whole tensor (methods whose masks need it: DELLA's per-row ranks)."""
         key = info.key
         base, inputs = chunks[0], chunks[1:]  # float32; promoted exactly where they meet float64
         count = len(inputs)
@@ -135,18 +212,124 @@ class TaskVectorMethod(TensorMethod):
 
 
 _BLOCK = 1 << 20  # elements per block of the elementwise pass
+_PREPASS_CHUNK = 1 << 18  # elements per chunk of the pre-pass
+
+
+def _magnitudes(chunk: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """``|θ_k − θ_base|`` in float64, as the whole-tensor computation forms it."""
+    magnitudes = chunk.astype(np.float64)
+    magnitudes -= base
+    np.abs(magnitudes, out=magnitudes)
+    return magnitudes
+
+
+def _l1_factor(before: float, after: float) -> float:
+    """:func:`~hf_soup.methods.sparsify.l1_factor` from the two sums."""
+    if before < sparsify._EPS or after < sparsify._EPS:
+        return 1.0
+    return before / after
+
+
+class _MaskRule:
+    """Which entries of one ingredient's task vector of one tensor are kept, decided chunk by chunk.
+
+    ``magnitude``: the first ``k`` in (magnitude descending, position) order, i.e. those at or
+    before the bound at rank ``k − 1``; ``magnitude_outliers``: ascending ranks in ``[lo, hi)``;
+    ``random``: Bernoulli(``density``) draws of the generator advanced to the chunk's start.
+    """
+
+    def __init__(self, kind: str, size: int, density: float):
+        self.kind, self.size, self.density = kind, size, density
+        self.selections: list[RankSelection] = []
+        self.bounds: list[tuple[float, int] | None] = []
+        self.kept = 0
+        self.factor = 1.0
+        self.empty = False
+        self.rng: np.random.Generator | None = None
+
+    @classmethod
+    def plan(cls, kind: str, size: int, density: float, extra: dict[str, Any],
+             rng: np.random.Generator | None) -> "_MaskRule | None":
+        """The rule, or ``None`` when every entry is kept (as :mod:`~hf_soup.methods.sparsify` decides)."""
+        if density >= 1:
+            return None
+        rule = cls(kind, size, density)
+        if kind == "random":
+            rule.rng = rng
+            return rule
+        if kind == "magnitude":
+            lo, hi, descending = 0, min(size, max(1, int(density * size))), True
+        else:  # magnitude_outliers
+            target, top = int(density * size), int(extra["gamma"] * size)
+            lo = max(0, size - target - top)
+            hi, descending = min(size, lo + target), False
+        if lo >= hi:
+            rule.empty = True
+            return rule
+        rule.kept = hi - lo
+        ranks = ([lo - 1] if lo > 0 else []) + [hi - 1]  # after the lower bound's rank, up to the upper's
+        rule.selections = [RankSelection(size, r, descending) for r in ranks]
+        rule.descending = descending
+        return rule
+
+    @property
+    def pending(self) -> bool:
+        return any(not s.done for s in self.selections)
+
+    @property
+    def needs_values(self) -> bool:
+        return self.kind != "random" and not self.empty
+
+    def begin_pass(self) -> None:
+        for selection in self.selections:
+            selection.begin_pass()
+
+    def observe(self, start: int, magnitudes: np.ndarray) -> None:
+        for selection in self.selections:
+            selection.observe(start, magnitudes)
+
+    def end_pass(self) -> None:
+        for selection in self.selections:
+            selection.end_pass()
+
+    def _draws(self, start: int, stop: int) -> np.ndarray:
+        generator = np.random.Generator(type(self.rng.bit_generator)(0))  # type: ignore[union-attr]
+        generator.bit_generator.state = self.rng.bit_generator.state  # type: ignore[union-attr]
+        generator.bit_generator.advance(start)
+        return generator.random(stop - start) < self.density
+
+    def count_kept(self, size: int, step: int) -> None:
+        """Random masks: count the kept entries of the whole tensor (no reads)."""
+        if self.kind == "random":
+            self.kept = sum(int(np.count_nonzero(self._draws(s, min(size, s + step)))) for s in range(0, size, step))
+
+    def keep(self, start: int, stop: int, magnitudes: np.ndarray | None) -> np.ndarray:
+        """The keep mask of flat elements ``[start, stop)`` (``magnitudes``: theirs, for magnitude rules)."""
+        if self.kind == "random":
+            return self._draws(start, stop)
+        if self.empty:
+            return np.zeros(stop - start, dtype=bool)
+        assert magnitudes is not None
+        upper = self.selections[-1].result
+        keep = first_ranked(magnitudes, start, upper, self.descending)  # type: ignore[arg-type]
+        if len(self.selections) == 2:  # drop what ranks at or before the lower bound
+            keep &= ~first_ranked(magnitudes, start, self.selections[0].result, self.descending)  # type: ignore
+        return keep
 
 
 class _TaskVectors:
     """The weighted, sparsified task vectors of one block: ``vectors(k)`` is ``w_k · τ_k`` (float64)."""
 
     def __init__(self, base: np.ndarray, inputs: list[np.ndarray], masks: list[np.ndarray | None],
-                 factors: list[float], weights: list[float]):
+                 factors: list[float], weights: list[float], differences: list[np.ndarray | None] | None = None):
         self.base, self.inputs, self.masks, self.factors, self.weights = base, inputs, masks, factors, weights
+        self.differences = differences or [None] * len(inputs)  # θ_k − θ_base already formed, used once
 
     def __call__(self, index: int) -> np.ndarray:
-        vector = self.inputs[index].astype(np.float64)
-        vector -= self.base
+        vector, self.differences[index] = self.differences[index], None
+        if vector is None:
+            vector = self.inputs[index].astype(np.float64)
+            vector -= self.base
         if self.masks[index] is not None:
             vector *= self.masks[index]
             if self.factors[index] != 1.0:
@@ -157,14 +340,15 @@ class _TaskVectors:
 
 def _elect(vectors: _TaskVectors, count: int) -> tuple[np.ndarray, np.ndarray]:
     """TIES: keep the entries whose sign agrees with that of the summed task vectors; their sum and weight."""
-    total = vectors(0)
-    for index in range(1, count):
-        total += vectors(index)
+    weighted = [vectors(index) for index in range(count)]  # each formed once
+    total = weighted[0].copy()
+    for vector in weighted[1:]:
+        total += vector
     positive = total >= 0
     del total
     mixed = divisor = None
     for index in range(count):
-        vector = vectors(index)
+        vector = weighted[index]
         agree = np.where(positive, vector > 0, vector < 0)
         vector *= agree
         counted = vectors.weights[index] * agree

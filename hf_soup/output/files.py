@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 
 from ..align import AlignedTensor
 from ..engine import execute
+from ..engine.prepass import prepass
 from ..engine.sinks import ShardSink, write_index
 from ..ingredients import Ingredient
 from ..ingredients.files import sidecar_files
@@ -41,8 +42,10 @@ def write_shards(
     by_key = {t.key: t for t in tensors}
     for shard in shards:
         sink = ShardSink(directory, shard)
+        tensors_of_shard = [by_key[k] for k, _ in shard.entries]
         try:
-            execute(method, [by_key[k] for k, _ in shard.entries], sources, indices, lambda _: sink,
+            prepass(method, tensors_of_shard, sources, indices, threads=threads)
+            execute(method, tensors_of_shard, sources, indices, lambda _: sink,
                     progress=progress, threads=threads, device=device)
         except BaseException:
             sink.writer.abort()

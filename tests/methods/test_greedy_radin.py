@@ -356,3 +356,17 @@ def test_radin_prior_adds_lambda_times_size_in_the_favourable_direction(metric):
     sign = 1 if metric == "accuracy" else -1
     assert uniform["ranking_score"] == pytest.approx(flat + sign * 0.01 * n)
     assert uniform["approx_score"] == flat
+
+
+@pytest.mark.parametrize("method, params", [("ties", {"density": 0.5}), ("model_stock", {})])
+def test_compare_with_a_base_relative_method_scores_the_written_soup(method, params, digit_bert, tmp_path):
+    """The references are soups of the fine-tunes; the chosen row is the base-relative soup as written."""
+    result = hf_soup.soup([str(d) for d in digit_bert.dirs], method=method, base_model=str(digit_bert.base_dir),
+                          compare=True, output_dir=tmp_path / "s", evaluation={"dataset": digit_bert.validation},
+                          **params)
+    comparison = result.report["comparison"]
+    rows = {row["name"]: row for row in comparison["rows"]}
+    assert result.report["score"] == rows[f"{method} soup (chosen)"]["score"] == _rescore(digit_bert, tmp_path / "s")
+    assert len(comparison["ingredient_scores"]) == len(digit_bert.dirs)  # the base is not an ingredient
+    assert rows["uniform soup"]["num_models"] == rows["logit ensemble"]["num_models"] == len(digit_bert.dirs)
+    assert rows[f"{method} soup (chosen)"]["ingredients"] == list(range(len(digit_bert.dirs)))

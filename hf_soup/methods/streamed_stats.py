@@ -1,0 +1,199 @@
+"""Exact per-tensor statistics over a tensor read in streamed chunks: numpy's float64 sum, and rank selection.
+
+Base-relative methods need statistics of a whole tensor (the l1 norm of a task vector, the
+k-th largest magnitude) but should hold only bounded chunks of it. Both statistics here give
+the bytes the whole-array numpy computation gives:
+
+* :class:`PairwiseSum` feeds values in order and returns ``np.sum`` of all of them: numpy sums
+  a contiguous float64 array by a fixed pairwise tree (halves rounded to multiples of 8),
+  so the tree's subtrees that fit a buffer are summed by ``np.sum`` and joined in its order.
+* :class:`RankSelection` finds the element at a rank of ``(value, position)`` order (values
+  ascending or descending, ties by position) in a few passes: histograms of the float64 bit
+  patterns (a radix select, exact for non-negative values), then the few candidates left.
+
+>>> values = np.array([0.5, 3.0, 0.5, 2.0])
+>>> selection = RankSelection(4, rank=2, descending=True)
+>>> while not selection.done:
+...     selection.begin_pass()
+...     selection.observe(0, values)
+...     selection.end_pass()
+>>> selection.result
+(0.5, 0)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_UNROLL = 8  # numpy's pairwise sum splits at multiples of its 8-way unrolling
+LEAF = 1 << 18  # values per subtree summed at once (bounds the buffer)
+
+
+def _tree(start: int, count: int, leaf: int) -> tuple:
+    """numpy's pairwise tree over ``count`` values, cut at subtrees of at most ``leaf`` values."""
+    if count <= leaf:
+        return (start, count)
+    half = count // 2
+    half -= half % _UNROLL
+    return (_tree(start, half, leaf), _tree(start + half, count - half, leaf))
+
+
+def _leaves(node: tuple) -> list[tuple[int, int]]:
+    if isinstance(node[0], int):
+        return [node]  # type: ignore[list-item]
+    return _leaves(node[0]) + _leaves(node[1])
+
+
+class PairwiseSum:
+    """``np.sum`` of ``count`` float64 values that arrive in order, chunk by chunk (``add``)."""
+
+    def __init__(self, count: int, leaf: int | None = None):
+        self.count = count
+        self.tree = _tree(0, count, max(leaf or LEAF, 128))
+        self.leaves = _leaves(self.tree)
+        self.sums: list[float] = []
+        self.buffer: np.ndarray | None = None
+        self.filled = 0
+
+    def add(self, values: np.ndarray) -> None:
+        """Feed the next values (float64, in order)."""
+        pos = 0
+        while pos < values.size:
+            size = self.leaves[len(self.sums)][1]
+            take = min(size - self.filled, values.size - pos)
+            if self.filled == 0 and take == size:  # a whole subtree inside these values
+                self.sums.append(float(np.sum(values[pos : pos + take])))
+            else:
+                if self.buffer is None:
+                    self.buffer = np.empty(max(size for _, size in self.leaves), dtype=np.float64)
+                self.buffer[self.filled : self.filled + take] = values[pos : pos + take]
+                self.filled += take
+                if self.filled == size:
+                    self.sums.append(float(np.sum(self.buffer[:size])))
+                    self.filled = 0
+            pos += take
+
+    def result(self) -> float:
+        """The sum, once all ``count`` values were fed."""
+        if self.count == 0:
+            return 0.0
+        assert len(self.sums) == len(self.leaves), "PairwiseSum: fewer values were fed than announced"
+        sums = iter(self.sums)
+
+        def join(node: tuple) -> float:
+            if isinstance(node[0], int):
+                return next(sums)
+            return join(node[0]) + join(node[1])
+
+        return join(self.tree)
+
+
+DIGITS = (18, 16, 16, 13)  # bits of the 63-bit pattern (the sign is 0) resolved per histogram pass
+COLLECT = 1 << 19  # candidates gathered (16 bytes each) once a group is this small
+
+
+class RankSelection:
+    """The element at 0-based ``rank`` of ``size`` non-negative float64 values in (value, position) order.
+
+    Values ascend (descend when ``descending``); equal values are ordered by position. Each
+    pass calls :meth:`begin_pass`, :meth:`observe` for every chunk in position order and
+    :meth:`end_pass`, until :attr:`done`; :attr:`result` is then ``(value, position)``.
+    Bit patterns of non-negative floats order like the floats, so the top bits narrow the
+    group holding the rank (one histogram per pass), until it is small enough to gather.
+    """
+
+    def __init__(self, size: int, rank: int, descending: bool = False, collect: int | None = None):
+        assert 0 <= rank < size
+        self.rank, self.group, self.descending, self.collect = rank, size, descending, collect or COLLECT
+        self.bits, self.prefix, self.level = 0, 0, 0  # the group: patterns whose top ``bits`` of 63 are ``prefix``
+        self.mode = "new"
+        self.result: tuple[float, int] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+    def begin_pass(self) -> None:
+        """Start a pass over every chunk (nothing to do once :attr:`done`)."""
+        if self.done:
+            self.mode = "done"
+        elif self.bits == 63:
+            self.mode, self.seen = "locate", 0
+        elif self.group <= self.collect:
+            self.mode, self.keys, self.positions = "collect", [], []
+        else:
+            self.mode, self.width = "histogram", min(DIGITS[min(self.level, len(DIGITS) - 1)], 63 - self.bits)
+            self.counts = np.zeros(1 << self.width, dtype=np.int64)
+            self.low, self.high = np.uint64(~np.uint64(0)), np.uint64(0)
+
+    def observe(self, start: int, values: np.ndarray) -> None:
+        """The chunk of values (float64, non-negative) starting at flat position ``start``."""
+        if self.mode == "done" or self.done:
+            return
+        keys = values.view(np.uint64)
+        inside = None if self.bits == 0 else (keys >> np.uint64(63 - self.bits)) == np.uint64(self.prefix)
+        if self.mode == "locate":
+            count = keys.size if inside is None else int(np.count_nonzero(inside))
+            if self.seen + count > self.rank:
+                where = self.rank - self.seen
+                position = where if inside is None else int(np.flatnonzero(inside)[where])
+                self.result = (_value(self.prefix), start + position)
+            self.seen += count
+            return
+        if inside is not None:
+            keys = keys[inside]
+        if keys.size == 0:
+            return
+        if self.mode == "collect":
+            self.keys.append(keys.copy() if inside is None else keys)
+            where = np.arange(keys.size) if inside is None else np.flatnonzero(inside)
+            self.positions.append(where + start)
+            return
+        digits = keys >> np.uint64(63 - self.bits - self.width)
+        if self.bits:
+            digits &= np.uint64((1 << self.width) - 1)
+        self.counts += np.bincount(digits.view(np.int64), minlength=self.counts.size)
+        self.low, self.high = min(self.low, keys.min()), max(self.high, keys.max())
+
+    def end_pass(self) -> None:
+        if self.mode == "collect":
+            keys, positions = np.concatenate(self.keys), np.concatenate(self.positions)
+            self.keys = self.positions = []
+            order = np.lexsort((positions, ~keys if self.descending else keys))
+            chosen = order[self.rank]
+            self.result = (_value(int(keys[chosen])), int(positions[chosen]))
+        elif self.mode == "histogram":
+            counts, self.counts = self.counts, None  # not kept past the pass
+            if self.low == self.high:  # every value of the group is the same: only its position is left
+                self.prefix, self.bits = int(self.low), 63
+                return
+            ordered = counts[::-1] if self.descending else counts
+            below = np.cumsum(ordered)
+            digit = int(np.searchsorted(below, self.rank, side="right"))
+            self.rank -= int(below[digit - 1]) if digit else 0
+            self.group = int(ordered[digit])
+            if self.descending:
+                digit = counts.size - 1 - digit
+            self.prefix = (self.prefix << self.width) | digit
+            self.bits += self.width
+            self.level += 1
+        elif self.mode == "locate" and not self.done:
+            raise AssertionError("RankSelection: the rank was not reached; fewer values than announced")
+
+
+def _value(key: int) -> float:
+    return float(np.array([key], dtype=np.uint64).view(np.float64)[0])
+
+
+def first_ranked(values: np.ndarray, start: int, bound: tuple[float, int], descending: bool) -> np.ndarray:
+    """Which of a chunk's ``values`` (flat positions from ``start``) come at or before ``bound`` in the order."""
+    value, position = bound
+    keep = values > value if descending else values < value
+    last = position - start  # equal values count up to the bound's own position
+    if last >= 0:
+        head = values[: last + 1]
+        keep[: last + 1] |= head == value
+    return keep
+
+
+__all__ = ["PairwiseSum", "RankSelection", "first_ranked"]
