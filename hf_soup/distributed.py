@@ -292,9 +292,15 @@ class ProcessGroupDist(Dist):
                      done - start, time.perf_counter() - done)
 
     def _settle(self, stage: str, error: BaseException | None) -> None:
-        """Exchange statuses; raise on every process if any failed."""
+        """Exchange statuses; raise on every process if any failed.
+
+        One small all-reduce says whether any process failed (the common case ends there);
+        only then are the failures' descriptions gathered.
+        """
         status = None if error is None else _describe(error, self.rank, stage)
         try:
+            if not self._any_failed(status is not None):
+                return
             statuses = self.all_gather(status)
         except DistributedError:
             if error is not None:  # this process's own failure says more than the lost exchange
@@ -312,6 +318,14 @@ class ProcessGroupDist(Dist):
             rank=first["rank"],
             error_type=first["type"],
         ) from (error if isinstance(error, RankFailedError) else None)
+
+    def _any_failed(self, failed: bool) -> bool:
+        import torch
+
+        flag = torch.tensor([int(failed)], dtype=torch.int64)
+        self._collective("status exchange",
+                         lambda: self._td.all_reduce(flag, op=self._td.ReduceOp.MAX, group=self._group))
+        return bool(flag.item())
 
     def local_main_first(self, fn: Callable[[], T], what: str = "resolving the ingredients") -> T:
         first = self.local_rank == 0

@@ -304,6 +304,36 @@ def test_a_process_whose_logit_pass_fails_stops_both_and_nothing_is_written(digi
     _no_trace(tmp_path / "soup")
 
 
+def test_a_process_whose_evaluation_batch_fails_stops_both_and_nothing_is_written(digit_classifiers, tmp_path):
+    # process 1's model fails on its 5th batch, in the middle of a data-parallel greedy evaluation
+    dirs, validation = digit_classifiers
+    code = ("import os, sys\n"
+            "from hf_soup.evaluation import evaluator\n"
+            "build = evaluator.build_task_model\n"
+            "def flaky_model(*args, **kwargs):\n"
+            "    model, calls = build(*args, **kwargs), [0]\n"
+            "    forward = model.forward\n"
+            "    def fail_fifth(*a, **k):\n"
+            "        calls[0] += 1\n"
+            "        if calls[0] == 5:\n"
+            "            raise RuntimeError('CUDA out of memory (simulated)')\n"
+            "        return forward(*a, **k)\n"
+            "    if os.environ['RANK'] == '1':\n"
+            "        model.forward = fail_fifth\n"
+            "    return model\n"
+            "evaluator.build_task_model = flaky_model\n"
+            "from hf_soup.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    extra = ["--method", "greedy", "--eval-dataset", str(validation), "-e", "batch_size=50"]
+    results = _spawn(["-c", code, *_merge_args([str(d) for d in dirs], tmp_path / "soup", *extra)], module=False)
+    (code0, _, err0), (code1, _, err1) = results
+    assert code0 != 0 and code1 != 0
+    assert "CUDA out of memory (simulated)" in err1
+    assert "process 1 of 2 failed (evaluating its batch): RuntimeError: CUDA out of memory (simulated)" in err0, err0[-3000:]
+    assert "Traceback" not in err0 + err1 and "collective mismatch" not in err0 + err1
+    _no_trace(tmp_path / "soup")
+
+
 def test_the_main_process_downloads_and_the_other_reads_its_cache(hub, publish_model, tmp_path):
     # Process 1 is offline: it can only succeed if process 0 filled the cache before it resolved.
     published = [publish_model(seed) for seed in range(2)]
