@@ -353,6 +353,14 @@ class ProcessGroupDist(Dist):
 
     @contextmanager
     def staged_directory(self, destination: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
+        try:
+            with self._staged_directory(destination, overwrite) as staging:
+                yield staging
+        finally:
+            self.logit_owners = {}  # reported with this soup; a later soup of the same launch starts afresh
+
+    @contextmanager
+    def _staged_directory(self, destination: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
         from .io.staging import check_destination, discard, make_staging_dir, publish
 
         created = None
