@@ -85,6 +85,7 @@ class Dist:
     def __init__(self, device: str = "cpu"):
         self.device = device
         self.shards_written: list[str] = []
+        self.logit_owners: dict[int, int] = {}
         self.merge_seconds = 0.0
         self._all_merge_seconds: list[float] = []
 
@@ -104,6 +105,10 @@ class Dist:
     def all_gather(self, obj: T) -> list[T]:
         """Every process's ``obj``, in rank order."""
         return [obj]
+
+    def broadcast_tensor(self, tensor: Any, src: int = 0) -> Any:
+        """Process ``src``'s CPU ``tensor`` (same shape and dtype everywhere) on every process, on the CPU."""
+        return tensor
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -254,6 +259,12 @@ class ProcessGroupDist(Dist):
         self._collective("status exchange", lambda: self._td.all_gather_object(out, obj, group=self._group))
         return out
 
+    def broadcast_tensor(self, tensor: Any, src: int = 0) -> Any:
+        # over the main backend (NCCL moves it through the device), not the small-object gloo group
+        moved = tensor if self.device == "cpu" else tensor.to(self.device)
+        self._collective("tensor broadcast", lambda: self._td.broadcast(moved, src=src))
+        return moved.cpu()
+
     def _collective(self, what: str, operation: Callable[[], Any]) -> None:
         """Run a collective; a peer that died or stalled becomes a :class:`DistributedError`."""
         try:
@@ -281,9 +292,15 @@ class ProcessGroupDist(Dist):
                      done - start, time.perf_counter() - done)
 
     def _settle(self, stage: str, error: BaseException | None) -> None:
-        """Exchange statuses; raise on every process if any failed."""
+        """Exchange statuses; raise on every process if any failed.
+
+        One small all-reduce says whether any process failed (the common case ends there);
+        only then are the failures' descriptions gathered.
+        """
         status = None if error is None else _describe(error, self.rank, stage)
         try:
+            if not self._any_failed(status is not None):
+                return
             statuses = self.all_gather(status)
         except DistributedError:
             if error is not None:  # this process's own failure says more than the lost exchange
@@ -301,6 +318,14 @@ class ProcessGroupDist(Dist):
             rank=first["rank"],
             error_type=first["type"],
         ) from (error if isinstance(error, RankFailedError) else None)
+
+    def _any_failed(self, failed: bool) -> bool:
+        import torch
+
+        flag = torch.tensor([int(failed)], dtype=torch.int64)
+        self._collective("status exchange",
+                         lambda: self._td.all_reduce(flag, op=self._td.ReduceOp.MAX, group=self._group))
+        return bool(flag.item())
 
     def local_main_first(self, fn: Callable[[], T], what: str = "resolving the ingredients") -> T:
         first = self.local_rank == 0
@@ -328,6 +353,14 @@ class ProcessGroupDist(Dist):
 
     @contextmanager
     def staged_directory(self, destination: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
+        try:
+            with self._staged_directory(destination, overwrite) as staging:
+                yield staging
+        finally:
+            self.logit_owners = {}  # reported with this soup; a later soup of the same launch starts afresh
+
+    @contextmanager
+    def _staged_directory(self, destination: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
         from .io.staging import check_destination, discard, make_staging_dir, publish
 
         created = None
@@ -383,12 +416,16 @@ class ProcessGroupDist(Dist):
             pass
 
     def report(self) -> dict[str, Any] | None:
-        return {
+        out = {
             "num_processes": self.world_size,
             "device": self.device,
             "shards_per_process": self._shares,
             "merge_seconds": [round(s, 4) for s in self._all_merge_seconds],
         }
+        if self.logit_owners:  # RADIN / ensembles: which process ran each ingredient's logit pass
+            out["logit_passes_per_process"] = [sorted(i for i, r in self.logit_owners.items() if r == rank)
+                                               for rank in range(self.world_size)]
+        return out
 
 
 def _timeout_seconds() -> float | None:

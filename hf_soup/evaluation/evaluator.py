@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import EvaluationError
 from .data import Columns, build_collate, check_split, load_split
 from .metrics import Metric, Totals, row_statistics
+from .rank_status import batch_stage
 from .spec import EvaluationSpec, parse_evaluation
 from .task_model import architecture_of, build_task_model, load_checkpoint_weights
 
@@ -235,12 +236,13 @@ class Evaluator:
         model.eval()
         with torch.inference_mode():
             for batch in bar:
-                labels = batch.pop("labels", None)
-                if labels is None:
-                    raise EvaluationError("evaluation.collate_fn: batches must hold 'labels' for the metric")
-                logits = model(**batch).logits
-                if self.task == "causal-lm":
-                    logits, labels = logits[:, :-1, :], labels[:, 1:]
+                with batch_stage(accelerator):  # a failure on one process stops all, before the gather
+                    labels = batch.pop("labels", None)
+                    if labels is None:
+                        raise EvaluationError("evaluation.collate_fn: batches must hold 'labels' for the metric")
+                    logits = model(**batch).logits
+                    if self.task == "causal-lm":
+                        logits, labels = logits[:, :-1, :], labels[:, 1:]
                 if on_rows is not None:
                     self._gather_rows(logits, labels, on_rows)
                 else:

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .metrics import Metric, Totals, row_statistics
+from .shared_logits import build_shared, can_share
 
 DEFAULT_MEMORY_LIMIT = 1 << 30
 _ROWS_PER_CHUNK = 4096
@@ -74,17 +75,27 @@ class LogitCache:
         arrays: list[np.ndarray] = []
         scores: dict[int, float] = {}
         labels: np.ndarray | None = None
+
+        def run_pass(index: int) -> _RowWriter:
+            writer = _RowWriter(directory / f"ingredient-{index}.logits", dtype, evaluator.metric)
+            evaluator.load_ingredient(index)
+            evaluator.logits(None, on_rows=writer, description=f"logits of ingredient {index}")
+            writer.close()
+            return writer
+
         try:
-            for index in indices:
-                path = directory / f"ingredient-{index}.logits"
-                writer = _RowWriter(path, dtype, evaluator.metric)
-                evaluator.load_ingredient(index)
-                evaluator.logits(None, on_rows=writer, description=f"logits of ingredient {index}")
-                writer.close()
-                scores[index] = writer.score()
-                if labels is None:
-                    labels = writer.labels()
-                arrays.append(writer.open(keep_in_memory=writer.nbytes * len(indices) <= memory_limit))
+            if can_share(evaluator) and indices:  # several processes: each pass runs once, on one of them
+                parts, scores, labels = build_shared(
+                    evaluator, indices, run_pass,
+                    lambda index, rows, classes: _RowSink(directory / f"ingredient-{index}.logits", dtype, classes))
+                arrays = [parts[i].open(keep_in_memory=parts[i].nbytes * len(indices) <= memory_limit) for i in indices]
+            else:
+                for index in indices:
+                    writer = run_pass(index)
+                    scores[index] = writer.score()
+                    if labels is None:
+                        labels = writer.labels()
+                    arrays.append(writer.open(keep_in_memory=writer.nbytes * len(indices) <= memory_limit))
         except BaseException:
             if cleanup:
                 shutil.rmtree(directory, ignore_errors=True)
@@ -169,11 +180,45 @@ class _RowWriter:
             return score
         return self.metric.from_totals(self.totals)
 
+    @property
+    def rows(self) -> int:
+        return self.nbytes // (self.dtype.itemsize * (self.num_classes or 1))
+
+    def read(self) -> np.ndarray:
+        """The rows written (a read-only view of the closed file)."""
+        return _open_rows(self, keep_in_memory=False, unlink=False)
+
     def open(self, keep_in_memory: bool) -> np.ndarray:
-        rows = self.nbytes // (self.dtype.itemsize * (self.num_classes or 1))
-        shape = (rows, self.num_classes or 0)
-        if keep_in_memory:
-            array = np.fromfile(self.path, dtype=self.dtype).reshape(shape)
-            self.path.unlink()
-            return array
-        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=shape)
+        return _open_rows(self, keep_in_memory)
+
+
+class _RowSink:
+    """Receives another process's rows of one ingredient (raw bytes) into a file, like :class:`_RowWriter`."""
+
+    def __init__(self, path: Path, dtype: np.dtype, num_classes: int):
+        self.path, self.dtype, self.num_classes = path, dtype, num_classes
+        self._file = open(path, "wb")
+        self.nbytes = 0
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+        self.nbytes += len(data)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def open(self, keep_in_memory: bool) -> np.ndarray:
+        return _open_rows(self, keep_in_memory)
+
+
+def _open_rows(rows: Any, keep_in_memory: bool, unlink: bool = True) -> np.ndarray:
+    """The ``(rows, classes)`` array of a closed writer's or sink's file: read into memory (and the file
+    removed), or memory-mapped."""
+    count = rows.nbytes // (rows.dtype.itemsize * (rows.num_classes or 1))
+    shape = (count, rows.num_classes or 0)
+    if keep_in_memory or count == 0:
+        array = np.fromfile(rows.path, dtype=rows.dtype).reshape(shape)
+        if unlink:
+            rows.path.unlink()
+        return array
+    return np.memmap(rows.path, dtype=rows.dtype, mode="r", shape=shape)

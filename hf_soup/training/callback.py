@@ -46,8 +46,14 @@ How it works:
   better): a soup's score is what ``trainer.evaluate()`` prints for it. See
   :mod:`hf_soup.training.trainer_evaluator`. ``learned`` soups train on the data and take a
   ``datasets.Dataset`` (:mod:`hf_soup.training.trainer_evaluation`).
-* Multi-process training: only the main process harvests, merges and writes; the other
-  processes wait for it at the end of training.
+* Multi-process training (DDP, ``accelerate launch``): only the main process harvests.
+  ``uniform`` / ``weighted`` soups are merged and written by the main process while the
+  others wait at the end of training. Data-driven soups (``greedy``, ``radin``, ``learned``,
+  ``compare=True``) run on every process, in the Trainer's own process group: they evaluate
+  together (each process scores its share of the batches), the main process writes the soup
+  (and pushes it), the others wait; the soup equals a single-process soup of the same
+  checkpoints. Every process must see the harvested checkpoints (a shared ``output_dir``).
+  See ``docs/distributed.md``.
 * A failure inside the callback (nothing saved, an evaluation error, a full disk) is
   logged on the ``hf_soup`` logger and kept in ``callback.error`` / ``callback.errors``;
   it never stops or corrupts the training run.
@@ -209,9 +215,10 @@ class SoupCallback(TrainerCallback):
             )
         args = self._args
         try:
-            if not is_main(args):
+            if not is_main(args) and not self._together(args):
                 return None
-            self.result = self._soup_sweep(args, Path(output_dir) if output_dir else None)
+            result = self._soup_sweep(args, Path(output_dir) if output_dir else None)
+            self.result = result if is_main(args) else None
             return self.result
         finally:
             wait_for_everyone(args)
@@ -228,12 +235,6 @@ class SoupCallback(TrainerCallback):
                 f"SoupCallback(method={self.method!r}{', compare=True' if self.compare else ''}) scores on validation "
                 "data: give the Trainer "
                 "an eval_dataset, or SoupCallback(evaluation={...})"
-            )
-        if self.needs_evaluation and getattr(args, "world_size", 1) > 1:
-            raise RecipeError(
-                f"SoupCallback(method={self.method!r}): data-driven soups are not run inside multi-process training "
-                "(the evaluation would wait on processes that are not evaluating). Use method='uniform' here, or keep "
-                "the checkpoints (keep_ingredients=True) and run hf-soup on them after training"
             )
         destination = self._destination(args)
         if not self.overwrite and destination.is_dir() and any(destination.iterdir()):
@@ -283,9 +284,12 @@ class SoupCallback(TrainerCallback):
             self._register_trial(args, state, kwargs.get("model"))
             return
         try:
-            if state.is_world_process_zero:
+            if self._together(args):
+                wait_for_everyone(args)  # the main process has harvested the last checkpoint
+            if state.is_world_process_zero or self._together(args):
                 with self._guard("souping the checkpoints"):
-                    self.result = self._soup_run(args)
+                    result = self._soup_run(args)
+                    self.result = result if state.is_world_process_zero else None
         finally:
             wait_for_everyone(args)
 
@@ -344,9 +348,12 @@ class SoupCallback(TrainerCallback):
             "selection": f"last {self.last_k}" if self.last_k else "all",
         }
         result = self._soup(chosen, records, training, self._destination(args))
-        if not self.keep_ingredients:
+        if self._together(args):
+            wait_for_everyone(args)  # every process is done reading them
+        if not self.keep_ingredients and is_main(args):
             shutil.rmtree(root, ignore_errors=True)
-        logger.info("SoupCallback: souped %d checkpoint(s) into %s", len(chosen), result.output_dir)
+        if result is not None:
+            logger.info("SoupCallback: souped %d checkpoint(s) into %s", len(chosen), result.output_dir)
         return result
 
     # ---- a sweep ----------------------------------------------------------------------
@@ -467,12 +474,15 @@ class SoupCallback(TrainerCallback):
             + ("" if self.include_pruned else ", pruned trials left out"),
         }
         result = self._soup(chosen, records, training, output_dir or self._destination(args))
-        if not self.keep_ingredients:
+        if self._together(args):
+            wait_for_everyone(args)  # every process is done reading them
+        if not self.keep_ingredients and is_main(args):
             for folder, _ in records:
                 shutil.rmtree(folder, ignore_errors=True)
             if not any(root.iterdir()):
                 root.rmdir()
-        logger.info("SoupCallback: souped %d of %d trial(s) into %s", len(chosen), len(records), result.output_dir)
+        if result is not None:
+            logger.info("SoupCallback: souped %d of %d trial(s) into %s", len(chosen), len(records), result.output_dir)
         return result
 
     # ---- the merge itself -------------------------------------------------------------------
@@ -492,6 +502,8 @@ class SoupCallback(TrainerCallback):
                 f"method {self.method!r} needs validation data and none could be taken from the Trainer "
                 "(see the earlier error); give SoupCallback(evaluation={...})"
             )
+        if self._together(self._args):
+            return self._soup_together(chosen, candidates, training, destination, evaluation)
         # process 0 soups alone while the other training processes wait at a barrier
         with staged_directory(destination, self.overwrite) as staging, single_process():
             try:
@@ -510,7 +522,43 @@ class SoupCallback(TrainerCallback):
                 result.report["pushed_to"] = result.push_to_hub(**self.push_to_hub)
         return result
 
+    def _soup_together(self, chosen, candidates, training: dict[str, Any], destination: Path, evaluation: Any):
+        """Every training process soups (a data-driven method under DDP): they evaluate together, process 0 writes.
+
+        The processes are those of the Trainer's accelerator state (:func:`hf_soup.distributed.get_dist`
+        joins its process group); each reads the harvested checkpoints, so ``args.output_dir`` (or
+        ``harvest_dir``) must be on a filesystem every node shares. Any process's failure stops
+        them all (``RankFailedError`` on the others) and nothing is written.
+        """
+        from ..api import soup
+        from ..distributed import get_dist
+        from ..output.card import write_card
+        from ..output.report import write_report
+        from ..pipeline import SoupResult
+
+        dist = get_dist(self._device())
+        report = None
+        with dist.staged_directory(destination, self.overwrite) as staging:
+            result = soup([str(folder) for folder, _ in chosen], self.method, staging, evaluation=evaluation,
+                          dtype=self.dtype, overwrite=True, seed=self.seed, compare=self.compare,
+                          base_model=self.base_model, device=self._device(), **self.method_params)
+            if dist.is_main:
+                report = annotate(result.report, chosen, candidates, training, destination)
+                write_report(staging, report)
+                write_card(staging)
+        if not dist.is_main:
+            return None
+        result = SoupResult(destination, report)
+        if self.push_to_hub is not None:  # process 0 alone; the others do not wait in a collective for it
+            with self._guard(f"pushing the soup to {self.push_to_hub['repo_id']}"):
+                result.report["pushed_to"] = result.push_to_hub(**self.push_to_hub)
+        return result
+
     # ---- plumbing ----------------------------------------------------------------------
+
+    def _together(self, args) -> bool:
+        """Whether every training process takes part in the soup: a data-driven method in multi-process training."""
+        return self.needs_evaluation and getattr(args, "world_size", 1) > 1
 
     def _run_dir(self, args) -> Path:
         trainer = self._trainer

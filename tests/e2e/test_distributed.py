@@ -261,6 +261,77 @@ def test_two_processes_data_driven_soups_have_the_metrics_and_bytes_of_one_proce
     assert [row["kept"] for row in one["ingredients"]] == [row["kept"] for row in two["ingredients"]]
     for shard in (tmp_path / "one").glob("*.safetensors"):
         assert shard.read_bytes() == (tmp_path / "two" / shard.name).read_bytes()
+    # each ingredient's logit pass ran once in all, on one process (round-robin), not on both
+    assert two["distributed"]["logit_passes_per_process"] == [[0, 2], [1]]
+    assert one["details"].get("num_logit_passes") == two["details"].get("num_logit_passes")
+
+
+def test_shared_logit_passes_give_one_process_losses_and_bytes(digit_classifiers, tmp_path):
+    # RADIN scored by the loss: the cached logits of each ingredient must be one process's, bit for bit
+    dirs, validation = digit_classifiers
+    extra = ["--method", "radin", "-p", "budget=2", "-p", "include_singles=false", "--eval-dataset", str(validation),
+             "-e", "batch_size=50", "-e", "metric=loss"]
+    run = _torchrun(_merge_args([str(d) for d in dirs], tmp_path / "one", *extra), nproc=1)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = _spawn(_merge_args([str(d) for d in dirs], tmp_path / "two", *extra))
+    assert [code for code, _, _ in results] == [0, 0], results[0][2][-3000:] + results[1][2][-3000:]
+    one, two = (json.loads((tmp_path / d / "soup_report.json").read_text()) for d in ("one", "two"))
+    assert one["details"]["scores"] == two["details"]["scores"]
+    assert one["details"]["evaluated_candidates"] == two["details"]["evaluated_candidates"]
+    assert one["details"]["num_logit_passes"] == two["details"]["num_logit_passes"] == len(dirs)
+    assert two["distributed"]["logit_passes_per_process"] == [[0, 2], [1]]
+    for shard in (tmp_path / "one").glob("*.safetensors"):
+        assert shard.read_bytes() == (tmp_path / "two" / shard.name).read_bytes()
+
+
+def test_a_process_whose_logit_pass_fails_stops_both_and_nothing_is_written(digit_classifiers, tmp_path):
+    dirs, validation = digit_classifiers
+    code = ("import os, sys\n"
+            "from hf_soup.evaluation import logit_cache\n"
+            "def full_disk(self, logits, labels):\n"
+            "    raise OSError(28, 'No space left on device')\n"
+            "if os.environ['RANK'] == '1':\n"
+            "    logit_cache._RowWriter.__call__ = full_disk\n"
+            "from hf_soup.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    extra = ["--method", "radin", "-p", "budget=2", "--eval-dataset", str(validation), "-e", "batch_size=50"]
+    results = _spawn(["-c", code, *_merge_args([str(d) for d in dirs], tmp_path / "soup", *extra)], module=False)
+    (code0, _, err0), (code1, _, err1) = results
+    assert code0 != 0 and code1 != 0
+    assert "No space left on device" in err1
+    assert "process 1 of 2 failed (computing its ingredients' logits): OSError" in err0, err0[-3000:]
+    assert "Traceback" not in err0 + err1
+    _no_trace(tmp_path / "soup")
+
+
+def test_a_process_whose_evaluation_batch_fails_stops_both_and_nothing_is_written(digit_classifiers, tmp_path):
+    # process 1's model fails on its 5th batch, in the middle of a data-parallel greedy evaluation
+    dirs, validation = digit_classifiers
+    code = ("import os, sys\n"
+            "from hf_soup.evaluation import evaluator\n"
+            "build = evaluator.build_task_model\n"
+            "def flaky_model(*args, **kwargs):\n"
+            "    model, calls = build(*args, **kwargs), [0]\n"
+            "    forward = model.forward\n"
+            "    def fail_fifth(*a, **k):\n"
+            "        calls[0] += 1\n"
+            "        if calls[0] == 5:\n"
+            "            raise RuntimeError('CUDA out of memory (simulated)')\n"
+            "        return forward(*a, **k)\n"
+            "    if os.environ['RANK'] == '1':\n"
+            "        model.forward = fail_fifth\n"
+            "    return model\n"
+            "evaluator.build_task_model = flaky_model\n"
+            "from hf_soup.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    extra = ["--method", "greedy", "--eval-dataset", str(validation), "-e", "batch_size=50"]
+    results = _spawn(["-c", code, *_merge_args([str(d) for d in dirs], tmp_path / "soup", *extra)], module=False)
+    (code0, _, err0), (code1, _, err1) = results
+    assert code0 != 0 and code1 != 0
+    assert "CUDA out of memory (simulated)" in err1
+    assert "process 1 of 2 failed (evaluating its batch): RuntimeError: CUDA out of memory (simulated)" in err0, err0[-3000:]
+    assert "Traceback" not in err0 + err1 and "collective mismatch" not in err0 + err1
+    _no_trace(tmp_path / "soup")
 
 
 def test_the_main_process_downloads_and_the_other_reads_its_cache(hub, publish_model, tmp_path):

@@ -360,29 +360,27 @@ from hf_soup.ingredients import resolve_ingredients
 from hf_soup.methods.base import MergeContext
 from hf_soup.methods.registry import build_method
 
-data, out, *dirs = sys.argv[1:]
+data, out, params, *dirs = sys.argv[1:]
 with ExitStack() as stack:
     ingredients = resolve_ingredients(dirs)
     sources = {i: stack.enter_context(ing.open()) for i, ing in enumerate(ingredients)}
     alignment = align(list(sources.values()), [i.name for i in ingredients], [i.config for i in ingredients])
     spec = EvaluationSpec(dataset=data, split="validation", batch_size=32)
     evaluator = Evaluator.for_ingredients(spec, ingredients, device="cpu").bind(alignment.tensors, sources)
-    method = build_method("learned", dict(layerwise=True, model_batch=2, inner_steps=4, data_batch_size=25,
-                                          optimizer="sgd", lr=1.0))
+    method = build_method("learned", json.loads(params))
     context = MergeContext(len(ingredients), [i.name for i in ingredients], evaluator=evaluator, seed=0)
     method.setup(context)
     details = method.plan(context, ingredients).details
     if evaluator.accelerator.process_index == 0:
         json.dump({"processes": evaluator.accelerator.num_processes, "weights": details["coefficients"]["weights"],
-                   "loss": details["train_loss_learned"], "score": details["score"]}, open(out, "w"))
+                   "raw": details["coefficients"]["raw"], "loss": details["train_loss_learned"],
+                   "uniform_loss": details["train_loss_uniform"], "losses": details["loss_curve"]["values"],
+                   "score": details["score"]}, open(out, "w"))
 '''
 
 
-def test_two_processes_learn_the_same_coefficients_as_one(sharded_digits, tmp_path):
-    """Each global batch is split across 2 gloo processes and the coefficient gradients are summed.
-
-    SGD, because Adam turns the float noise of a zero-gradient block (a key bias) into full steps.
-    """
+def _one_and_two_processes(sharded_digits, tmp_path, params: dict) -> dict:
+    """Run the learned soup of ``params`` under torchrun with 1 and with 2 processes (gloo, one thread each)."""
     import json
     import os
     import subprocess
@@ -398,14 +396,33 @@ def test_two_processes_learn_the_same_coefficients_as_one(sharded_digits, tmp_pa
     for processes in (1, 2):
         out = tmp_path / f"out-{processes}.json"
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                   str(tmp_path / "worker.py"), str(tmp_path / "data"), str(out), *map(str, dirs)]
+                   str(tmp_path / "worker.py"), str(tmp_path / "data"), str(out), json.dumps(params), *map(str, dirs)]
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=root)
         assert done.returncode == 0, done.stderr[-3000:]
         runs[processes] = json.loads(out.read_text())
     assert runs[1]["processes"] == 1 and runs[2]["processes"] == 2
+    return runs
+
+
+def test_two_processes_learn_the_same_coefficients_as_one(sharded_digits, tmp_path):
+    """Each global batch is split across 2 gloo processes and the coefficient gradients are summed.
+
+    SGD, because Adam turns the float noise of a zero-gradient block (a key bias) into full steps.
+    """
+    runs = _one_and_two_processes(sharded_digits, tmp_path, dict(layerwise=True, model_batch=2, inner_steps=4,
+                                                                  data_batch_size=25, optimizer="sgd", lr=1.0))
     np.testing.assert_allclose(runs[2]["weights"], runs[1]["weights"], rtol=1e-4, atol=1e-5)
     assert runs[2]["loss"] == pytest.approx(runs[1]["loss"], rel=1e-5)
     assert runs[2]["score"] == pytest.approx(runs[1]["score"], abs=1e-9)
+
+
+def test_micro_batches_learn_the_same_bits_with_one_and_two_processes(sharded_digits, tmp_path):
+    """With micro_batch_size, each step's 25 rows are 5 fixed micro-batches (3 on process 0, 2 on process 1),
+    summed in a fixed order in float64: AdamW's coefficients, losses and score are the same bits."""
+    runs = _one_and_two_processes(sharded_digits, tmp_path, dict(layerwise=True, model_batch=2, inner_steps=4,
+                                                                  data_batch_size=25, micro_batch_size=5))
+    for key in ("raw", "weights", "losses", "loss", "uniform_loss", "score"):
+        assert runs[2][key] == runs[1][key], key
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
@@ -123,6 +124,35 @@ def ingredient_mean(load: LoadFn, names: list[str], num_models: int) -> dict[str
     return mean
 
 
+@dataclass
+class MicroBatches:
+    """This process's micro-batches of one data batch, ``[(position, batch)]``, out of ``total``.
+
+    A data batch cut into micro-batches of a fixed size, whatever the number of processes,
+    and dealt to the processes round-robin; each micro-batch's loss and gradient terms are
+    then summed in position order in float64 (:func:`fixed_order_sum`), so the step is the
+    same, bit for bit, for any number of processes.
+    """
+
+    parts: list[tuple[int, Any]]
+    total: int
+
+
+def fixed_order_sum(reduce: ReduceFn | None, terms: torch.Tensor) -> torch.Tensor:
+    """Sum the rows of ``terms`` (``(total, L)`` float64, each row filled by one process, zeros elsewhere)
+    over processes, then row after row in position order: the same bits for any number of processes.
+
+    Adding zeros is exact, so the reduction over processes gives every row its owner's value;
+    the rows are then added in a fixed order.
+    """
+    if reduce is not None:
+        terms = reduce(terms)
+    total = terms[0].clone()
+    for row in terms[1:]:
+        total += row
+    return total
+
+
 def reduce_step(reduce: ReduceFn | None, loss: torch.Tensor, count: float, *parts: torch.Tensor) -> list[torch.Tensor]:
     """Example-weighted mean over processes of the loss and of each gradient part."""
     flat = torch.cat([loss.detach().reshape(1) * count, *(p.reshape(-1) * count for p in parts),
@@ -181,25 +211,16 @@ def learn_block_coordinate(
                 rest = {n: soup[n].reshape(-1) - mean[n].reshape(-1) - _combine(diffs[n], current[:, block[i]])
                         for i, n in enumerate(names)}
             rho_current = torch.ones(B, device=current.device)
+        projected = partial(_projected, loss_fn, soup=soup, names=names, diffs=diffs, rest=rest, block=block,
+                            size=len(batch), blocks=B, device=current.device)
         for _ in range(config.inner_steps):
-            leaves = {n: soup[n].detach().requires_grad_(True) for n in names}
-            loss, count = loss_fn(leaves, next(data))
-            if loss is None:  # this rank got no rows of the global batch
-                loss, grads = torch.zeros((), device=current.device), [None] * len(names)
+            item = next(data)
+            if isinstance(item, MicroBatches):
+                mean_loss, g_batch, g_rest = _micro_step(reduce, item, projected, len(batch), B, current.device)
             else:
-                grads = torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)
-            with torch.no_grad():
-                g_batch = torch.zeros(len(batch), B, device=current.device)
-                g_rest = torch.zeros(B, device=current.device)
-                for i, (name, grad) in enumerate(zip(names, grads)):
-                    if grad is None:
-                        continue
-                    flat = grad.reshape(-1)
-                    g_batch[:, block[i]] += diffs[name] @ flat  # eq. 6, per block
-                    if rest is not None:
-                        g_rest[block[i]] += torch.dot(rest[name], flat)
-                del grads, leaves
-                mean_loss, g_batch, g_rest = reduce_step(reduce, loss, count, g_batch, g_rest)
+                loss, count, g_batch, g_rest = projected(item)
+                with torch.no_grad():
+                    mean_loss, g_batch, g_rest = reduce_step(reduce, loss, count, g_batch, g_rest)
             optimizer.zero_grad(set_to_none=True)  # rows outside the batch keep grad None: unchanged (eq. 7)
             coefficients, rho = batch_combination(rows, batch, hyperplane=config.hyperplane, lse_start=lse_start)
             surrogate = (coefficients * g_batch).sum()
@@ -221,9 +242,48 @@ def learn_block_coordinate(
             losses.append(float(mean_loss))
             if on_step is not None:
                 on_step(len(losses), losses[-1])
-        del diffs, rest
+        del diffs, rest, projected
     return LearnedCoefficients.from_raw(torch.stack([r.detach() for r in rows]), config.hyperplane, losses, schedule,
                                         soup if keep_soup else None)
+
+
+def _projected(loss_fn: LossFn, item: Any, *, soup: Mapping[str, torch.Tensor], names: list[str],
+               diffs: Mapping[str, torch.Tensor], rest: Mapping[str, torch.Tensor] | None, block: list[int],
+               size: int, blocks: int, device: torch.device) -> tuple[torch.Tensor, float, torch.Tensor, torch.Tensor]:
+    """Mean loss, row count and the loss gradient projected on the batch's coefficients (eq. 6) of one data batch."""
+    leaves = {n: soup[n].detach().requires_grad_(True) for n in names}
+    loss, count = loss_fn(leaves, item)
+    if loss is None:  # this rank got no rows of the global batch
+        loss, grads = torch.zeros((), device=device), [None] * len(names)
+    else:
+        grads = torch.autograd.grad(loss, [leaves[n] for n in names], allow_unused=True)
+    with torch.no_grad():
+        g_batch = torch.zeros(size, blocks, device=device)
+        g_rest = torch.zeros(blocks, device=device)
+        for i, (name, grad) in enumerate(zip(names, grads)):
+            if grad is None:
+                continue
+            flat = grad.reshape(-1)
+            g_batch[:, block[i]] += diffs[name] @ flat  # eq. 6, per block
+            if rest is not None:
+                g_rest[block[i]] += torch.dot(rest[name], flat)
+    return loss.detach(), count, g_batch, g_rest
+
+
+def _micro_step(reduce: ReduceFn | None, item: MicroBatches, projected: Callable[[Any], Any], size: int,
+                blocks: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Example-weighted mean loss and projected gradients of a data batch, from its micro-batches in fixed order."""
+    width = 1 + size * blocks + blocks + 1
+    terms = torch.zeros(item.total, width, dtype=torch.float64, device=device)
+    for position, micro in item.parts:
+        loss, count, g_batch, g_rest = projected(micro)
+        if count:
+            terms[position] = torch.cat([loss.double().reshape(1), g_batch.double().reshape(-1), g_rest.double(),
+                                         torch.ones(1, dtype=torch.float64, device=device)]) * float(count)
+    total = fixed_order_sum(reduce, terms)
+    total = total / total[-1]
+    g_batch = total[1:1 + size * blocks].reshape(size, blocks).to(torch.float32)
+    return total[0], g_batch, total[1 + size * blocks:-1].to(torch.float32)
 
 
 def _device(tensors: Mapping[str, torch.Tensor]) -> torch.device:

@@ -68,6 +68,12 @@ class LearnedParams(MethodParams):
       The released script restarts a cosine with 20 % warmup for every model batch; here
       one schedule spans the whole run (a documented difference).
     * ``data_batch_size`` — examples per step (default: the evaluation's ``batch_size``).
+    * ``micro_batch_size`` — rows per forward/backward pass (default: none, each process takes
+      its share ``rank::P`` of every step's examples in one pass). When set, each step's
+      examples are cut into micro-batches of this many rows, dealt to the processes
+      round-robin, and their loss and gradient terms are summed in a fixed order in float64:
+      the coefficients are then the same, bit for bit, whatever the number of processes
+      (``torchrun``), at one pass per micro-batch. See ``docs/distributed.md``.
     * ``seed`` — model order and data shuffles (default: the recipe's seed).
     * ``hyperplane`` — true (default): coefficients on the hyperplane through the
       ingredients (eq. 5, extrapolation allowed); false: softmax weights on the simplex,
@@ -90,6 +96,7 @@ class LearnedParams(MethodParams):
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     data_batch_size: int | None = Field(default=None, ge=1)
+    micro_batch_size: int | None = Field(default=None, ge=1)
     seed: int | None = None
     hyperplane: bool = True
     train_split: str | None = None
@@ -164,7 +171,8 @@ class LearnedSoup(PlanningMethod):
         evaluator = context.evaluator
         seed = params.seed if params.seed is not None else context.seed
         task = LearnedTask(evaluator, split=params.train_split,
-                           batch_size=params.data_batch_size or evaluator.spec.batch_size, seed=seed)
+                           batch_size=params.data_batch_size or evaluator.spec.batch_size, seed=seed,
+                           micro_batch_size=params.micro_batch_size)
         if params.test_split:  # fail on a bad test split now, build its evaluator after learning
             from .task import check_other_split
 

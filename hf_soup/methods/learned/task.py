@@ -10,7 +10,10 @@ optimisers what they need:
 * ``batches(epoch)`` — a seeded shuffle of the training split per epoch, cut into global
   batches of ``batch_size`` rows; with P processes each rank takes rows ``rank::P`` of
   every global batch, so every step sees the same examples as a single process would
-  (the gradients are then summed with example weights, see ``bcd``);
+  (the gradients are then summed with example weights, see ``bcd``). With
+  ``micro_batch_size`` each global batch is cut into micro-batches of that many rows,
+  dealt round-robin to the processes (:class:`~.bcd.MicroBatches`), and their terms are
+  summed in a fixed order in float64: the same bits for any number of processes;
 * ``loss(params, batch)`` — the model's own loss (cross-entropy for classifiers, shifted
   token cross-entropy for causal LMs) with ``torch.func.functional_call`` on ``params``,
   and the number of examples / scored tokens it averages over.
@@ -26,6 +29,7 @@ from __future__ import annotations
 from typing import Any, Iterator, Mapping
 
 from ...errors import EvaluationError
+from .bcd import MicroBatches, fixed_order_sum
 
 SUPPORTED_TASKS = ("sequence-classification", "image-classification", "causal-lm")
 
@@ -33,7 +37,8 @@ SUPPORTED_TASKS = ("sequence-classification", "image-classification", "causal-lm
 class LearnedTask:
     """Model, data and loss of one learned-soup run (see the module docstring)."""
 
-    def __init__(self, evaluator: Any, *, split: str | None, batch_size: int, seed: int):
+    def __init__(self, evaluator: Any, *, split: str | None, batch_size: int, seed: int,
+                 micro_batch_size: int | None = None):
         import torch
 
         if evaluator.task not in SUPPORTED_TASKS:
@@ -53,6 +58,7 @@ class LearnedTask:
         self.builder = evaluator.builder
         self.accelerator = evaluator.accelerator
         self.batch_size = batch_size
+        self.micro_batch_size = micro_batch_size
         self.seed = seed
         self.split_name = split or evaluator.spec.split or "validation"
         self.data = evaluator.split if split is None or split == evaluator.spec.split else _load_other_split(evaluator, split)
@@ -124,13 +130,20 @@ class LearnedTask:
     def _batches(self, order: list[int]) -> Iterator[Any]:
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         rows = self.data.with_format(None)
+        micro = self.micro_batch_size
         for start in range(0, len(order), self.batch_size):
-            mine = order[start:start + self.batch_size][rank::world]
-            if not mine:
-                yield None
+            batch_rows = order[start:start + self.batch_size]
+            if micro is not None:  # fixed micro-batches, dealt round-robin: the same work for any process count
+                cuts = [batch_rows[i:i + micro] for i in range(0, len(batch_rows), micro)]
+                yield MicroBatches([(j, self._collate(rows, cut)) for j, cut in enumerate(cuts) if j % world == rank],
+                                   len(cuts))
                 continue
-            batch = self.evaluator.collate([rows[i] for i in mine])
-            yield {k: v.to(self.accelerator.device) if hasattr(v, "to") else v for k, v in batch.items()}
+            mine = batch_rows[rank::world]
+            yield self._collate(rows, mine) if mine else None
+
+    def _collate(self, rows: Any, indices: list[int]) -> Any:
+        batch = self.evaluator.collate([rows[i] for i in indices])
+        return {k: v.to(self.accelerator.device) if hasattr(v, "to") else v for k, v in batch.items()}
 
     # -- loss ----------------------------------------------------------------------------
 
@@ -162,7 +175,20 @@ class LearnedTask:
         """Mean loss over the whole training split (example-weighted, over all ranks)."""
         import torch
 
-        total = torch.zeros(2, dtype=torch.float64, device=self.accelerator.device)
+        device = self.accelerator.device
+        if self.micro_batch_size is not None:  # one row of terms per micro-batch, summed in a fixed order
+            terms: list[Any] = []
+            with torch.no_grad():
+                for item in self.ordered_batches():
+                    part = torch.zeros(item.total, 2, dtype=torch.float64, device=device)
+                    for position, micro in item.parts:
+                        loss, count = self.loss(params, micro)
+                        if count:
+                            part[position] = torch.tensor([float(loss) * count, count], dtype=torch.float64)
+                    terms.append(part)
+            total = fixed_order_sum(reduce, torch.cat(terms))
+            return float(total[0] / total[1])
+        total = torch.zeros(2, dtype=torch.float64, device=device)
         with torch.no_grad():
             for batch in self.ordered_batches():
                 loss, count = self.loss(params, batch)
