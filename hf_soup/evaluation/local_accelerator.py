@@ -32,10 +32,24 @@ def single_process() -> bool:
     return distributed.launched_world_size() <= 1
 
 
-class LocalAccelerator:
-    """One process on ``device``: batches moved to it, gathers and reductions as the identity."""
+class NoCollectives:
+    """An accelerator's collective operations for a process that evaluates alone: each the identity."""
 
     num_processes = 1
+
+    def gather_for_metrics(self, value: Any) -> Any:
+        return value
+
+    def pad_across_processes(self, tensor: Any, **_: Any) -> Any:
+        return tensor
+
+    def reduce(self, tensor: Any, reduction: str = "sum") -> Any:
+        return tensor
+
+
+class LocalAccelerator(NoCollectives):
+    """One process on ``device``: batches moved to it, gathers and reductions as the identity."""
+
     process_index = 0
     local_process_index = 0
     is_main_process = True
@@ -49,19 +63,10 @@ class LocalAccelerator:
             self.device = torch.device("cuda", torch.cuda.current_device())
 
     def prepare_data_loader(self, dataloader: Any) -> Any:
-        return dataloader if self.device.type == "cpu" else _OnDevice(dataloader, self.device)
-
-    def gather_for_metrics(self, value: Any) -> Any:
-        return value
-
-    def pad_across_processes(self, tensor: Any, **_: Any) -> Any:
-        return tensor
-
-    def reduce(self, tensor: Any, reduction: str = "sum") -> Any:
-        return tensor
+        return dataloader if self.device.type == "cpu" else OnDevice(dataloader, self.device)
 
 
-class _OnDevice:
+class OnDevice:
     """A data loader whose batches (mappings of tensors) arrive on ``device``."""
 
     def __init__(self, dataloader: Any, device: Any):

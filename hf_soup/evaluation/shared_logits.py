@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from .local_accelerator import NoCollectives, OnDevice
+
 #: Bytes broadcast per collective.
 CHUNK_BYTES = 32 << 20
 
@@ -40,38 +42,13 @@ def owners(indices: Sequence[int], world_size: int) -> dict[int, int]:
     return {index: position % world_size for position, index in enumerate(indices)}
 
 
-class _Alone:
+class _Alone(NoCollectives):
     """The evaluator's accelerator as seen by a pass run by this process alone: no sharding, no gathering."""
-
-    num_processes = 1
 
     def __init__(self, accelerator: Any):
         self.device = accelerator.device
         self.is_local_main_process = accelerator.is_local_main_process
         self.is_main_process = accelerator.is_main_process
-
-    def gather_for_metrics(self, value: Any) -> Any:
-        return value
-
-    def pad_across_processes(self, tensor: Any, **_: Any) -> Any:
-        return tensor
-
-    def reduce(self, tensor: Any, reduction: str = "sum") -> Any:
-        return tensor
-
-
-class _OnDevice:
-    """The split's own batches (as one process iterates them), moved to ``device``."""
-
-    def __init__(self, loader: Any, device: Any):
-        self.loader, self.device = loader, device
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator[Any]:
-        for batch in self.loader:
-            yield {k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()}
 
 
 @contextmanager
@@ -79,7 +56,7 @@ def alone(evaluator: Any) -> Iterator[None]:
     """Passes of ``evaluator`` inside run on this process alone, over the whole split."""
     saved = evaluator._accelerator, evaluator.dataloader
     evaluator._accelerator = _Alone(saved[0])
-    evaluator.dataloader = _OnDevice(evaluator._dataloader(), saved[0].device)
+    evaluator.dataloader = OnDevice(evaluator._dataloader(), saved[0].device)
     try:
         yield
     finally:
