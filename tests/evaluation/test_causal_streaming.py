@@ -15,6 +15,7 @@ import hf_soup
 from fixtures_causal import llama_lms  # noqa: F401  (session fixture)
 from fixtures_classifiers import bound_evaluator
 from hf_soup.errors import EvaluationError
+from fixtures_evaluation import scored  # noqa: F401
 
 torch = pytest.importorskip("torch")
 
@@ -126,26 +127,6 @@ def test_loss_and_perplexity_are_token_weighted_means_over_the_split(batch_size,
             mean = nll / count
             assert score == pytest.approx(mean if metric == "loss" else math.exp(mean), rel=2e-6)
             assert count == sum(len(tokenizer(t)["input_ids"]) - 1 for t in texts)
-
-
-def _snapshot(model):
-    return {key: value.detach().clone() for key, value in model.state_dict().items()}
-
-
-@pytest.fixture
-def scored(monkeypatch):
-    """Every scored model's weights, by the pass's description."""
-    from hf_soup.evaluation.evaluator import Evaluator
-
-    states: dict[str, dict] = {}
-    original = Evaluator._score_model
-
-    def record(self, model, description):
-        states[description] = _snapshot(model)
-        return original(self, model, description)
-
-    monkeypatch.setattr(Evaluator, "_score_model", record)
-    return states
 
 
 @pytest.mark.parametrize("method", ["greedy", "radin"])

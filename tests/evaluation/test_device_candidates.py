@@ -9,6 +9,7 @@ import pytest
 import hf_soup
 from fixtures_classifiers import bound_evaluator, digit_bert, digit_vit  # noqa: F401
 from hf_soup.errors import EvaluationError
+from fixtures_evaluation import scored  # noqa: F401
 
 torch = pytest.importorskip("torch")
 
@@ -26,22 +27,6 @@ def _assert_same_bits(state, expected) -> None:
 
 def _snapshot(model):
     return {key: value.detach().clone() for key, value in model.state_dict().items()}
-
-
-@pytest.fixture
-def scored(monkeypatch):
-    """Every scored model's weights, by the pass's description."""
-    from hf_soup.evaluation.evaluator import Evaluator
-
-    states: dict[str, dict] = {}
-    original = Evaluator._score_model
-
-    def record(self, model, description):
-        states[description] = _snapshot(model)
-        return original(self, model, description)
-
-    monkeypatch.setattr(Evaluator, "_score_model", record)
-    return states
 
 
 def _written(directory: Path):
