@@ -18,6 +18,8 @@ import hashlib
 
 import numpy as np
 
+from .streamed_stats import pairwise_total
+
 _EPS = 1e-7  # below this l1 norm a tensor is not rescaled (as in MergeKit)
 
 
@@ -101,8 +103,8 @@ def della(magnitudes: np.ndarray, shape: tuple[int, ...], density: float, epsilo
 
 def l1_factor(magnitudes: np.ndarray, keep: np.ndarray) -> float:
     """The factor that gives the kept entries the l1 norm of the whole task vector (1 when either is ~0)."""
-    before = float(magnitudes.sum())
-    after = float(magnitudes[keep].sum())
+    before = pairwise_total(magnitudes)  # the streamed path's summation order, on any numpy
+    after = pairwise_total(magnitudes[keep])
     if before < _EPS or after < _EPS:
         return 1.0
     return before / after

@@ -4,9 +4,11 @@ Base-relative methods need statistics of a whole tensor (the l1 norm of a task v
 k-th largest magnitude) but should hold only bounded chunks of it. Both statistics here give
 the bytes the whole-array numpy computation gives:
 
-* :class:`PairwiseSum` feeds values in order and returns ``np.sum`` of all of them: numpy sums
-  a contiguous float64 array by a fixed pairwise tree (halves rounded to multiples of 8),
-  so the tree's subtrees that fit a buffer are summed by ``np.sum`` and joined in its order.
+* :class:`PairwiseSum` feeds values in order and returns their sum by one fixed pairwise tree
+  (halves rounded to multiples of 8; leaves summed by ``np.sum``). It is numpy's own order
+  for ``np.sum`` of a contiguous float64 array in the numpy versions tested here (numpy 2.0
+  groups arrays of millions of elements differently); the whole-tensor path uses the same
+  tree (:func:`pairwise_total`), so the two paths agree on any numpy.
 * :class:`RankSelection` finds the element at a rank of ``(value, position)`` order (values
   ascending or descending, ties by position) in a few passes: histograms of the float64 bit
   patterns (a radix select, exact for non-negative values), then the few candidates left.
@@ -42,6 +44,14 @@ def _leaves(node: tuple) -> list[tuple[int, int]]:
     if isinstance(node[0], int):
         return [node]  # type: ignore[list-item]
     return _leaves(node[0]) + _leaves(node[1])
+
+
+def pairwise_total(values: np.ndarray) -> float:
+    """The :class:`PairwiseSum` of a whole float64 array (the order the streamed path uses)."""
+    values = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
+    total = PairwiseSum(values.size)
+    total.add(values)
+    return total.result()
 
 
 class PairwiseSum:
@@ -196,4 +206,4 @@ def first_ranked(values: np.ndarray, start: int, bound: tuple[float, int], desce
     return keep
 
 
-__all__ = ["PairwiseSum", "RankSelection", "first_ranked"]
+__all__ = ["PairwiseSum", "RankSelection", "first_ranked", "pairwise_total"]
