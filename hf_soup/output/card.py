@@ -1,4 +1,10 @@
-"""Render a soup's README.md from ``soup_report.json`` with ``ModelCard.from_template`` (Jinja).
+"""Render a soup's README.md from ``soup_report.json`` with a Jinja template.
+
+The default template is rendered here, without importing ``huggingface_hub`` (its import takes
+about a third of a second, paid by every local merge); the text is the one
+``huggingface_hub.ModelCard.from_template`` gives (tests/output/test_card_text.py). A user's own
+template goes through ``ModelCard.from_template``, so its YAML header is normalised the way the
+Hub library does it.
 
 >>> card = render_card(read_report("./soup"), repo_id="me/my-soup")  # doctest: +SKIP
 >>> card.data.base_model  # doctest: +SKIP
@@ -10,15 +16,15 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 import yaml
-from huggingface_hub import ModelCard
 
 from ..errors import HfSoupError, RecipeError
-from .card_metadata import card_data, kept_ingredients
+from .card_metadata import card_fields, front_matter, kept_ingredients, model_card_data
 from .escape import fence_for, md_code, md_text
 from .reproduce import card_recipe as _card_recipe
 from .reproduce import repo_id_given, reproduce_notes
@@ -29,6 +35,10 @@ DEFAULT_TEMPLATE = "default.md"
 # with the repo ID (the "use it" snippet then names the repo).
 DEFAULT_MARKER = "<!-- hf-soup card: default template -->"
 CARD_HASH = "card_sha256"  # report entry: sha256 of the README.md hf-soup last wrote
+_FRONT_MATTER = re.compile(r"\A\s*---\n.*?\n---[ \t]*(?:\n|\Z)", re.DOTALL)  # the YAML block a card starts with
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCard
 
 
 def default_template() -> Path:
@@ -182,25 +192,45 @@ def check_template(template_path: str | Path | None) -> None:
         raise RecipeError(f"card template {path}: {template_error(error)}; fix the template") from None
 
 
-def render_card(report: dict[str, Any], template_path: str | Path | None = None, *,
-                repo_id: str | None = None) -> ModelCard:
-    """Render the card of a soup from its report (``template_path``: your own Jinja template).
+def render_card_text(report: dict[str, Any], template_path: str | Path | None = None, *,
+                     repo_id: str | None = None) -> str:
+    """The README.md text of a soup from its report (``template_path``: your own Jinja template).
 
     ``repo_id`` names the soup in the card and its loading snippet (default: ``./soup``).
     """
     if template_path is not None and not Path(template_path).is_file():
         raise RecipeError(f"card template {template_path} does not exist; give a Jinja Markdown file")
     model_id = repo_id or "./soup"
-    data = card_data(report, model_id if repo_id else _title(report, model_id))  # model-index name
+    fields = card_fields(report, model_id if repo_id else _title(report, model_id))  # model-index name
     path = Path(template_path) if template_path is not None else default_template()
     try:
-        card = ModelCard.from_template(data, template_path=str(path), **template_context(report, model_id))
+        context = template_context(report, model_id)
+        if template_path is None:
+            return _default_card(fields, path, context)
+        from huggingface_hub import ModelCard
+
+        return str(ModelCard.from_template(model_card_data(fields), template_path=str(path), **context))
     except jinja2.TemplateError as error:
         raise RecipeError(f"card template {path}: {template_error(error)}; fix the template "
                           "(the variables it can use are listed in hf_soup.output.card.template_context)") from None
-    if template_path is None:
-        card.text = _tidy(card.text).rstrip() + "\n\n" + DEFAULT_MARKER + "\n"
-    return card
+
+
+def render_card(report: dict[str, Any], template_path: str | Path | None = None, *,
+                repo_id: str | None = None) -> ModelCard:
+    """:func:`render_card_text` as a ``huggingface_hub.ModelCard``."""
+    from huggingface_hub import ModelCard
+
+    return ModelCard(render_card_text(report, template_path, repo_id=repo_id))
+
+
+def _default_card(fields: dict[str, Any], path: Path, context: dict[str, Any]) -> str:
+    """The default template rendered the way ``ModelCard.from_template`` renders it, tidied and marked."""
+    metadata = front_matter(fields)
+    header = yaml.dump(metadata, allow_unicode=True, sort_keys=False).strip()
+    content = jinja2.Template(path.read_text(encoding="utf-8")).render(card_data=header, **{**metadata, **context})
+    match = _FRONT_MATTER.match(content)
+    text = content[match.end():] if match else content
+    return f"---\n{header}\n---\n" + _tidy(text).rstrip() + "\n\n" + DEFAULT_MARKER + "\n"
 
 
 def _tidy(text: str) -> str:
@@ -224,10 +254,10 @@ def write_card(output_dir: str | Path, template_path: str | Path | None = None, 
     if not (output_dir / REPORT_FILE).is_file():
         raise HfSoupError(f"{output_dir}: no {REPORT_FILE}; give the folder `hf-soup merge` wrote")
     report = read_report(output_dir)
-    card = render_card(report, template_path, repo_id=repo_id)
+    text = render_card_text(report, template_path, repo_id=repo_id)
     path = output_dir / "README.md"
     # a path with non-UTF-8 bytes reaches the report as lone surrogates: shown as "?" in the card
-    data = str(card).encode("utf-8", errors="replace")
+    data = text.encode("utf-8", errors="replace")
     _replace_atomically(path, data)
     report[CARD_HASH] = hashlib.sha256(data).hexdigest()  # a push re-renders only a card nobody edited since
     _replace_atomically(output_dir / REPORT_FILE, (json.dumps(report, indent=2, default=str) + "\n").encode())

@@ -7,9 +7,10 @@ are kept only when every ingredient that states one agrees.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from huggingface_hub import EvalResult, ModelCardData
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCardData
 
 BASE_TAGS = ["hf-soup", "model-soup", "merge"]
 # Architecture suffix -> pipeline tag, when the ingredients' Hub metadata does not say.
@@ -63,8 +64,8 @@ def _dataset_id(evaluation: dict[str, Any]) -> str | None:
     return str(dataset) if dataset else None
 
 
-def eval_results(report: dict[str, Any], pipeline_tag: str | None) -> list[EvalResult] | None:
-    """``model-index`` entries for the soup's score, when an evaluation ran."""
+def eval_results(report: dict[str, Any], pipeline_tag: str | None) -> list[dict[str, Any]] | None:
+    """The soup's score as ``huggingface_hub.EvalResult`` fields (a list of one), when an evaluation ran."""
     evaluation = report.get("evaluation") or {}
     score = report.get("score")
     if not isinstance(evaluation, dict) or score is None:
@@ -74,11 +75,26 @@ def eval_results(report: dict[str, Any], pipeline_tag: str | None) -> list[EvalR
     split = evaluation.get("split") or (raw.get("split") if isinstance(raw, dict) else None)
     config = raw.get("name") if isinstance(raw, dict) and raw.get("path") else None
     metric = str(evaluation.get("metric") or "accuracy")
-    return [EvalResult(
+    return [dict(
         task_type=str(evaluation.get("task") or pipeline_tag or "other"),
         dataset_type=dataset, dataset_name=dataset, dataset_split=split, dataset_config=config,
         metric_type=metric, metric_name=metric, metric_value=float(score),
     )]
+
+
+def model_index(model_name: str | None, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``model-index`` entry the Hub reads for ``results`` (one task and dataset: the soup's evaluation)."""
+    first = results[0]
+    entry = {
+        "task": {"type": first["task_type"]},
+        "dataset": {"name": first["dataset_name"], "type": first["dataset_type"],
+                    "config": first.get("dataset_config"), "split": first.get("dataset_split")},
+        "metrics": [{"type": r["metric_type"], "value": r["metric_value"], "name": r.get("metric_name")}
+                    for r in results],
+    }
+    entry["dataset"] = {k: v for k, v in entry["dataset"].items() if v is not None}
+    entry["metrics"] = [{k: v for k, v in m.items() if v is not None} for m in entry["metrics"]]
+    return [{"name": model_name, "results": [entry]} if model_name is not None else {"results": [entry]}]
 
 
 def adapter_card_metadata(report: dict[str, Any]) -> dict[str, Any] | None:
@@ -90,8 +106,8 @@ def adapter_card_metadata(report: dict[str, Any]) -> dict[str, Any] | None:
     return card_metadata(report)
 
 
-def card_data(report: dict[str, Any], model_name: str) -> ModelCardData:
-    """Build the card metadata from a soup report."""
+def card_fields(report: dict[str, Any], model_name: str) -> dict[str, Any]:
+    """The card metadata of a soup report: ``huggingface_hub.ModelCardData``'s arguments, in its field order."""
     rows = kept_ingredients(report)
     base_models = list(dict.fromkeys(row["repo_id"] for row in rows if row.get("repo_id")))
     model = report.get("model") or {}
@@ -111,14 +127,31 @@ def card_data(report: dict[str, Any], model_name: str) -> ModelCardData:
         tags = tags + adapter_fields["tags"]
         relation = adapter_fields.get("base_model_relation") or ("adapter" if library_name == "peft" else None)
         extra = {"base_model_relation": relation} if relation and base_models else {}
-    return ModelCardData(
-        base_model=base_models or None,
-        license=_agreed(rows, "license"),
-        library_name=library_name,
-        pipeline_tag=pipeline_tag,
-        tags=list(dict.fromkeys(tags)),
-        datasets=[dataset] if dataset and dataset != "custom" else None,
-        eval_results=results,
-        model_name=model_name if results else None,
+    return {
+        "base_model": base_models or None,
+        "datasets": [dataset] if dataset and dataset != "custom" else None,
+        "eval_results": results,
+        "library_name": library_name,
+        "license": _agreed(rows, "license"),
+        "model_name": model_name if results else None,
+        "pipeline_tag": pipeline_tag,
+        "tags": list(dict.fromkeys(tags)),
         **extra,
-    )
+    }
+
+
+def front_matter(fields: dict[str, Any]) -> dict[str, Any]:
+    """The card's YAML mapping, as ``ModelCardData.to_dict`` writes it: no ``None``, results as ``model-index``."""
+    data = {k: v for k, v in fields.items() if k not in ("eval_results", "model_name") and v is not None}
+    if fields.get("eval_results"):
+        data["model-index"] = model_index(fields.get("model_name"), fields["eval_results"])
+    return data
+
+
+def model_card_data(fields: dict[str, Any]) -> ModelCardData:
+    """:func:`card_fields` as a ``huggingface_hub.ModelCardData``."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    fields = dict(fields)
+    results = fields.pop("eval_results")
+    return ModelCardData(eval_results=[EvalResult(**r) for r in results] if results else None, **fields)
