@@ -81,7 +81,7 @@ from pydantic import ConfigDict, field_serializer, field_validator, model_valida
 from ...errors import MethodParameterError, RecipeError
 from .elementary import NumpyOps, TorchOps, ops_for
 from .functional import FunctionalOptimizer
-from .optim import check_optimizer, default_lr, optimizer_group, resolve_optimizer
+from .optim import check_optimizer, default_lr, optimizer_class_name, optimizer_group
 from .portable import PortableOptimizer
 from .schedule import AmeStep, build_schedule, ingredient_order
 from ..base import ChunkInfo, MergeContext, MethodParams, TensorMethod
@@ -206,7 +206,7 @@ class AmeParams(MethodParams):
 
     @model_validator(mode="after")
     def _optimizer(self) -> "AmeParams":
-        resolve_optimizer(self.optimizer)
+        optimizer_class_name(self.optimizer)
         lr = self.lr if self.lr is not None else default_lr(self.optimizer)
         check_optimizer(self.optimizer, lr, self.optimizer_kwargs, method_fields=list(type(self).model_fields))
         return self
@@ -247,7 +247,6 @@ class AmeSoup(TensorMethod):
         self._device = "cpu"
         self._lr = params.lr if params.lr is not None else default_lr(params.optimizer)
         self._arguments = check_optimizer(params.optimizer, self._lr, params.optimizer_kwargs)
-        self._optimizer_class: type = resolve_optimizer(params.optimizer)
         self._run_args: dict[str, Any] = {}
         self._implementation = ""
         self._threads = 1
@@ -287,7 +286,6 @@ class AmeSoup(TensorMethod):
         self._pivot = self._resolve_pivot(context, [schedule[0].batch[0]], scores, higher_is_better)
         self._zetas = [float(z) for z in zetas]
         self._device = self._check_device(context.device)
-        self._optimizer_class = resolve_optimizer(p.optimizer)
         self._run_args, self._implementation = self._run_arguments(self._device)
         # The portable path runs on the engine's threads (numpy releases the interpreter lock);
         # torch's kernels on the CPU run on torch's own threads, fed by one engine thread. On a
@@ -642,7 +640,7 @@ class AmeSoup(TensorMethod):
         if isinstance(pivot, Mapping):
             pivot = "state dict"
         details: dict[str, Any] = {
-            "optimizer": resolve_optimizer(p.optimizer).__name__,
+            "optimizer": optimizer_class_name(p.optimizer),
             "optimizer_args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self._arguments.items()},
             "implementation": self._implementation or None,
             "lr_schedule": p.lr_schedule,

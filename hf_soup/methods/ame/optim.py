@@ -7,7 +7,9 @@ parameter, so torch's own validation (``betas`` in [0, 1), ``eps`` ≥ 0...) run
 any work. That construction skips the dynamo guard torch wraps around
 ``Optimizer.add_param_group`` (it would import ``torch._dynamo``, ~70 MB); everything
 else is the class's own code. AME then steps with torch's functional optimizers
-(:mod:`hf_soup.methods.ame.functional`), never with an ``Optimizer`` object.
+(:mod:`hf_soup.methods.ame.functional`), never with an ``Optimizer`` object. Plainly valid
+arguments on a verified torch release are answered from :mod:`.torch_groups` without
+importing torch (the portable CPU path never needs it).
 
 >>> resolve_optimizer("AdamW").__name__
 'AdamW'
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import inspect
 from typing import Any, Mapping, Sequence
+
+from . import torch_groups
 
 ELEMENTWISE = {
     "sgd": "SGD",
@@ -46,10 +50,8 @@ _IMPLEMENTATION_FLAGS = ("foreach", "fused", "capturable", "differentiable")
 _PAPER_DEFAULT_LR = {"sgd": 1.0}
 
 
-def resolve_optimizer(name: str) -> type:
-    """The ``torch.optim`` class called ``name`` (any case); ``ValueError`` naming the choices."""
-    import torch
-
+def optimizer_class_name(name: str) -> str:
+    """The ``torch.optim`` class name of optimizer ``name`` (any case); ``ValueError`` naming the choices."""
     key = name.lower()
     if key in _REFUSED:
         raise ValueError(f"optimizer {name!r} cannot be used by AME: {_REFUSED[key]}; "
@@ -57,7 +59,15 @@ def resolve_optimizer(name: str) -> type:
     if key not in ELEMENTWISE:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(ELEMENTWISE)} "
                          "(torch.optim names, any case)")
-    return getattr(torch.optim, ELEMENTWISE[key])
+    return ELEMENTWISE[key]
+
+
+def resolve_optimizer(name: str) -> type:
+    """The ``torch.optim`` class called ``name`` (any case); ``ValueError`` naming the choices."""
+    class_name = optimizer_class_name(name)
+    import torch
+
+    return getattr(torch.optim, class_name)
 
 
 def optimizer_arguments(cls: type) -> dict[str, Any]:
@@ -72,6 +82,8 @@ def default_lr(name: str) -> float:
     key = name.lower()
     if key in _PAPER_DEFAULT_LR:
         return _PAPER_DEFAULT_LR[key]
+    if torch_groups.verified() and key in torch_groups.DEFAULT_LR:
+        return torch_groups.DEFAULT_LR[key]
     default = optimizer_arguments(resolve_optimizer(name))["lr"]
     return float(default)
 
@@ -107,6 +119,9 @@ def optimizer_group(name: str, lr: float, kwargs: Mapping[str, Any]) -> dict[str
     >>> optimizer_group("adamw", 0.01, {})["decoupled_weight_decay"]
     True
     """
+    known = torch_groups.known_group(name, lr, kwargs)
+    if known is not None:
+        return known
     import torch
 
     cls = resolve_optimizer(name)
@@ -122,6 +137,13 @@ def check_optimizer(name: str, lr: float, kwargs: Mapping[str, Any],
     Raises ``ValueError`` with a message naming the bad argument and the accepted ones
     (``method_fields``: the method's own parameter names, listed in that message).
     """
+    optimizer_class_name(name)  # an unknown or refused optimizer: its own message first
+    known = torch_groups.known_group(name, lr, kwargs)
+    if known is not None:
+        defaults = dict(torch_groups.GROUPS[name.lower()])
+        _check_forwarded(name, known, {key: defaults[key] for key in torch_groups.accepted_arguments(name.lower())
+                                       if key != "lr"}, "")
+        return {k: v for k, v in known.items() if k not in _IMPLEMENTATION_FLAGS}
     import torch
 
     cls = resolve_optimizer(name)
@@ -138,11 +160,15 @@ def check_optimizer(name: str, lr: float, kwargs: Mapping[str, Any],
         group = optimizer_group(name, lr, kwargs)
     except (ValueError, TypeError, RuntimeError) as error:
         raise ValueError(f"torch.optim.{cls.__name__} rejects these arguments: {error}") from None
+    _check_forwarded(name, group, accepted, f" (torch {torch.__version__})")
+    return {k: v for k, v in group.items() if k not in _IMPLEMENTATION_FLAGS}
+
+
+def _check_forwarded(name: str, group: Mapping[str, Any], defaults: Mapping[str, Any], torch_note: str) -> None:
+    """Refuse arguments set away from their defaults that the functional optimizer path would not pass on."""
     from .functional import unforwarded
 
-    ignored = [key for key in unforwarded(name, group) if group[key] != accepted.get(key)]
+    ignored = [key for key in unforwarded(name, group) if group[key] != defaults.get(key)]
     if ignored:
-        raise ValueError(f"argument(s) {', '.join(ignored)} of torch.optim.{cls.__name__} (torch "
-                         f"{torch.__version__}) are not passed on by AME's functional optimizer path; "
-                         "leave them at their defaults")
-    return {k: v for k, v in group.items() if k not in _IMPLEMENTATION_FLAGS}
+        raise ValueError(f"argument(s) {', '.join(ignored)} of torch.optim.{optimizer_class_name(name)}{torch_note} "
+                         "are not passed on by AME's functional optimizer path; leave them at their defaults")
