@@ -144,6 +144,14 @@ class TensorMethod(SoupMethod):
         passes as needed. Called from several threads at once for different tensors.
         """
 
+    def row_length(self, shape: tuple[int, ...]) -> int:
+        """Each :meth:`merge` call of a tensor of ``shape`` gets whole multiples of this many elements.
+
+        1 (the default): any range. A method whose result needs whole rows (DELLA ranks within
+        each row) returns the row length: the engine then cuts items and blocks at row boundaries.
+        """
+        return 1
+
     def linear_weights(self, count: int, key: str | None = None) -> list[float] | None:
         """The ``w_k`` when the soup of tensor ``key`` is ``Σ w_k x_k`` for fixed weights, else ``None``.
 
