@@ -4,8 +4,8 @@ NuSLERP needs, per vector, the cosine between two versions: norms and a dot prod
 every element of the vector. :func:`cosines` sums them over blocks fixed by the tensor's
 shape, never by how the tensor is read, so the result does not depend on chunking or threads:
 
-* rows of at most ``BLOCK`` elements: a block holds whole rows and each row's cosine is the
-  whole-row formula (unit rows, then their dot product): one pass;
+* rows of at most ``BLOCK`` elements: a block holds whole rows (two or more, when there are) and
+  each row's cosine is the whole-matrix formula (unit rows, then their dot product): one pass;
 * longer rows (a large flattened tensor): column ranges of one row; the squares are summed
   per block in a first pass, the unit vectors' dot products in a second;
 * columns: blocks of whole rows (column ranges of one row when a row is longer than
@@ -64,12 +64,16 @@ class Layout:
 
 
 def _blocks(layout: Layout) -> Iterator[tuple[int, int, int, int]]:
-    """``(top, bottom, left, right)`` blocks of about ``BLOCK`` elements: whole rows, or a range of one row."""
+    """``(top, bottom, left, right)`` blocks of about ``BLOCK`` elements (at most 2x): whole rows, or a range of one."""
     height, width = layout.height, layout.width
     if width <= BLOCK:
-        step = max(1, BLOCK // max(width, 1))
-        for top in range(0, height, step):
-            yield top, min(height, top + step), 0, width
+        # never one row of several: numpy's einsum sums one long row (> 8 Ki) in another order than each row of a matrix
+        step = max(2 if height > 1 else 1, BLOCK // max(width, 1))
+        tops = list(range(0, height, step))
+        if len(tops) > 1 and height - tops[-1] == 1:
+            tops.pop()  # the last row joins the block before it
+        for top, bottom in zip(tops, tops[1:] + [height]):
+            yield top, bottom, 0, width
     else:
         for row in range(height):
             for left in range(0, width, BLOCK):
