@@ -18,6 +18,7 @@ from .settings import PerIngredient
 from .vector_angles import Layout, cosines
 
 _EPS = 1e-8
+_ROWS_UP_TO = 1 << 16  # rows longer than this are not kept whole per merge call (items stay bounded)
 
 
 class NuSlerpParams(MethodParams):
@@ -46,12 +47,13 @@ class _Factors:
         theta = np.arccos(np.where(collinear, 0.0, cos))
         return cls(t, np.sin((1 - t) * theta), np.sin(t * theta), np.sin(theta), collinear)
 
-    def apply(self, vectors: np.ndarray | slice, v0: np.ndarray, v1: np.ndarray) -> np.ndarray:
-        """The SLERP of ``v0`` and ``v1`` (float64), each element with its vector's factors."""
+    def apply(self, pick, v0: np.ndarray, v1: np.ndarray) -> np.ndarray:
+        """The SLERP of ``v0`` and ``v1`` (float64), each element with its vector's factors (``pick``: see
+        :meth:`~hf_soup.methods.vector_angles.Layout.spread`)."""
         t = self.t
         with np.errstate(divide="ignore", invalid="ignore"):
-            result = (self.first[vectors] * v0 + self.second[vectors] * v1) / self.sine[vectors]
-        return np.where(self.collinear[vectors], (1 - t) * v0 + t * v1, result)
+            result = (pick(self.first) * v0 + pick(self.second) * v1) / pick(self.sine)
+        return np.where(pick(self.collinear), (1 - t) * v0 + t * v1, result)
 
 
 class NuSlerpSoup(TensorMethod):
@@ -111,8 +113,14 @@ class NuSlerpSoup(TensorMethod):
             raise AssertionError(f"nuslerp: tensor {info.key} was merged before its pre-pass "
                                  "(hf_soup.engine.prepass.prepass)")
         base, v0, v1 = self._vectors(chunks)
-        merged = factors.apply(self._layout(info.shape).vectors(info.start, info.stop), v0, v1)
+        pick, shape = self._layout(info.shape).spread(info.start, info.stop)
+        merged = factors.apply(pick, v0.reshape(shape), v1.reshape(shape)).reshape(-1)
         return merged if base is None else base + merged
+
+    def row_length(self, shape: tuple[int, ...]) -> int:
+        """Whole rows per merge call when the vectors are rows or columns (no per-element lookups)."""
+        layout = self._layout(shape)
+        return layout.width if layout.count > 1 and layout.width <= _ROWS_UP_TO else 1
 
     def merge_whole(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
         """The same soup from the whole tensor at once (the reference the streamed merge equals)."""

@@ -55,12 +55,23 @@ class Layout:
         """How many vectors."""
         return self.width if self.columns else self.height
 
-    def vectors(self, start: int, stop: int) -> np.ndarray | slice:
-        """The vector of each flat element of ``[start, stop)`` (a slice when there is one vector)."""
+    def spread(self, start: int, stop: int) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[int, ...]]:
+        """How per-vector values reach the flat elements ``[start, stop)``: ``(pick, shape)``.
+
+        ``pick(values)`` (one value per vector) broadcasts against the elements reshaped to ``shape``:
+        whole rows are a ``(rows, width)`` matrix; other ranges look up each element's vector.
+        """
+        count, width = stop - start, self.width
         if self.count == 1:
-            return slice(0, 1)
+            return (lambda values: values[:1]), (count,)
+        if start % width == 0 and count % width == 0:
+            if self.columns:
+                return (lambda values: values[None, :]), (count // width, width)
+            rows = slice(start // width, stop // width)
+            return (lambda values: values[rows, None]), (count // width, width)
         positions = np.arange(start, stop, dtype=np.int64)
-        return positions % self.width if self.columns else positions // self.width
+        vectors = positions % width if self.columns else positions // width
+        return (lambda values: values[vectors]), (count,)
 
 
 def _blocks(layout: Layout) -> Iterator[tuple[int, int, int, int]]:

@@ -175,8 +175,10 @@ def test_nuslerp_streamed_has_the_bytes_of_the_former_whole_tensor_nuslerp(mode,
         method = build_method("nuslerp", params)
         method.setup(MergeContext(2, ["a", "b"], base="base" if with_base else None))
         expected = former_nuslerp(0.75, shape, method.params.flatten, method.params.row_wise, chunks)
-        got = _streamed(method, ChunkInfo("w", shape, 0, size), chunks, rng, longest=300_000)
-        assert _same(got, expected), shape
+        info = ChunkInfo("w", shape, 0, size)
+        assert _same(_streamed(method, info, chunks, rng, longest=300_000), expected), shape
+        rows = method.row_length(shape)  # the engine's items: whole rows, factors broadcast per row
+        assert _same(_streamed(method, info, chunks, rng, rows=rows, longest=max(300_000, rows)), expected), shape
 
 
 @pytest.mark.parametrize("mode", NUSLERP_MODES)
@@ -224,6 +226,7 @@ def _state_dicts(count: int, shapes: dict[str, tuple[int, ...]]) -> list[dict[st
 @pytest.mark.parametrize("name, params", [("della", {"density": 0.4, "epsilon": 0.2}),
                                           ("della_linear", {"density": [0.5, 0.3, 0.7], "epsilon": 0.1}),
                                           ("slerp", {"t": 0.4}), ("nuslerp", {"weights": [0.2, 0.5]}),
+                                          ("nuslerp", {"flatten": False}),
                                           ("nuslerp", {"flatten": False, "row_wise": True})])
 def test_the_engine_writes_the_whole_tensor_bytes_with_any_items_and_threads(name, params, monkeypatch):
     """Tensors larger than one item and one block, merged on 1 and 3 threads: the whole-tensor result, rounded once."""
