@@ -6,7 +6,7 @@ whole tensor, and the draws come from the ingredient's generator advanced to the
 first element (one 64-bit draw per double, as DARE's). The engine hands DELLA whole rows
 (``row_length``); the l1 rescale factor takes two streamed passes over the tensor: the kept
 count (it fixes the summation tree of :class:`~hf_soup.methods.streamed_stats.PairwiseSum`),
-then the sums.
+then the sums (with the first pass's masks, kept as bits up to ``MASK_CACHE_BYTES``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ import numpy as np
 from .streamed_stats import PairwiseSum
 
 PREPASS_CHUNK = 1 << 18  # elements per chunk of the rescale passes (rounded to whole rows)
+#: The first pass keeps its masks (a bit per element) for the second when they take at most this
+#: much; a larger tensor's masks are decided again (more CPU, no more memory).
+MASK_CACHE_BYTES = 32 << 20
 
 
 def row_length(shape: tuple[int, ...]) -> int:
@@ -87,6 +90,8 @@ def rescale_sums(rules: Sequence[RowMask | None], size: int,
     step = max(width, PREPASS_CHUNK - PREPASS_CHUNK % width)
     totals = [None if rule is None else PairwiseSum(size) for rule in rules]
     kept = [0] * len(rules)
+    cache = size * sum(rule is not None for rule in rules) // 8 <= MASK_CACHE_BYTES
+    packed: list[list[np.ndarray]] = [[] for _ in rules]
     for start in range(0, size, step):  # pass 1: the whole sums and the kept counts
         stop = min(size, start + step)
         chunks = read(start, stop)
@@ -94,15 +99,22 @@ def rescale_sums(rules: Sequence[RowMask | None], size: int,
             if rule is not None:
                 values = magnitudes(chunks[k + 1], chunks[0])
                 total.add(values)
-                kept[k] += int(np.count_nonzero(rule.keep(start, stop, values)))
+                keep = rule.keep(start, stop, values)
+                kept[k] += int(np.count_nonzero(keep))
+                if cache:
+                    packed[k].append(np.packbits(keep))
     sums = [None if rule is None else PairwiseSum(kept[k]) for k, rule in enumerate(rules)]
-    for start in range(0, size, step):  # pass 2: the kept sums, in the tree the kept count fixes
+    for n, start in enumerate(range(0, size, step)):  # pass 2: the kept sums, in the tree the kept count fixes
         stop = min(size, start + step)
         chunks = read(start, stop)
         for k, (rule, kept_sum) in enumerate(zip(rules, sums)):
             if rule is not None:
                 values = magnitudes(chunks[k + 1], chunks[0])
-                kept_sum.add(values[rule.keep(start, stop, values)])
+                if cache:
+                    keep = np.unpackbits(packed[k][n], count=stop - start).view(bool)
+                else:
+                    keep = rule.keep(start, stop, values)
+                kept_sum.add(values[keep])
     return [None if rule is None else (total.result(), kept_sum.result())
             for rule, total, kept_sum in zip(rules, totals, sums)]
 

@@ -110,9 +110,11 @@ SHAPES = [(37, 211), (3001,), (1, 5), (300, 1), (5, 6, 7), (0,), (4, 0), ()]
                                     {"density": 0.6, "epsilon": [0.05, 0.2, 0.3], "rescale": False},
                                     {"density": 0.5, "epsilon": 0.4, "lambda": 0.7, "normalize": True}])
 @pytest.mark.parametrize("kind", ["smooth", "ties-heavy", "unchanged"])
-def test_della_on_whole_rows_has_the_bytes_of_the_whole_tensor_merge(name, params, kind, monkeypatch):
+@pytest.mark.parametrize("mask_cache", [32 << 20, 0])  # the second rescale pass reuses the masks, or decides them again
+def test_della_on_whole_rows_has_the_bytes_of_the_whole_tensor_merge(name, params, kind, mask_cache, monkeypatch):
     monkeypatch.setattr(streamed_stats, "LEAF", 512)  # the l1 sums' tree cut into many subtrees
     monkeypatch.setattr(della_rows, "PREPASS_CHUNK", 1000)  # tensors span many pre-pass chunks
+    monkeypatch.setattr(della_rows, "MASK_CACHE_BYTES", mask_cache)
     rng = np.random.default_rng(5)
     for shape in SHAPES:
         method = build_method(name, params)
