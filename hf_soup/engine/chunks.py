@@ -160,5 +160,5 @@ def read_copy(item: WorkItem, source: TensorSource, buffers: ReadBuffers) -> np.
     return dtypes.from_float32(values, tensor.dtype)
 
 
-__all__ = ["DEFAULT_BUFFER_BYTES", "ReadBuffers", "WorkItem", "aligned", "chunk_elements", "read_copy", "read_inputs", "read_raw",
-           "widen", "work_items"]
+__all__ = ["DEFAULT_BUFFER_BYTES", "ReadBuffers", "WorkItem", "aligned", "chunk_elements", "read_copy", "read_inputs",
+           "read_raw", "widen", "work_items"]

@@ -46,9 +46,10 @@ class _CpuRunner:
     """Runs one item on the host: read the N ranges, merge with numpy, round once, write.
 
     The math runs over blocks of the item (``BLOCK`` elements, 256 Ki; whole items for
-    :attr:`~hf_soup.methods.base.TensorMethod.whole_tensor` methods): small enough that the
-    numpy passes over a block stay in the core's cache (memory bandwidth is what many threads
-    share), large enough that each call works long without the interpreter lock.
+    :attr:`~hf_soup.methods.base.TensorMethod.whole_tensor` methods, whole rows for those with a
+    ``row_length``): small enough that the numpy passes over a block stay in the core's cache
+    (memory bandwidth is what many threads share), large enough that each call works long
+    without the interpreter lock.
     """
 
     def __init__(self, method: TensorMethod, sources: dict[int, TensorSource], indices: Sequence[int],
