@@ -124,8 +124,9 @@ class TensorMethod(SoupMethod):
         Chunks are exact copies of the stored values: float32 (float64 for float64
         checkpoints). Return float64 (or float32): the engine rounds the result once to
         the output dtype. Must be elementwise (the result for an element depends only on
-        that element in each chunk and on ``info``) unless :attr:`whole_tensor` is set, so
-        chunking never changes the output bytes; may be called from several threads at once.
+        that element in each chunk and on ``info``; on its row's elements with a
+        :meth:`row_length`) unless :attr:`whole_tensor` is set, so chunking never changes the
+        output bytes; may be called from several threads at once.
         """
 
     def linear_terms(self, count: int, key: str | None = None) -> tuple[list[float], float] | None:
