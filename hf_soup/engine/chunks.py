@@ -1,7 +1,7 @@
 """Work items (one range of one tensor) and the reads that fill them, into per-thread reused buffers.
 
 A merge is a list of :class:`WorkItem`: flat elements ``[start, stop)`` of one aligned
-tensor. Items are independent (methods are elementwise, or see a whole tensor in one item),
+tensor. Items are independent (methods are elementwise, or see whole rows or a whole tensor in one item),
 so worker threads take them in any order. Each thread reads its item's N ranges with
 ``os.preadv`` into buffers it keeps and reuses, so memory is O(threads x N x chunk),
 whatever the model size.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -55,11 +55,28 @@ def chunk_elements(num_inputs: int, threads: int = 1, buffer_bytes: int = DEFAUL
     return int(min(most, max(MIN_CHUNK, buffer_bytes // (max(1, threads) * bytes_per_element(num_inputs)))))
 
 
-def work_items(tensors: Sequence[AlignedTensor], step: int, whole_tensors: bool = False) -> Iterator[WorkItem]:
-    """Every tensor cut into ranges of ``step`` elements (whole tensors for merges when asked), in order."""
+def aligned(step: int, multiple: int) -> int:
+    """``step`` cut down to a whole number of ``multiple`` (at least one).
+
+    >>> aligned(1000, 300), aligned(100, 300), aligned(100, 1)
+    (900, 300, 100)
+    """
+    multiple = max(1, multiple)
+    return max(multiple, step - step % multiple)
+
+
+def work_items(tensors: Sequence[AlignedTensor], step: int, whole_tensors: bool = False,
+               row_length: Callable[[tuple[int, ...]], int] | None = None) -> Iterator[WorkItem]:
+    """Every tensor cut into ranges of ``step`` elements (whole tensors for merges when asked), in order.
+
+    ``row_length(shape)``: merged tensors are cut at multiples of it (whole rows; one row when
+    a row is longer than ``step``).
+    """
     for tensor in tensors:
         numel = tensor.meta.numel
         size = max(numel, 1) if whole_tensors and tensor.action == "merge" else step
+        if row_length is not None and tensor.action == "merge" and not whole_tensors:
+            size = aligned(step, row_length(tensor.shape))
         if numel == 0:
             yield WorkItem(tensor, 0, 0)
         for start in range(0, numel, size):
@@ -143,5 +160,5 @@ def read_copy(item: WorkItem, source: TensorSource, buffers: ReadBuffers) -> np.
     return dtypes.from_float32(values, tensor.dtype)
 
 
-__all__ = ["DEFAULT_BUFFER_BYTES", "ReadBuffers", "WorkItem", "chunk_elements", "read_copy", "read_inputs", "read_raw",
-           "widen", "work_items"]
+__all__ = ["DEFAULT_BUFFER_BYTES", "ReadBuffers", "WorkItem", "aligned", "chunk_elements", "read_copy", "read_inputs",
+           "read_raw", "widen", "work_items"]

@@ -5,7 +5,7 @@ first), so a worker writes its item's bytes at their final offset and items fini
 order: reads, math and writes of different items overlap on every core. numpy and torch
 release the interpreter lock in their kernels; items are large (about a million elements)
 so that the threads seldom wait for it. The bytes do not depend on the thread count or the chunk
-size: methods are elementwise (or see a whole tensor in one item) and each element is
+size: methods are elementwise (or see whole rows, or a whole tensor, in one item) and each element is
 rounded once.
 """
 
@@ -22,7 +22,7 @@ from ..io.source import TensorSource
 from ..methods.base import ChunkInfo, TensorMethod
 from ..io import dtypes
 from . import finite
-from .chunks import (DEFAULT_BUFFER_BYTES, ReadBuffers, WorkItem, bytes_per_element,
+from .chunks import (DEFAULT_BUFFER_BYTES, ReadBuffers, WorkItem, aligned, bytes_per_element,
                      chunk_elements, read_copy, read_raw, widen, work_items)
 from .linear_block import combine_block
 from .rounding import round_to_storage
@@ -46,9 +46,10 @@ class _CpuRunner:
     """Runs one item on the host: read the N ranges, merge with numpy, round once, write.
 
     The math runs over blocks of the item (``BLOCK`` elements, 256 Ki; whole items for
-    :attr:`~hf_soup.methods.base.TensorMethod.whole_tensor` methods): small enough that the
-    numpy passes over a block stay in the core's cache (memory bandwidth is what many threads
-    share), large enough that each call works long without the interpreter lock.
+    :attr:`~hf_soup.methods.base.TensorMethod.whole_tensor` methods, whole rows for those with a
+    ``row_length``): small enough that the numpy passes over a block stay in the core's cache
+    (memory bandwidth is what many threads share), large enough that each call works long
+    without the interpreter lock.
     """
 
     def __init__(self, method: TensorMethod, sources: dict[int, TensorSource], indices: Sequence[int],
@@ -66,7 +67,7 @@ class _CpuRunner:
             sink.put(tensor, item.start, read_copy(item, self.sources[tensor.copy_from], self.buffers))
             return
         raws = read_raw(item, self.selected, self.indices, self.buffers)
-        block = item.count if self.method.whole_tensor else BLOCK
+        block = item.count if self.method.whole_tensor else aligned(BLOCK, self.method.row_length(tensor.shape))
         out = self.buffers.get("out", dtypes.STORAGE[tensor.dtype], item.count)
         terms = self.method.linear_terms(len(self.indices), tensor.key)
         for start in range(0, max(item.count, 1), block):
@@ -127,9 +128,13 @@ def execute(
     if method.whole_tensor:  # each thread holds whole tensors: fewer threads when they are large
         largest = max((t.meta.numel for t in tensors if t.action == "merge"), default=1)
         threads = max(1, min(threads, budget // max(1, largest * per_element)))
+    rows = _row_length(method)
+    if rows is not None:  # items of whole rows: fewer threads when one row outgrows an item
+        longest = max((rows(t.shape) for t in tensors if t.action == "merge"), default=1)
+        threads = max(1, min(threads, budget // max(1, longest * per_element)))
     step = chunk_elements(len(indices), threads, budget)
     runner = _runner(method, sources, indices, device, finite.current())
-    items = work_items(tensors, step, whole_tensors=method.whole_tensor)
+    items = work_items(tensors, step, whole_tensors=method.whole_tensor, row_length=rows)
     if threads == 1:
         for item in items:
             runner.run(item, sink_for(item.tensor))
@@ -137,6 +142,11 @@ def execute(
                 progress(item.count)
         return
     _run_on_threads(runner, items, sink_for, progress, threads)
+
+
+def _row_length(method: TensorMethod) -> Callable[[tuple[int, ...]], int] | None:
+    """The method's :meth:`~hf_soup.methods.base.TensorMethod.row_length`, when it overrides the default."""
+    return None if type(method).row_length is TensorMethod.row_length else method.row_length
 
 
 def _run_on_threads(runner, items: Iterator[WorkItem], sink_for: Callable[[AlignedTensor], Sink],

@@ -124,8 +124,9 @@ class TensorMethod(SoupMethod):
         Chunks are exact copies of the stored values: float32 (float64 for float64
         checkpoints). Return float64 (or float32): the engine rounds the result once to
         the output dtype. Must be elementwise (the result for an element depends only on
-        that element in each chunk and on ``info``) unless :attr:`whole_tensor` is set, so
-        chunking never changes the output bytes; may be called from several threads at once.
+        that element in each chunk and on ``info``; on its row's elements with a
+        :meth:`row_length`) unless :attr:`whole_tensor` is set, so chunking never changes the
+        output bytes; may be called from several threads at once.
         """
 
     def linear_terms(self, count: int, key: str | None = None) -> tuple[list[float], float] | None:
@@ -143,6 +144,14 @@ class TensorMethod(SoupMethod):
         :meth:`merge` receives them (valid until the next call); it may be called in as many
         passes as needed. Called from several threads at once for different tensors.
         """
+
+    def row_length(self, shape: tuple[int, ...]) -> int:
+        """Each :meth:`merge` call of a tensor of ``shape`` gets whole multiples of this many elements.
+
+        1 (the default): any range. A method whose result needs whole rows (DELLA ranks within
+        each row) returns the row length: the engine then cuts items and blocks at row boundaries.
+        """
+        return 1
 
     def linear_weights(self, count: int, key: str | None = None) -> list[float] | None:
         """The ``w_k`` when the soup of tensor ``key`` is ``Σ w_k x_k`` for fixed weights, else ``None``.

@@ -5,6 +5,7 @@ weights, per tensor, per row or per column.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -14,8 +15,10 @@ from ..errors import MethodParameterError
 from . import settings
 from .base import ChunkInfo, MergeContext, MethodParams, TensorMethod
 from .settings import PerIngredient
+from .vector_angles import Layout, cosines
 
 _EPS = 1e-8
+_ROWS_UP_TO = 1 << 16  # rows longer than this are not kept whole per merge call (items stay bounded)
 
 
 class NuSlerpParams(MethodParams):
@@ -27,28 +30,43 @@ class NuSlerpParams(MethodParams):
     row_wise: bool = False
 
 
-def nuslerp(t: float, v0: np.ndarray, v1: np.ndarray) -> np.ndarray:
-    """SLERP of the rows of ``v0`` and ``v1`` (float64); collinear rows are lerped."""
-    def unit(x: np.ndarray) -> np.ndarray:
-        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-7)
+@dataclass(frozen=True)
+class _Factors:
+    """Per vector: SLERP's sines ``sin((1 − t)θ)``, ``sin(tθ)``, ``sin θ``, and which pairs are collinear (lerped)."""
 
-    cos = np.clip(np.einsum("ij,ij->i", unit(v0), unit(v1))[:, None], -1, 1)
-    collinear = (1 - cos * cos) <= _EPS ** 2
-    theta = np.arccos(np.where(collinear, 0.0, cos))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        result = (np.sin((1 - t) * theta) * v0 + np.sin(t * theta) * v1) / np.sin(theta)
-    return np.where(collinear, (1 - t) * v0 + t * v1, result)
+    t: float
+    first: np.ndarray
+    second: np.ndarray
+    sine: np.ndarray
+    collinear: np.ndarray
+
+    @classmethod
+    def of(cls, t: float, cosines: np.ndarray) -> "_Factors":
+        cos = np.clip(cosines, -1, 1)
+        collinear = (1 - cos * cos) <= _EPS ** 2
+        theta = np.arccos(np.where(collinear, 0.0, cos))
+        return cls(t, np.sin((1 - t) * theta), np.sin(t * theta), np.sin(theta), collinear)
+
+    def apply(self, pick, v0: np.ndarray, v1: np.ndarray) -> np.ndarray:
+        """The SLERP of ``v0`` and ``v1`` (float64), each element with its vector's factors (``pick``: see
+        :meth:`~hf_soup.methods.vector_angles.Layout.spread`)."""
+        t = self.t
+        with np.errstate(divide="ignore", invalid="ignore"):
+            result = (pick(self.first) * v0 + pick(self.second) * v1) / pick(self.sine)
+        return np.where(pick(self.collinear), (1 - t) * v0 + t * v1, result)
 
 
 class NuSlerpSoup(TensorMethod):
     """SLERP of two ingredients (or of their task vectors, with a base) at t = w_2 / (w_1 + w_2).
 
-    MergeKit 0.1.5's ``nuslerp``, computed in float64 and rounded once.
+    MergeKit 0.1.5's ``nuslerp``, computed in float64 and rounded once. Each vector's cosine
+    comes from a pre-pass over blocks fixed by the tensor's shape
+    (:mod:`~hf_soup.methods.vector_angles`); the merge is then elementwise.
     """
 
     name = "nuslerp"
     Params = NuSlerpParams
-    whole_tensor = True
+    needs_prepass = True
     uses_base = "optional"
 
     def setup(self, context: MergeContext) -> None:
@@ -59,33 +77,55 @@ class NuSlerpSoup(TensorMethod):
         problems = settings.check(self.params.weights, "weights", 2, math.isfinite, "weights must be finite numbers")
         if problems:
             raise MethodParameterError("; ".join(problems))
+        self._factors: dict[str, _Factors] = {}
+
+    def _t(self, key: str) -> float:
+        w0, w1 = (float(w) for w in settings.per_ingredient(self.params.weights, 2, key))
+        total = w0 + w1
+        return 0.5 if abs(total) < 1e-6 else w1 / total
+
+    def _layout(self, shape: tuple[int, ...]) -> Layout:
+        return Layout.of(shape, self.params.flatten, self.params.row_wise)
+
+    def _vectors(self, chunks: Sequence[np.ndarray]) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        """The base (or ``None``) and the two vectors to interpolate, float64 (task vectors with a base)."""
+        base = chunks[0] if getattr(self, "has_base", False) else None
+        v0, v1 = (c.astype(np.float64) for c in chunks[-2:])
+        if base is not None:
+            v0 -= base
+            v1 -= base
+        return base, v0, v1
+
+    def prepare_tensor(self, info: ChunkInfo, read) -> None:
+        """Each vector's SLERP factors, from cosines summed over streamed blocks (:mod:`.vector_angles`)."""
+        if info.stop == 0:
+            return
+        layout = self._layout(info.shape)
+        found = cosines(layout, lambda start, stop: self._vectors(read(start, stop))[1:])
+        self._factors[info.key] = _Factors.of(self._t(info.key), found)
 
     def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
-        shape = info.shape if info is not None and info.shape else (chunks[0].size,)
-        w0, w1 = (float(w) for w in settings.per_ingredient(self.params.weights, 2, info.key if info else ""))
-        total = w0 + w1
-        t = 0.5 if abs(total) < 1e-6 else w1 / total
+        """The SLERP of the chunk's elements with their vectors' factors (plus the base, with one)."""
         if chunks[0].size == 0:
             return np.empty(0, dtype=np.float64)
-        base = chunks[0].astype(np.float64) if getattr(self, "has_base", False) else None
-        a, b = (c.astype(np.float64) for c in chunks[-2:])
-        if base is not None:
-            a -= base
-            b -= base
-        if self.params.flatten:
-            a, b = a.reshape(1, -1), b.reshape(1, -1)
-            merged = nuslerp(t, a, b).reshape(-1)
-        else:
-            a, b = a.reshape(shape), b.reshape(shape)
-            if self.params.row_wise and len(shape) >= 2:
-                a, b = np.swapaxes(a, 0, -1), np.swapaxes(b, 0, -1)
-            merged = nuslerp(t, a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])).reshape(a.shape)
-            if self.params.row_wise and len(shape) >= 2:
-                merged = np.swapaxes(merged, 0, -1)
-            merged = np.ascontiguousarray(merged).reshape(-1)
-        if base is not None:
-            merged = base + merged
-        return merged
+        factors = self._factors.get(info.key)
+        if factors is None:
+            raise AssertionError(f"nuslerp: tensor {info.key} was merged before its pre-pass "
+                                 "(hf_soup.engine.prepass.prepass)")
+        base, v0, v1 = self._vectors(chunks)
+        pick, shape = self._layout(info.shape).spread(info.start, info.stop)
+        merged = factors.apply(pick, v0.reshape(shape), v1.reshape(shape)).reshape(-1)
+        return merged if base is None else base + merged
+
+    def row_length(self, shape: tuple[int, ...]) -> int:
+        """Whole rows per merge call when the vectors are rows or columns (no per-element lookups)."""
+        layout = self._layout(shape)
+        return layout.width if layout.count > 1 and layout.width <= _ROWS_UP_TO else 1
+
+    def merge_whole(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
+        """The same soup from the whole tensor at once (the reference the streamed merge equals)."""
+        self.prepare_tensor(info, lambda start, stop: [c[start:stop] for c in chunks])
+        return self.merge(ChunkInfo(info.key, info.shape, 0, info.stop), chunks)
 
     def report(self) -> dict[str, Any]:
         return {"base_relative": getattr(self, "has_base", False)}
