@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 
 from hf_soup.errors import EvaluationError  # noqa: E402
 from hf_soup.methods.learned.residency import plan_residency  # noqa: E402
-from test_learned import Bound, sharded_digits  # noqa: E402, F401  (pytest fixture)
+from test_learned import Bound, _wide_ingredients, sharded_digits  # noqa: E402, F401  (pytest fixture)
 
 PARAMS = {"layerwise": True, "model_batch": 2, "inner_steps": 3, "seed": 1}
 
@@ -82,6 +82,32 @@ def test_a_budget_below_what_training_must_hold_is_refused_before_any_read(shard
         hf_soup.soup([str(d) for d in dirs], method="learned", output_dir=tmp_path / "soup", evaluation=evaluation,
                      device="cpu", **PARAMS)
     assert not (tmp_path / "soup").exists()
+
+
+def test_peak_memory_of_the_training_follows_the_budget(tmp_path, sharded_digits):
+    """8 ViTs of 1.07M parameters, all 8 in one model batch: with everything resident the training holds 8
+    differences (and the evaluation 8 ingredients); a 30 MB budget keeps the process's growth near it."""
+    from hf_soup.testing.memory import PeakMemory
+
+    dirs = _wide_ingredients(tmp_path, 8)
+    budget = 30_000_000
+    peaks, memory = {}, {}
+    for name, device_memory in (("resident", None), ("budget", budget)):
+        with ExitStack() as stack:  # warm-up: lazy imports and allocator pools are not the method's
+            Bound(dirs, sharded_digits[1], stack, max_samples=16, batch_size=16).plan(
+                layerwise=True, model_batch=8, inner_steps=1)
+        with ExitStack() as stack:
+            bound = Bound(dirs, sharded_digits[1], stack, max_samples=16, batch_size=16, device_memory=device_memory)
+            with PeakMemory() as peak:
+                plan = bound.plan(layerwise=True, model_batch=8, inner_steps=2)
+            peaks[name], memory[name] = peak.peak_bytes, plan.details["training_memory"]
+            model_bytes = 4 * sum(p.numel() for p in bound.evaluator.model.parameters())
+    print(f"\npeak memory growth: all resident {peaks['resident'] / 2**20:.1f} MiB, budget of {budget / 2**20:.1f} MiB "
+          f"{peaks['budget'] / 2**20:.1f} MiB (one model = {model_bytes / 2**20:.1f} MiB); {memory['budget']}")
+    assert memory["resident"]["streamed_parameters"] == 0 and memory["budget"]["streamed_parameters"] > 0
+    assert memory["budget"]["all_resident_bytes"] == 11 * model_bytes > budget  # 3 fixed copies + 8 differences
+    assert peaks["budget"] < budget + 2 * model_bytes  # the rest: a batch's activations, the data
+    assert peaks["budget"] < 0.5 * peaks["resident"]
 
 
 def test_plan_keeps_stacks_in_model_order_while_they_fit():
