@@ -34,6 +34,8 @@ class _CheckedBatches:
         self.dist = dist
 
     def __getattr__(self, name: str) -> Any:  # dataset, batch_size...: what the loop reads of its dataloader
+        if name == "dataloader":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
         return getattr(self.dataloader, name)
 
     def __len__(self) -> int:
