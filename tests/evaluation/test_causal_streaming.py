@@ -78,7 +78,7 @@ def _training_bytes(lms, method: str) -> int:
     if method != "learned":
         return 0
     largest, total = _sizes(lms)
-    return 12 * total + 4 * (METHODS["learned"]["model_batch"] + 1) * largest
+    return 12 * total + 4 * (METHODS["learned"]["model_batch"] + 3) * largest
 
 
 def _run(lms, method: str, metric: str, budget, out: Path, **evaluation) -> tuple[dict, str]:

@@ -28,11 +28,14 @@ def _sizes(dirs, dataset) -> dict[str, int]:
 
 
 def _partial_budget(sizes: dict[str, int], model_batch: int, simplex: bool) -> int:
-    """Room for the evaluation's largest tensor, the fixed part, forming the largest stack, and half of the stacks."""
+    """Room for the evaluation's largest tensor, the fixed part, forming the largest stack, and half of the
+    stacks that this room leaves out of an all-resident run."""
     evaluation = 24 * max(sizes.values())  # raw float32 input, float32, float64 result and scratch
     fixed = 4 * sum(sizes.values()) * (4 if simplex else 3)
-    room = 4 * (model_batch + 1) * max(sizes.values())
-    return evaluation + fixed + room + 4 * model_batch * sum(sizes.values()) // 2
+    room = 4 * (model_batch + 3) * max(sizes.values())  # a stack, the tensor read, rounded, its difference
+    stacks = 4 * model_batch * sum(sizes.values())
+    assert room < stacks
+    return evaluation + fixed + room + (stacks - room) // 2
 
 
 @pytest.mark.parametrize("hyperplane", [True, False])
@@ -111,10 +114,11 @@ def test_peak_memory_of_the_training_follows_the_budget(tmp_path, sharded_digits
 
 
 def test_plan_keeps_stacks_in_model_order_while_they_fit():
-    sizes = {"a": 100, "b": 1000, "c": 1000, "d": 1000}
-    fixed, room, stacks = 12 * 3100, 4 * 3 * 1000, 8 * 3100  # model_batch 2: 8 bytes per element
+    sizes = {"a": 100, "b": 1000, "c": 1000, "d": 1000, "e": 1000}
+    # model_batch 2: 8 bytes per element and stack; room to form the largest stack: (2 + 3) x 4 bytes x 1000
+    fixed, room, stacks = 12 * 4100, 4 * 5 * 1000, 8 * 4100
     plan = plan_residency(sizes, model_batch=2, budget=fixed + room + 8 * 1100, device="cpu")
-    assert plan.resident == {"a", "b"} and plan.streamed == ["c", "d"]
+    assert plan.resident == {"a", "b"} and plan.streamed == ["c", "d", "e"]
     assert plan.training_bytes == fixed + room + 8 * 1100 and plan.all_resident_bytes == fixed + stacks
     everything = plan_residency(sizes, model_batch=2, budget=fixed + stacks, device="cpu")
     assert everything.streamed == [] and everything.training_bytes == fixed + stacks

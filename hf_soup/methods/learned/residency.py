@@ -28,6 +28,8 @@ from typing import Any
 from ...errors import EvaluationError
 
 _FLOAT32 = 4
+#: Besides a streamed ``(model_batch, numel)`` stack: the ingredient's tensor as read, as rounded, and its difference.
+_STREAM_TEMPORARIES = 3
 
 
 @dataclass
@@ -72,7 +74,7 @@ def plan_residency(numels: dict[str, int], *, model_batch: int, budget: int, dev
     can_stream = [n for n in numels if streamable is None or n in streamable]
     pinned = [n for n in numels if n not in can_stream]
     largest = max(can_stream, key=lambda n: numels[n], default=None)
-    room = 0 if largest is None else _FLOAT32 * (model_batch + 1) * numels[largest]
+    room = 0 if largest is None else _FLOAT32 * (model_batch + _STREAM_TEMPORARIES) * numels[largest]
     need = fixed + room + sum(stacks[n] for n in pinned)
     if need > budget:
         what = (f"the float32 mean, soup and gradient{', and the soup outside the model batch' if simplex_rest else ''} "
