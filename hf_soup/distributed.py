@@ -115,6 +115,14 @@ class Dist:
         """Run a step that may fail; with several processes, all stop if any fails."""
         yield
 
+    def settle(self, name: str, error: BaseException | None = None) -> None:
+        """End step ``name`` begun outside a ``with`` block (see :meth:`stage`): raise if any process failed.
+
+        ``error`` is this process's failure, ``None`` when its part succeeded.
+        """
+        if error is not None:
+            raise error
+
     def local_main_first(self, fn: Callable[[], T], what: str = "resolving the ingredients") -> T:
         """Run ``fn`` on each node's main process first (downloads), then on the others."""
         return fn()
@@ -287,9 +295,14 @@ class ProcessGroupDist(Dist):
             self._settle(name, error)
             raise
         done = time.perf_counter()
-        self._settle(name, None)
+        self.settle(name)
         logger.debug("process %d: %s took %.2fs, then %.2fs waiting for the others", self.rank, name,
                      done - start, time.perf_counter() - done)
+
+    def settle(self, name: str, error: BaseException | None = None) -> None:
+        self._settle(name, error)
+        if error is not None:
+            raise error
 
     def _settle(self, stage: str, error: BaseException | None) -> None:
         """Exchange statuses; raise on every process if any failed.

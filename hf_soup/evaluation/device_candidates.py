@@ -153,6 +153,7 @@ class DeviceCandidates:
         self._weights: dict[str, Any] = {}
         self._buffers: dict[str, Any] = {}
         budget = default_budget(self.device) if budget is None else int(budget)
+        self.budget = budget
         largest = max(self.merged, key=_working_bytes, default=None)
         need = _working_bytes(largest) if largest is not None else 0
         if largest is not None and need > budget:
@@ -161,6 +162,7 @@ class DeviceCandidates:
                 f"{self.device} needs {_size(need)}, more than the memory budget of {_size(budget)}; "
                 "raise evaluation.device_memory (bytes, or e.g. '8GiB') or evaluate on a device with more memory"
             )
+        self.working_bytes = need
         room = max(0, budget - need)
         self.sum_bytes = min(room, sum(8 * t.meta.numel for t in self.merged))
         self.resident_bytes = room - self.sum_bytes
@@ -200,6 +202,47 @@ class DeviceCandidates:
         if value.dtype in (torch.float32, torch.float64):
             return value
         return value.to(torch.float32)
+
+    def ingredient_parameter(self, index: int, name: str, dtype: Any) -> Any:
+        """Ingredient ``index``'s value of model tensor ``name``, flat in ``dtype``, exactly as :meth:`load` of
+        the uniform soup of ``[index]`` puts it there (the engine's arithmetic, rounded once to the output dtype).
+
+        Raises ``KeyError`` for a tensor that is no merged checkpoint tensor's (read the model instead).
+        """
+        from ..engine.rounding import round_to_storage_torch
+
+        tensor = self._by_target[name]
+        values = round_to_storage_torch(self.linear(tensor, [index], [1.0], 1.0), tensor.dtype)
+        if tensor.dtype == "BF16":
+            values = values.view(self._torch.bfloat16)
+        return values.to(dtype)
+
+    @property
+    def parameter_names(self) -> set[str]:
+        """The model tensors :meth:`ingredient_parameter` can read."""
+        return set(self._by_target)
+
+    @property
+    def _by_target(self) -> dict[str, Any]:
+        if getattr(self, "_targets_of", None) is None:
+            self._targets_of = {self.targets[t.key]: t for t in self.merged}
+        return self._targets_of
+
+    @property
+    def spare_bytes(self) -> int:
+        """The budget beyond the working memory of the largest tensor (what a running sum and resident tensors share)."""
+        return max(0, self.budget - self.working_bytes)
+
+    def reserve(self, nbytes: int) -> None:
+        """Take ``nbytes`` of :attr:`spare_bytes` for another use (learned training): the running sum and the
+        resident ingredient tensors keep only what is left (tensors kept beyond it are read again when used)."""
+        left = max(0, self.spare_bytes - int(nbytes))
+        self.sum_bytes = min(self.sum_bytes, left)
+        self.resident_bytes = left - self.sum_bytes
+        for key in reversed(list(self._resident)):
+            if self._resident_used <= self.resident_bytes:
+                break
+            self._resident_used -= self._resident.pop(key).nbytes
 
     def buffer(self, name: str, numel: int) -> Any:
         """A reused flat float64 work tensor of ``numel`` elements (allocating each time costs more than the math)."""

@@ -15,11 +15,20 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 
-def batch_stage(accelerator: Any) -> AbstractContextManager:
-    """The context of one batch's computation in a pass on ``accelerator``'s processes."""
+BATCH_STAGE = "evaluating its batch"
+
+
+def status_dist(accelerator: Any) -> Any:
+    """The :class:`~hf_soup.distributed.Dist` that exchanges statuses for ``accelerator``'s processes (``None``: one)."""
     if getattr(accelerator, "num_processes", 1) == 1:
-        return nullcontext()
+        return None
     from ..distributed import get_dist
 
     device = getattr(accelerator.device, "type", str(accelerator.device))
-    return get_dist("cpu" if device == "cpu" else "cuda").stage("evaluating its batch")
+    return get_dist("cpu" if device == "cpu" else "cuda")
+
+
+def batch_stage(accelerator: Any) -> AbstractContextManager:
+    """The context of one batch's computation in a pass on ``accelerator``'s processes."""
+    dist = status_dist(accelerator)
+    return nullcontext() if dist is None else dist.stage(BATCH_STAGE)

@@ -64,7 +64,8 @@ class EvaluationSpec(BaseModel):
       and resident ingredient tensors (in that order): bytes, or a size such as ``"8GiB"`` /
       ``"500MB"`` (default: half the free memory). What does not fit is streamed through
       pinned host buffers, with the same result; ``0`` is refused with an error naming
-      the largest tensor, which always needs room.
+      the largest tensor, which always needs room. A learned soup's training takes its
+      share first (:mod:`hf_soup.methods.learned.residency`).
     * ``trust_remote_code`` — allow the ingredients' own config / model / processor code.
     """
 

@@ -28,6 +28,7 @@ from ..evaluation.evaluator import Evaluator, RowsCallback, _load_config
 from ..evaluation.metrics import Metric
 from ..evaluation.spec import EvaluationSpec
 from ..evaluation.task_model import architecture_of, build_task_model
+from .loop_status import checked_loop
 from .trainer_evaluation import metric_of, require_eval_dataset, trainer_metric
 
 logger = logging.getLogger("hf_soup")
@@ -138,7 +139,7 @@ class TrainerEvaluator(Evaluator):
         trainer = self.trainer
         self.num_full_evaluations += 1
         dataloader = trainer.get_eval_dataloader(self.spec.eval_name)
-        with _lent_model(trainer, model):
+        with _lent_model(trainer, model), checked_loop(trainer, dataloader) as dataloader:
             output = trainer.evaluation_loop(dataloader, description=description,
                                              prediction_loss_only=False if predictions else None,
                                              metric_key_prefix=f"eval_{self.spec.eval_name}" if self.spec.eval_name else "eval")

@@ -39,6 +39,8 @@ from .schedule import lr_lambda, model_batches
 LossFn = Callable[[Mapping[str, torch.Tensor], Any], "tuple[torch.Tensor, int | float]"]
 #: ``load(k) -> {parameter name: tensor}`` in the task model's in-memory key space.
 LoadFn = Callable[[int], Mapping[str, torch.Tensor]]
+#: ``read(k, name) -> tensor``: ingredient k's parameter ``name`` alone, as ``load(k)`` gives it (streamed differences).
+ReadFn = Callable[[int, str], torch.Tensor]
 #: Sums a float tensor over processes (identity in a single process).
 ReduceFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -179,6 +181,8 @@ def learn_block_coordinate(
     on_step: Callable[[int, float], None] | None = None,
     keep_soup: bool = False,
     on_start: Callable[[Mapping[str, torch.Tensor]], Any] | None = None,
+    streamed: frozenset[str] | set[str] = frozenset(),
+    read: ReadFn | None = None,
 ) -> LearnedCoefficients:
     """Learn per-(ingredient, block) coefficients with MEHL-Soup(+) (Algorithm 1).
 
@@ -188,7 +192,9 @@ def learn_block_coordinate(
     task model on ``params`` (e.g. with ``torch.func.functional_call``). ``reduce`` sums a
     tensor over processes; the gradients are then example-weighted means over ranks.
     ``keep_soup`` returns the tracked soup too (``result.soup``); ``on_start(soup)`` sees
-    the starting soup (the uniform soup, alpha = 0) before the first step.
+    the starting soup (the uniform soup, alpha = 0) before the first step. The differences
+    of the parameters in ``streamed`` are not kept: each use forms them again from
+    ``read(k, name)`` with the same operations (:class:`Differences`), so the result is the same.
     """
     names, K, B = layout.params, num_models, layout.num_blocks
     block = layout.block_of
@@ -202,7 +208,7 @@ def learn_block_coordinate(
     schedule = model_batches(K, config.model_batch, outer_epochs=config.outer_epochs, seed=config.seed)
     losses: list[float] = []
     for batch in schedule:
-        diffs = _load_differences(load, batch, names, mean)  # Alg. 1 line 5
+        diffs = _load_differences(load, batch, names, mean, streamed, read)  # Alg. 1 line 5
         with torch.no_grad():
             lse_start = None if config.hyperplane or len(batch) == K else log_normaliser(rows)
             current, _ = batch_combination(rows, batch, hyperplane=config.hyperplane, lse_start=lse_start)
@@ -295,14 +301,47 @@ def _combine(diffs: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
     return coefficients @ diffs
 
 
-def _load_differences(load: LoadFn, batch: list[int], names: list[str],
-                      mean: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``theta_k - mean`` of the batch's ingredients, one ``(b, numel)`` stack per parameter."""
-    diffs = {n: torch.empty(len(batch), mean[n].numel(), dtype=torch.float32, device=mean[n].device) for n in names}
+class Differences(Mapping[str, torch.Tensor]):
+    """``theta_k - mean`` of a model batch's ingredients, one ``(b, numel)`` float32 stack per parameter.
+
+    Resident stacks are kept; a streamed one is formed again from ``read(k, name)`` each time
+    it is looked up, with the operations that formed the resident ones, hence the same values.
+    """
+
+    def __init__(self, resident: dict[str, torch.Tensor], streamed: list[str], batch: list[int],
+                 mean: Mapping[str, torch.Tensor], read: ReadFn | None):
+        self.resident, self.streamed, self.batch, self.mean, self.read = resident, streamed, batch, mean, read
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        stack = self.resident.get(name)
+        if stack is not None:
+            return stack
+        if name not in self.streamed or self.read is None:
+            raise KeyError(name)
+        mean = self.mean[name]
+        stack = torch.empty(len(self.batch), mean.numel(), dtype=torch.float32, device=mean.device)
+        with torch.no_grad():
+            for j, k in enumerate(self.batch):
+                stack[j] = self.read(k, name).detach().reshape(-1).to(torch.float32) - mean.reshape(-1)
+        return stack
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.resident
+        yield from self.streamed
+
+    def __len__(self) -> int:
+        return len(self.resident) + len(self.streamed)
+
+
+def _load_differences(load: LoadFn, batch: list[int], names: list[str], mean: Mapping[str, torch.Tensor],
+                      streamed: frozenset[str] | set[str] = frozenset(), read: ReadFn | None = None) -> Differences:
+    """``theta_k - mean`` of the batch's ingredients: resident stacks, except the ``streamed`` parameters'."""
+    kept = [n for n in names if n not in streamed]
+    diffs = {n: torch.empty(len(batch), mean[n].numel(), dtype=torch.float32, device=mean[n].device) for n in kept}
     with torch.no_grad():
-        for j, k in enumerate(batch):
+        for j, k in enumerate(batch if kept else ()):
             params = load(k)
-            for name in names:
+            for name in kept:
                 diffs[name][j] = params[name].detach().reshape(-1).to(torch.float32) - mean[name].reshape(-1)
             del params
-    return diffs
+    return Differences(diffs, [n for n in names if n in streamed], batch, mean, read)

@@ -48,7 +48,9 @@ class LearnedParams(MethodParams):
       with ``layerwise: true``; capture groups split a pattern into one block per value
       (``'layers\\.(\\d+)\\.'``: one block per layer); unmatched tensors keep their own block.
     * ``model_batch`` — ingredients held at once, b (default min(K, 4)). §4.4, "Model
-      mini-batch size": accuracy varies by < 0.1 % with b, so b is a memory choice.
+      mini-batch size": accuracy varies by < 0.1 % with b, so b is a memory choice. The
+      differences that do not fit in ``evaluation.device_memory`` are streamed (formed again
+      at each use, same result); see :mod:`hf_soup.methods.learned.residency`.
     * ``outer_epochs`` — passes over the ingredients, each a new seeded shuffle (default 1).
       §4.4, "Number of model training iterations": one model epoch, T = ceil(K/b) outer
       iterations, "for efficiency" (more gave minor gains).
@@ -233,12 +235,16 @@ class LearnedSoup(PlanningMethod):
         config = self.config(task, seed)
         layout, key_block = self.layout(task)
         reduce = task.reducer()
+        # within evaluation.device_memory, or refused before any ingredient is read
+        residency = task.residency(config.model_batch,
+                                   simplex_rest=not config.hyperplane and config.model_batch < task.num_models)
         started = time.perf_counter()
         task.prepare_buffers()
         uniform: dict[str, float] = {}
         result = learn_block_coordinate(
             layout, task.load, data_stream(task.batches), task.loss, config, num_models=task.num_models,
-            reduce=reduce, keep_soup=True, on_start=lambda soup: uniform.setdefault("loss", task.full_loss(soup, reduce)))
+            reduce=reduce, keep_soup=True, on_start=lambda soup: uniform.setdefault("loss", task.full_loss(soup, reduce)),
+            streamed=set(residency.streamed), read=task.read_parameter)
         learned_loss = task.full_loss(result.soup, reduce)
         seconds = time.perf_counter() - started
         method = self.weighted_method(result.weights, layout, key_block, evaluator.builder.tensors)
@@ -249,6 +255,7 @@ class LearnedSoup(PlanningMethod):
         details = self.details(result, layout, config, task, evaluator, seconds, score, key_block)
         details["num_full_evaluations"] = evaluator.num_full_evaluations - evaluations_before
         details["train_loss_uniform"], details["train_loss_learned"] = uniform["loss"], learned_loss
+        details["training_memory"] = residency.report()
         if test is not None:
             self._test = test()
             details["test_score"] = self._test.evaluate_model(task.model, "learned soup (test split)")

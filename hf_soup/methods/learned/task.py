@@ -81,6 +81,33 @@ class LearnedTask:
         params = dict(self.model.named_parameters())
         return {name: params[name] for name in self.names}
 
+    def residency(self, model_batch: int, simplex_rest: bool) -> Any:
+        """Which ingredient differences stay on the device within ``evaluation.device_memory``
+        (:func:`~.residency.plan_residency`), beside the evaluation's working memory; the evaluator's resident
+        ingredient tensors give up the room the training takes."""
+        from ...evaluation.device_candidates import DeviceCandidates, default_budget
+        from .residency import plan_residency
+
+        params = dict(self.model.named_parameters())
+        candidates = self.evaluator.candidates
+        device = next(self.model.parameters()).device
+        on_device = isinstance(candidates, DeviceCandidates)
+        # on the device, the evaluation keeps the working memory of its largest tensor (loads go through it)
+        budget = candidates.spare_bytes if on_device else getattr(self.evaluator.spec, "device_memory", None)
+        plan = plan_residency({n: params[n].numel() for n in self.names}, model_batch=model_batch,
+                              budget=default_budget(device) if budget is None else int(budget), device=device,
+                              simplex_rest=simplex_rest, streamable=candidates.parameter_names if on_device else set(),
+                              evaluation_bytes=candidates.budget - budget if on_device else 0)
+        if on_device:
+            candidates.reserve(plan.training_bytes)
+        return plan
+
+    def read_parameter(self, index: int, name: str) -> Any:
+        """Ingredient ``index``'s parameter ``name`` alone, as :meth:`load` puts it into the model."""
+        import torch
+
+        return self.evaluator.candidates.ingredient_parameter(index, name, torch.float32)
+
     def prepare_buffers(self) -> None:
         """Use the ingredients' mean for floating-point buffers (e.g. batch-norm statistics).
 
