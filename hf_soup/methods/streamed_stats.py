@@ -195,10 +195,11 @@ def _value(key: int) -> float:
     return float(np.array([key], dtype=np.uint64).view(np.float64)[0])
 
 
-def first_ranked(values: np.ndarray, start: int, bound: tuple[float, int], descending: bool) -> np.ndarray:
+def first_ranked(values: np.ndarray, start: int, bound: tuple[float, int], descending: bool,
+                 out: np.ndarray | None = None) -> np.ndarray:
     """Which of a chunk's ``values`` (flat positions from ``start``) come at or before ``bound`` in the order."""
     value, position = bound
-    keep = values > value if descending else values < value
+    keep = (np.greater if descending else np.less)(values, value, out=out)
     last = position - start  # equal values count up to the bound's own position
     if last >= 0:
         head = values[: last + 1]

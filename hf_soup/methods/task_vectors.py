@@ -26,6 +26,7 @@ from pydantic import ConfigDict, Field
 
 from ..errors import MethodParameterError
 from . import settings, sparsify
+from . import task_vector_block as block
 from .base import ChunkInfo, MergeContext, MethodParams, TensorMethod
 from .streamed_stats import PairwiseSum, RankSelection, first_ranked
 from .settings import PerIngredient, Setting
@@ -147,18 +148,20 @@ class TaskVectorMethod(TensorMethod):
         if rules is None:
             raise AssertionError(f"{self.name}: tensor {info.key} was merged before its pre-pass "
                                  "(hf_soup.engine.prepass.prepass)")
-        differences: list[np.ndarray | None] = [None] * count
-        masks: list[np.ndarray | None] = []
-        for index, (rule, x) in enumerate(zip(rules, inputs)):
-            if rule is not None and rule.needs_values:
-                differences[index] = x.astype(np.float64)
-                differences[index] -= base  # type: ignore[operator]
-                masks.append(rule.keep(info.start, info.stop, np.abs(differences[index])))
-            else:
-                masks.append(None if rule is None else rule.keep(info.start, info.stop, None))
+        start, stop = info.start, info.stop
+
+        def fill(index: int, differences: np.ndarray, out: np.ndarray) -> None:
+            rules[index].fill(start, stop, differences, out, block.SCRATCH)  # type: ignore[union-attr]
+
+        keeps = [None if rule is None else fill for rule in rules]
         factors = [rule.factor if rule is not None and self.params.rescale else 1.0 for rule in rules]
-        vectors = _TaskVectors(base, list(inputs), masks, factors, weights, differences)
-        return self._combine(vectors, float(settings.resolve(self.params.lambda_, info.key)))
+        vectors = block.block_vectors(base, inputs, keeps, factors, weights)
+        scale = float(settings.resolve(self.params.lambda_, info.key))
+        if self.consensus:
+            return block.finish(block.elect_and_sum(vectors, weights, self.params.normalize), vectors, None, scale)
+        total = sum(weights[1:], weights[0])
+        divisor = (1.0 if abs(total) < 1e-8 else total) if self.params.normalize else None
+        return block.finish(block.plain_sum(vectors), vectors, divisor, scale)
 
     def _merge_whole(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
         """The merge of one whole tensor (methods whose masks need it: DELLA's per-row ranks)."""
@@ -292,16 +295,35 @@ class _MaskRule:
         for selection in self.selections:
             selection.end_pass()
 
-    def _draws(self, start: int, stop: int) -> np.ndarray:
+    def _draws(self, start: int, stop: int, out: np.ndarray | None = None,
+               scratch: np.ndarray | None = None) -> np.ndarray:
+        """Whether each of elements ``[start, stop)`` is kept: the whole-tensor draws ``random() < density``."""
         generator = np.random.Generator(type(self.rng.bit_generator)(0))  # type: ignore[union-attr]
         generator.bit_generator.state = self.rng.bit_generator.state  # type: ignore[union-attr]
         generator.bit_generator.advance(start)
-        return generator.random(stop - start) < self.density
+        draws = generator.random(stop - start, out=scratch)
+        return np.less(draws, self.density, out=out)
 
     def count_kept(self, size: int, step: int) -> None:
         """Random masks: count the kept entries of the whole tensor (no reads)."""
         if self.kind == "random":
             self.kept = sum(int(np.count_nonzero(self._draws(s, min(size, s + step)))) for s in range(0, size, step))
+
+    def fill(self, start: int, stop: int, differences: np.ndarray, out: np.ndarray, scratch) -> None:
+        """The keep mask of flat elements ``[start, stop)`` into ``out``, from their ``θ_k − θ_base``."""
+        count = stop - start
+        if self.kind == "random":
+            self._draws(start, stop, out, scratch.get("draws", np.float64, count))
+        elif self.empty:
+            out[...] = False
+        else:
+            magnitudes = np.abs(differences, out=scratch.get("magnitudes", np.float64, count))
+            first_ranked(magnitudes, start, self.selections[-1].result, self.descending, out)  # type: ignore
+            if len(self.selections) == 2:  # drop what ranks at or before the lower bound
+                lower = scratch.get("lower", np.bool_, count)
+                first_ranked(magnitudes, start, self.selections[0].result, self.descending, lower)  # type: ignore
+                np.logical_not(lower, out=lower)
+                np.logical_and(out, lower, out=out)
 
     def keep(self, start: int, stop: int, magnitudes: np.ndarray | None) -> np.ndarray:
         """The keep mask of flat elements ``[start, stop)`` (``magnitudes``: theirs, for magnitude rules)."""
