@@ -191,6 +191,107 @@ class RankSelection:
             raise AssertionError("RankSelection: the rank was not reached; fewer values than announced")
 
 
+class BandSelection:
+    """The element at ``rank`` of ``size`` non-negative float64 values in (value, position) order, in one pass.
+
+    A guess (from a sample) says the value at the rank lies in the band from ``first`` to
+    ``last`` (in the order: ``first >= last`` when descending). One pass counts the values
+    ranked before the band and those equal to either end (per chunk), and gathers the values
+    strictly inside with their positions (at most ``cap`` of them). If the rank falls on an
+    end (many equal magnitudes, as bfloat16 weights give), the per-chunk counts name the
+    chunk that holds its occurrence and :meth:`locate` reads that chunk again; if inside, it
+    follows from the gathered values. Otherwise (a bad guess, or too many inside)
+    :attr:`failed` is set and a :class:`RankSelection` must take over.
+    """
+
+    def __init__(self, size: int, rank: int, descending: bool, first: float, last: float, cap: int):
+        assert 0 <= rank < size
+        self.size, self.rank, self.descending, self.first, self.last, self.cap = size, rank, descending, first, last, cap
+        self.before = 0  # values ranked before the band
+        self.counts = [0, 0, 0]  # equal to first, strictly inside, equal to last
+        self.chunks: list[tuple[int, int, int, int]] = []  # (start, stop, equal to first, equal to last)
+        self.values: list[np.ndarray] | None = []
+        self.positions: list[np.ndarray] = []
+        self.result: tuple[float, int] | None = None
+        self.failed = False
+        self.pending_chunk: tuple[int, int, int] | None = None  # (start, stop, occurrence of result value)
+        self._sought = 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+    def begin_pass(self) -> None:
+        pass
+
+    def observe(self, start: int, values: np.ndarray, scratch: np.ndarray | None = None,
+                inside: np.ndarray | None = None) -> None:
+        """The chunk of values (float64, non-negative) starting at flat position ``start`` (chunks in order)."""
+        if self.done or self.failed or self.pending_chunk is not None:
+            return
+        before = (np.greater if self.descending else np.less)(values, self.first, out=scratch)
+        count_before = int(np.count_nonzero(before))
+        reached = (np.greater_equal if self.descending else np.less_equal)(values, self.last, out=inside)
+        band = int(np.count_nonzero(reached)) - count_before
+        self.before += count_before
+        if not band:
+            self.chunks.append((start, start + values.size, 0, 0))
+            return
+        first = int(np.count_nonzero(np.equal(values, self.first, out=before)))
+        last = 0 if self.first == self.last else int(np.count_nonzero(np.equal(values, self.last, out=before)))
+        self.chunks.append((start, start + values.size, first, last))
+        between = band - first - last
+        self.counts[0] += first
+        self.counts[1] += between
+        self.counts[2] += last
+        if between and self.values is not None:
+            if self.counts[1] > self.cap:
+                self.values, self.positions = None, []  # too many inside: counts only
+                return
+            (np.less if self.descending else np.greater)(values, self.first, out=before)
+            np.logical_and(reached, before, out=reached)
+            (np.greater if self.descending else np.less)(values, self.last, out=before)
+            np.logical_and(reached, before, out=reached)  # strictly inside
+            where = np.flatnonzero(reached)
+            self.values.append(values[where])
+            self.positions.append(where + start)
+
+    def end_pass(self) -> None:
+        """The result, a chunk to :meth:`locate` in, or :attr:`failed`."""
+        if self.done or self.failed or self.pending_chunk is not None:
+            return
+        index = self.rank - self.before  # the rank's place within the band
+        first, between, last = self.counts
+        if 0 <= index < first:
+            self._find(self.first, index, 2)
+        elif first <= index < first + between and self.values is not None:
+            index -= first
+            values, positions = np.concatenate(self.values), np.concatenate(self.positions)  # in position order
+            at = values.size - 1 - index if self.descending else index
+            value = np.partition(values, at)[at]
+            ahead = int(np.count_nonzero(values > value if self.descending else values < value))
+            self.result = (float(value), int(positions[values == value][index - ahead]))
+        elif first + between <= index < first + between + last:
+            self._find(self.last, index - first - between, 3)
+        else:
+            self.failed = True
+        self.values, self.positions, self.chunks = None, [], []
+
+    def _find(self, value: float, occurrence: int, column: int) -> None:
+        for chunk in self.chunks:
+            if occurrence < chunk[column]:
+                self._sought, self.pending_chunk = value, (chunk[0], chunk[1], occurrence)
+                return
+            occurrence -= chunk[column]
+        raise AssertionError("BandSelection: fewer equal values than counted")
+
+    def locate(self, values: np.ndarray) -> None:
+        """The values of :attr:`pending_chunk` read again: the position of the occurrence sought."""
+        start, _, occurrence = self.pending_chunk  # type: ignore[misc]
+        self.result = (self._sought, start + int(np.flatnonzero(values == self._sought)[occurrence]))
+        self.pending_chunk = None
+
+
 def _value(key: int) -> float:
     return float(np.array([key], dtype=np.uint64).view(np.float64)[0])
 
@@ -207,4 +308,4 @@ def first_ranked(values: np.ndarray, start: int, bound: tuple[float, int], desce
     return keep
 
 
-__all__ = ["PairwiseSum", "RankSelection", "first_ranked", "pairwise_total"]
+__all__ = ["BandSelection", "PairwiseSum", "RankSelection", "first_ranked", "pairwise_total"]

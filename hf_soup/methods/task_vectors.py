@@ -19,6 +19,7 @@ tensor and one boolean mask per ingredient).
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -28,7 +29,7 @@ from ..errors import MethodParameterError
 from . import settings, sparsify
 from . import task_vector_block as block
 from .base import ChunkInfo, MergeContext, MethodParams, TensorMethod
-from .streamed_stats import PairwiseSum, RankSelection, first_ranked
+from .streamed_stats import BandSelection, PairwiseSum, RankSelection, first_ranked
 from .settings import PerIngredient, Setting
 
 
@@ -108,15 +109,18 @@ class TaskVectorMethod(TensorMethod):
                                 sparsify.rng_for(self.seed, info.key, k) if self.sparsification == "random" else None)
                  for k in range(count)]
         step = _PREPASS_CHUNK
+        magnitudes = _Magnitudes()
+        if self.sparsification in ("magnitude", "magnitude_outliers") and size >= _SPECULATE_FROM:
+            _speculate(rules, size, read, step, magnitudes)  # one pass where a sample guessed well
         while any(rule is not None and rule.pending for rule in rules):  # rank selections, a pass each
             for rule in rules:
                 if rule is not None:
                     rule.begin_pass()
             for start in range(0, size, step):
-                chunks = read(start, min(size, start + step))
-                for rule, chunk in zip(rules, chunks[1:]):
+                magnitudes.read(read, start, min(size, start + step))
+                for index, rule in enumerate(rules):
                     if rule is not None and rule.pending:
-                        rule.observe(start, _magnitudes(chunk, chunks[0]))
+                        rule.observe(start, magnitudes(index))
             for rule in rules:
                 if rule is not None:
                     rule.end_pass()
@@ -127,12 +131,12 @@ class TaskVectorMethod(TensorMethod):
             sums = [None if rule is None else (PairwiseSum(size), PairwiseSum(rule.kept)) for rule in rules]
             for start in range(0, size, step):
                 stop = min(size, start + step)
-                chunks = read(start, stop)
-                for rule, pair, chunk in zip(rules, sums, chunks[1:]):
+                magnitudes.read(read, start, stop)
+                for index, (rule, pair) in enumerate(zip(rules, sums)):
                     if rule is not None:
-                        magnitudes = _magnitudes(chunk, chunks[0])
-                        pair[0].add(magnitudes)
-                        pair[1].add(magnitudes[rule.keep(start, stop, magnitudes)])
+                        values = magnitudes(index)
+                        pair[0].add(values)
+                        pair[1].add(values[rule.keep(start, stop, values)])
             for rule, pair in zip(rules, sums):
                 if rule is not None:
                     rule.factor = _l1_factor(pair[0].result(), pair[1].result())
@@ -218,12 +222,62 @@ _BLOCK = 1 << 20  # elements per block of the elementwise pass
 _PREPASS_CHUNK = 1 << 18  # elements per chunk of the pre-pass
 
 
-def _magnitudes(chunk: np.ndarray, base: np.ndarray) -> np.ndarray:
-    """``|θ_k − θ_base|`` in float64, as the whole-tensor computation forms it."""
-    magnitudes = chunk.astype(np.float64)
-    magnitudes -= base
-    np.abs(magnitudes, out=magnitudes)
-    return magnitudes
+_SPECULATE_FROM = 1 << 20  # tensors this large first try a one-pass selection from a sample
+_SAMPLE_RUN = 1024  # contiguous elements per sampled run
+_SAMPLE_RUNS = 256  # runs sampled at most (and at most 1/16 of the tensor)
+_SPREAD = 3.0  # the band: the sample's rank ± this many standard deviations of a sample quantile
+_BAND_CAP = 100  # at most 1/100 of the tensor's elements gathered per selection
+
+
+class _Magnitudes:
+    """``|θ_k − θ_base|`` in float64 of the chunk last read, as the whole-tensor computation forms it.
+
+    ``read`` widens the base once; ``self(k)`` is one ``float32 − float64`` pass and an
+    ``abs`` into a per-thread buffer (valid until the next call).
+    """
+
+    def read(self, read, start: int, stop: int) -> list[np.ndarray]:
+        self.chunks = read(start, stop)
+        self.base = block.SCRATCH.get("prepass_base", np.float64, stop - start)
+        np.copyto(self.base, self.chunks[0])
+        return self.chunks
+
+    def __call__(self, index: int) -> np.ndarray:
+        out = block.SCRATCH.get("prepass_magnitudes", np.float64, self.base.size)
+        np.subtract(self.chunks[index + 1], self.base, out=out)
+        return np.abs(out, out=out)
+
+
+def _speculate(rules: list["_MaskRule | None"], size: int, read, step: int, magnitudes: _Magnitudes) -> None:
+    """Rank selections in one pass where a strided sample bands the rank's value (the others are left pending)."""
+    live = [(index, rule) for index, rule in enumerate(rules) if rule is not None and rule.pending]
+    if not live:
+        return
+    runs = max(2, min(_SAMPLE_RUNS, size // (16 * _SAMPLE_RUN)))
+    samples: dict[int, list[np.ndarray]] = {index: [] for index, _ in live}
+    for run in range(runs):
+        start = run * (size - _SAMPLE_RUN) // (runs - 1)
+        magnitudes.read(read, start, start + _SAMPLE_RUN)
+        for index, _ in live:
+            samples[index].append(magnitudes(index).copy())
+    for index, rule in live:
+        rule.speculate(np.concatenate(samples.pop(index)), max(1, size // _BAND_CAP))
+    for start in range(0, size, step):
+        stop = min(size, start + step)
+        magnitudes.read(read, start, stop)
+        scratch = block.SCRATCH.get("prepass_before", np.bool_, stop - start)
+        inside = block.SCRATCH.get("prepass_inside", np.bool_, stop - start)
+        for index, rule in live:
+            values = magnitudes(index)
+            for selection in rule.selections:
+                selection.observe(start, values, scratch, inside)
+    for index, rule in live:
+        for selection in rule.selections:
+            selection.end_pass()
+            if selection.pending_chunk is not None:  # a band of one value: the chunk of its occurrence, again
+                magnitudes.read(read, *selection.pending_chunk[:2])
+                selection.locate(magnitudes(index))
+        rule.settle()
 
 
 def _l1_factor(before: float, after: float) -> float:
@@ -243,7 +297,8 @@ class _MaskRule:
 
     def __init__(self, kind: str, size: int, density: float):
         self.kind, self.size, self.density = kind, size, density
-        self.selections: list[RankSelection] = []
+        self.selections: list[RankSelection | BandSelection] = []
+        self.ranks: list[int] = []
         self.bounds: list[tuple[float, int] | None] = []
         self.kept = 0
         self.factor = 1.0
@@ -271,9 +326,33 @@ class _MaskRule:
             return rule
         rule.kept = hi - lo
         ranks = ([lo - 1] if lo > 0 else []) + [hi - 1]  # after the lower bound's rank, up to the upper's
+        rule.ranks = ranks
         rule.selections = [RankSelection(size, r, descending) for r in ranks]
         rule.descending = descending
         return rule
+
+    def speculate(self, sample: np.ndarray, cap: int) -> None:
+        """Band each rank's value from ``sample`` (magnitudes of a strided sample): one-pass selections."""
+        count = sample.size
+        bands = []
+        for rank in self.ranks:
+            ascending = self.size - 1 - rank if self.descending else rank
+            p = (ascending + 0.5) / self.size
+            spread = _SPREAD * math.sqrt(count * p * (1 - p)) + 1
+            bands.append((math.floor(p * count - spread), math.ceil(p * count + spread)))
+        inner = sorted({i for band in bands for i in band if 0 <= i < count})
+        ordered = np.partition(sample, inner) if inner else sample
+        self.selections = []
+        for rank, (low, high) in zip(self.ranks, bands):
+            lo = float(ordered[low]) if low >= 0 else 0.0
+            hi = float(ordered[high]) if high < count else math.inf
+            first, last = (hi, lo) if self.descending else (lo, hi)
+            self.selections.append(BandSelection(self.size, rank, self.descending, first, last, cap))
+
+    def settle(self) -> None:
+        """Rank selections for the bands that missed."""
+        self.selections = [RankSelection(self.size, s.rank, self.descending) if getattr(s, "failed", False) else s
+                           for s in self.selections]
 
     @property
     def pending(self) -> bool:
