@@ -254,7 +254,8 @@ class BandSelection:
             np.logical_and(reached, before, out=reached)  # strictly inside
             where = np.flatnonzero(reached)
             self.values.append(values[where])
-            self.positions.append(where + start)
+            where += start
+            self.positions.append(where.astype(np.int32) if self.size <= np.iinfo(np.int32).max else where)
 
     def end_pass(self) -> None:
         """The result, a chunk to :meth:`locate` in, or :attr:`failed`."""

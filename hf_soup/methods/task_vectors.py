@@ -125,9 +125,10 @@ class TaskVectorMethod(TensorMethod):
                 if rule is not None:
                     rule.end_pass()
         if self.params.rescale and any(rule is not None for rule in rules):
+            pack = size * count <= 8 * _PACKED_BYTES
             for rule in rules:  # DARE: how many entries are kept decides numpy's summation tree
                 if rule is not None:
-                    rule.count_kept(size, step)
+                    rule.count_kept(size, step, pack)
             sums = [None if rule is None else (PairwiseSum(size), PairwiseSum(rule.kept)) for rule in rules]
             for start in range(0, size, step):
                 stop = min(size, start + step)
@@ -139,6 +140,7 @@ class TaskVectorMethod(TensorMethod):
                         pair[1].add(values[rule.keep(start, stop, values)])
             for rule, pair in zip(rules, sums):
                 if rule is not None:
+                    rule.unpack()
                     rule.factor = _l1_factor(pair[0].result(), pair[1].result())
         self._masks[info.key] = rules
 
@@ -222,7 +224,8 @@ _BLOCK = 1 << 20  # elements per block of the elementwise pass
 _PREPASS_CHUNK = 1 << 18  # elements per chunk of the pre-pass
 
 
-_SPECULATE_FROM = 1 << 20  # tensors this large first try a one-pass selection from a sample
+_PACKED_BYTES = 32 << 20  # DARE keeps a tensor's masks as bits up to this size (all ingredients)
+_SPECULATE_FROM = 1 << 16  # tensors this large first try a one-pass selection from a sample
 _SAMPLE_RUN = 1024  # contiguous elements per sampled run
 _SAMPLE_RUNS = 256  # runs sampled at most (and at most 1/16 of the tensor)
 _SPREAD = 3.0  # the band: the sample's rank ± this many standard deviations of a sample quantile
@@ -304,6 +307,7 @@ class _MaskRule:
         self.factor = 1.0
         self.empty = False
         self.rng: np.random.Generator | None = None
+        self.packed: np.ndarray | None = None
 
     @classmethod
     def plan(cls, kind: str, size: int, density: float, extra: dict[str, Any],
@@ -383,10 +387,30 @@ class _MaskRule:
         draws = generator.random(stop - start, out=scratch)
         return np.less(draws, self.density, out=out)
 
-    def count_kept(self, size: int, step: int) -> None:
-        """Random masks: count the kept entries of the whole tensor (no reads)."""
-        if self.kind == "random":
-            self.kept = sum(int(np.count_nonzero(self._draws(s, min(size, s + step)))) for s in range(0, size, step))
+    def count_kept(self, size: int, step: int, pack: bool) -> None:
+        """Random masks: count the kept entries of the whole tensor (draws, no reads); ``pack``: keep them as bits.
+
+        The bits (``size / 8`` bytes) spare the l1 pass a second draw; :meth:`unpack` frees them.
+        """
+        if self.kind != "random":
+            return
+        generator = np.random.Generator(type(self.rng.bit_generator)(0))  # type: ignore[union-attr]
+        generator.bit_generator.state = self.rng.bit_generator.state  # type: ignore[union-attr]
+        draws = block.SCRATCH.get("prepass_draws", np.float64, min(size, step))
+        keep = block.SCRATCH.get("prepass_keep", np.bool_, min(size, step))
+        self.packed = np.empty((size + 7) // 8, dtype=np.uint8) if pack and step % 8 == 0 else None
+        kept = 0
+        for start in range(0, size, step):
+            count = min(size, start + step) - start
+            np.less(generator.random(count, out=draws[:count]), self.density, out=keep[:count])
+            kept += int(np.count_nonzero(keep[:count]))
+            if self.packed is not None:
+                self.packed[start // 8 : (start + count + 7) // 8] = np.packbits(keep[:count])
+        self.kept = kept
+
+    def unpack(self) -> None:
+        """Forget the bits :meth:`count_kept` kept."""
+        self.packed = None
 
     def fill(self, start: int, stop: int, differences: np.ndarray, out: np.ndarray, scratch) -> None:
         """The keep mask of flat elements ``[start, stop)`` into ``out``, from their ``θ_k − θ_base``."""
@@ -407,6 +431,8 @@ class _MaskRule:
     def keep(self, start: int, stop: int, magnitudes: np.ndarray | None) -> np.ndarray:
         """The keep mask of flat elements ``[start, stop)`` (``magnitudes``: theirs, for magnitude rules)."""
         if self.kind == "random":
+            if self.packed is not None and start % 8 == 0:
+                return np.unpackbits(self.packed[start // 8 : (stop + 7) // 8], count=stop - start).view(np.bool_)
             return self._draws(start, stop)
         if self.empty:
             return np.zeros(stop - start, dtype=bool)
