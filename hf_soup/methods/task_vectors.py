@@ -229,7 +229,8 @@ _SPECULATE_FROM = 1 << 16  # tensors this large first try a one-pass selection f
 _SAMPLE_RUN = 1024  # contiguous elements per sampled run
 _SAMPLE_RUNS = 256  # runs sampled at most (and at most 1/16 of the tensor)
 _SPREAD = 3.0  # the band: the sample's rank ± this many standard deviations of a sample quantile
-_BAND_CAP = 100  # at most 1/100 of the tensor's elements gathered per selection
+_BAND_CAP = 100  # at most 1/100 of the tensor's elements gathered per selection (bounds memory) ...
+_BAND_MIN = 1 << 16  # ... or this many (small tensors' samples are small: their bands are wider)
 
 
 class _Magnitudes:
@@ -264,7 +265,7 @@ def _speculate(rules: list["_MaskRule | None"], size: int, read, step: int, magn
         for index, _ in live:
             samples[index].append(magnitudes(index).copy())
     for index, rule in live:
-        rule.speculate(np.concatenate(samples.pop(index)), max(1, size // _BAND_CAP))
+        rule.speculate(np.concatenate(samples.pop(index)), max(_BAND_MIN, size // _BAND_CAP))
     for start in range(0, size, step):
         stop = min(size, start + step)
         magnitudes.read(read, start, stop)

@@ -121,6 +121,7 @@ def test_one_pass_selection_from_a_sample_has_the_bytes_of_the_whole_tensor_merg
     monkeypatch.setattr(task_vectors, "_SAMPLE_RUN", 8)
     monkeypatch.setattr(task_vectors, "_SPREAD", spread)
     monkeypatch.setattr(task_vectors, "_BAND_CAP", cap)
+    monkeypatch.setattr(task_vectors, "_BAND_MIN", 1)
     monkeypatch.setattr(streamed_stats, "COLLECT", 64)
     monkeypatch.setattr(task_vectors, "_PREPASS_CHUNK", 700)
     rng = np.random.default_rng(5)
