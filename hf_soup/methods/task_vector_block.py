@@ -5,8 +5,8 @@ The operations and their order are those of the whole-tensor path
 same; what differs is how each step is spelled: every float64 array of the block lives in a
 buffer the thread keeps (no temporaries, no page faults), ``x − θ_base`` is one
 ``float32 − float64`` pass, multiplications by a weight of 1 are left out (exact), TIES's
-``where(positive, v > 0, v < 0)`` is three boolean operations, and the count of agreeing
-ingredients is summed in bytes when every weight is 1 (the float sum of ones is that count).
+``v · where(positive, v > 0, v < 0)`` is ``v · ((v > 0) == positive)`` (the same values), and
+with every weight 1 the divisor (a float sum of ones and zeros) is a count summed in bytes.
 
 >>> base = np.zeros(4, np.float32)
 >>> inputs = [np.array([1, -2, 3, 0], np.float32), np.array([2, 1, -1, 0], np.float32)]
@@ -98,40 +98,52 @@ def elect_and_sum(block: BlockVectors, weights: Sequence[float], normalize: bool
     for vector in vectors[2:]:
         np.add(total, vector, out=total)
     positive = scratch.get("positive", np.bool_, count)
-    negative = scratch.get("negative", np.bool_, count)
-    agree = scratch.get("agree", np.bool_, count)
+    above = scratch.get("above", np.bool_, count)
     below = scratch.get("below", np.bool_, count)
+    agree = scratch.get("agree", np.bool_, count)
     np.greater_equal(total, 0, out=positive)
-    np.logical_not(positive, out=negative)
-    unit = all(w == 1.0 for w in weights)
-    agreeing = scratch.get("agreeing", np.uint8, count) if normalize and unit else None
-    divisor = scratch.get("divisor", np.float64, count) if normalize and not unit else None
-    counted = scratch.get("counted", np.float64, count) if divisor is not None else None
+    counting = normalize and all(w == 1.0 for w in weights)  # Σ 1.0 · agree: a count, summed in integers
+    weighing = normalize and not counting
+    tally = np.uint8 if len(vectors) < 255 else np.uint32
+    rising = scratch.get("rising", tally, count) if counting else None  # how many are > 0
+    falling = scratch.get("falling", tally, count) if counting else None  # how many are < 0
+    divisor = scratch.get("divisor", np.float64, count) if weighing else None
+    counted = scratch.get("counted", np.float64, count) if weighing else None
+    negative = np.logical_not(positive, out=scratch.get("negative", np.bool_, count)) if weighing else None
     mixed = np.empty(count, dtype=np.float64)
     for index, vector in enumerate(vectors):
-        np.greater(vector, 0, out=agree)  # where(positive, v > 0, v < 0)
-        np.logical_and(agree, positive, out=agree)
-        np.less(vector, 0, out=below)
-        np.logical_and(below, negative, out=below)
-        np.logical_or(agree, below, out=agree)
+        np.greater(vector, 0, out=above)
+        if normalize:
+            np.less(vector, 0, out=below)
+        # v · where(positive, v > 0, v < 0) equals v · ((v > 0) == positive): the two masks differ only
+        # where v is ±0 or NaN, and there v · 1 and v · 0 are the same value
+        np.equal(above, positive, out=agree)
         if index == 0:
             np.multiply(vector, agree, out=mixed)
         else:
             np.multiply(vector, agree, out=vector)
             np.add(mixed, vector, out=mixed)
-        if agreeing is not None:  # Σ 1.0 · agree: exact small integers, summed in bytes
+        if rising is not None and falling is not None:
             if index == 0:
-                np.copyto(agreeing, agree.view(np.uint8))
+                np.copyto(rising, above)
+                np.copyto(falling, below)
             else:
-                np.add(agreeing, agree.view(np.uint8), out=agreeing)
-        elif divisor is not None:
+                np.add(rising, above.view(np.uint8), out=rising)
+                np.add(falling, below.view(np.uint8), out=falling)
+        elif divisor is not None and counted is not None:
+            np.logical_and(above, positive, out=above)  # where(positive, v > 0, v < 0)
+            np.logical_and(below, negative, out=below)
+            np.logical_or(above, below, out=agree)
             np.multiply(agree, weights[index], out=divisor if index == 0 else counted)
             if index:
                 np.add(divisor, counted, out=divisor)
-    if agreeing is not None:
-        np.maximum(agreeing, 1, out=agreeing)  # a divisor of 0 becomes 1
+    if rising is not None and falling is not None:  # where(positive, rising, falling), in integers
+        np.subtract(rising, falling, out=rising)
+        np.multiply(rising, positive.view(np.uint8), out=rising, casting="unsafe")
+        np.add(rising, falling, out=rising)
+        np.maximum(rising, 1, out=rising)  # a divisor of 0 becomes 1
         divisor = scratch.get("divisor", np.float64, count)
-        np.copyto(divisor, agreeing)
+        np.copyto(divisor, rising)
     elif divisor is not None:
         zero = np.equal(divisor, 0, out=below)
         if zero.any():

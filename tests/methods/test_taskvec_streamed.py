@@ -20,6 +20,8 @@ CASES = [
     ("ties", {"density": 0.3}), ("ties", {"density": 0.5, "rescale": True}), ("dare_ties", {"density": 0.4}),
     ("dare_linear", {"density": 0.7}), ("breadcrumbs", {"density": 0.6, "gamma": 0.05}),
     ("breadcrumbs_ties", {"density": 0.5, "gamma": 0.1, "rescale": True}),
+    ("ties", {"density": 0.6, "weights": [0.5, 1.0, -0.25]}),
+    ("dare_ties", {"density": 0.5, "normalize": True, "weights": [1.0, 2.0, 0.0]}),
     ("task_arithmetic", {"weights": [0.5, 1.0, -0.25]}), ("model_stock", {}), ("model_stock", {"filter_wise": True}),
 ]
 
