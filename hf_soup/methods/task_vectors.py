@@ -9,10 +9,12 @@ counted weights when ``normalize``). The operations and their order are MergeKit
 
 Masks need statistics of the whole tensor (top-k thresholds, l1 norms). They are computed
 in a pre-pass over streamed chunks (:mod:`hf_soup.engine.prepass`): an exact rank selection
-gives each magnitude mask as a bound ``(value, position)`` (ties by position), numpy's own
-summation order gives the l1 norms, and DARE's masks are drawn from the generator advanced
-to each chunk's first element. The merge then streams chunk by chunk like an elementwise
-soup, with the bytes a whole-tensor computation gives. DELLA's per-row ranks still need
+gives each magnitude mask as a bound ``(value, position)`` (ties by position) — usually in
+one pass, from a band a strided sample guessed (:class:`~.streamed_stats.BandSelection`) —,
+numpy's own summation order gives the l1 norms, and DARE's masks are drawn from the
+generator advanced to each chunk's first element (kept as bits between the count and the
+l1 pass). The merge then streams chunk by chunk like an elementwise soup
+(:mod:`~.task_vector_block`), with the bytes a whole-tensor computation gives. DELLA's per-row ranks still need
 whole tensors (``whole_tensor = True``: the N + 1 inputs, float64 working arrays of one
 tensor and one boolean mask per ingredient).
 """
