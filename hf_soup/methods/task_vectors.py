@@ -159,7 +159,11 @@ class TaskVectorMethod(TensorMethod):
         start, stop = info.start, info.stop
 
         def fill(index: int, differences: np.ndarray, out: np.ndarray) -> None:
-            rules[index].fill(start, stop, differences, out, block.SCRATCH)  # type: ignore[union-attr]
+            rule = rules[index]
+            if isinstance(rule, _MaskRule):
+                rule.fill(start, stop, differences, out, block.SCRATCH)
+            else:  # a subclass's rule (``keep(start, stop, magnitudes or None)``, ``needs_values``, ``factor``)
+                out[...] = rule.keep(start, stop, np.abs(differences) if rule.needs_values else None)  # type: ignore
 
         keeps = [None if rule is None else fill for rule in rules]
         factors = [rule.factor if rule is not None and self.params.rescale else 1.0 for rule in rules]
