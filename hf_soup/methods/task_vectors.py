@@ -14,9 +14,9 @@ one pass, from a band a strided sample guessed (:class:`~.streamed_stats.BandSel
 numpy's own summation order gives the l1 norms, and DARE's masks are drawn from the
 generator advanced to each chunk's first element (kept as bits between the count and the
 l1 pass). The merge then streams chunk by chunk like an elementwise soup
-(:mod:`~.task_vector_block`), with the bytes a whole-tensor computation gives. DELLA's per-row ranks still need
-whole tensors (``whole_tensor = True``: the N + 1 inputs, float64 working arrays of one
-tensor and one boolean mask per ingredient).
+(:mod:`~.task_vector_block`), with the bytes a whole-tensor computation gives. DELLA's
+per-row ranks still need whole tensors (``whole_tensor = True``: the N + 1 inputs, float64
+working arrays of one tensor and one boolean mask per ingredient).
 """
 
 from __future__ import annotations
