@@ -191,14 +191,128 @@ class RankSelection:
             raise AssertionError("RankSelection: the rank was not reached; fewer values than announced")
 
 
+class BandSelection:
+    """The element at ``rank`` of ``size`` non-negative float64 values in (value, position) order, in one pass.
+
+    A guess (from a sample) says the value at the rank lies in the band from ``first`` to
+    ``last`` (in the order: ``first >= last`` when descending). One pass counts the values
+    ranked before the band and gathers the band's values with their positions, at most
+    ``cap`` of them; if the rank falls in the band, :attr:`result` follows from them. A band
+    with more (many equal magnitudes, as bfloat16 weights give) is counted instead, per
+    chunk: how many equal either end, how many lie strictly inside. If the rank falls on an
+    end, the counts name the chunk that holds its occurrence and :meth:`locate` reads that
+    chunk again. Otherwise (a bad guess, or too many strictly inside) :attr:`failed` is set
+    and a :class:`RankSelection` must take over.
+    """
+
+    def __init__(self, size: int, rank: int, descending: bool, first: float, last: float, cap: int):
+        assert 0 <= rank < size
+        self.size, self.rank, self.descending, self.first, self.last, self.cap = size, rank, descending, first, last, cap
+        self.before = 0  # values ranked before the band
+        self.gathered = 0
+        self.values: list[np.ndarray] | None = []  # the band's values of each chunk, while gathering
+        self.positions: list[np.ndarray] = []
+        self.chunks: list[tuple[int, int, int, int]] = []  # (start, stop, equal to first, equal to last)
+        self.counts = [0, 0, 0]  # equal to first, strictly inside, equal to last (once counting)
+        self.result: tuple[float, int] | None = None
+        self.failed = False
+        self.pending_chunk: tuple[int, int, int] | None = None  # (start, stop, occurrence of the value sought)
+        self._sought = 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+    def begin_pass(self) -> None:
+        pass
+
+    def observe(self, start: int, values: np.ndarray, scratch: np.ndarray | None = None,
+                inside: np.ndarray | None = None) -> None:
+        """The chunk of values (float64, non-negative) starting at flat position ``start`` (chunks in order)."""
+        if self.done or self.failed or self.pending_chunk is not None:
+            return
+        before = (np.greater if self.descending else np.less)(values, self.first, out=scratch)
+        count_before = int(np.count_nonzero(before))
+        reached = (np.greater_equal if self.descending else np.less_equal)(values, self.last, out=inside)
+        band = int(np.count_nonzero(reached)) - count_before
+        self.before += count_before
+        if self.values is not None and self.gathered + band <= self.cap:
+            np.logical_xor(reached, before, out=reached)  # the band: reached, not before
+            where = np.flatnonzero(reached) if band else np.empty(0, dtype=np.intp)
+            self.values.append(values[where])
+            where += start
+            self.positions.append(where.astype(np.int32) if self.size <= np.iinfo(np.int32).max else where)
+            self.chunks.append((start, start + values.size, 0, 0))
+            self.gathered += band
+            return
+        if self.values is not None:
+            self._count_gathered()
+        first = int(np.count_nonzero(np.equal(values, self.first, out=before))) if band else 0
+        last = int(np.count_nonzero(np.equal(values, self.last, out=before))) if band and self.first != self.last else 0
+        self.chunks.append((start, start + values.size, first, last))
+        self._add_counts(first, band - first - last, last)
+
+    def _add_counts(self, first: int, between: int, last: int) -> None:
+        self.counts = [self.counts[0] + first, self.counts[1] + between, self.counts[2] + last]
+
+    def _count_gathered(self) -> None:
+        """Too many in the band: from gathering to counting (the chunks gathered so far counted from their values)."""
+        chunks = []
+        for (start, stop, _, _), values in zip(self.chunks, self.values):  # type: ignore[arg-type]
+            first = int(np.count_nonzero(values == self.first))
+            last = int(np.count_nonzero(values == self.last)) if self.first != self.last else 0
+            chunks.append((start, stop, first, last))
+            self._add_counts(first, values.size - first - last, last)
+        self.chunks, self.values, self.positions = chunks, None, []
+
+    def end_pass(self) -> None:
+        """The result, a chunk to :meth:`locate` in, or :attr:`failed`."""
+        if self.done or self.failed or self.pending_chunk is not None:
+            return
+        index = self.rank - self.before  # the rank's place within the band
+        if self.values is not None:
+            if 0 <= index < self.gathered:
+                values, positions = np.concatenate(self.values), np.concatenate(self.positions)  # in position order
+                at = values.size - 1 - index if self.descending else index
+                value = np.partition(values, at)[at]
+                ahead = int(np.count_nonzero(values > value if self.descending else values < value))
+                self.result = (float(value), int(positions[values == value][index - ahead]))
+            else:
+                self.failed = True
+        else:
+            first, between, last = self.counts
+            if 0 <= index < first:
+                self._find(self.first, index, 2)
+            elif first + between <= index < first + between + last:
+                self._find(self.last, index - first - between, 3)
+            else:
+                self.failed = True
+        self.values, self.positions, self.chunks = None, [], []
+
+    def _find(self, value: float, occurrence: int, column: int) -> None:
+        for chunk in self.chunks:
+            if occurrence < chunk[column]:
+                self._sought, self.pending_chunk = value, (chunk[0], chunk[1], occurrence)
+                return
+            occurrence -= chunk[column]
+        raise AssertionError("BandSelection: fewer equal values than counted")
+
+    def locate(self, values: np.ndarray) -> None:
+        """The values of :attr:`pending_chunk` read again: the position of the occurrence sought."""
+        start, _, occurrence = self.pending_chunk  # type: ignore[misc]
+        self.result = (self._sought, start + int(np.flatnonzero(values == self._sought)[occurrence]))
+        self.pending_chunk = None
+
+
 def _value(key: int) -> float:
     return float(np.array([key], dtype=np.uint64).view(np.float64)[0])
 
 
-def first_ranked(values: np.ndarray, start: int, bound: tuple[float, int], descending: bool) -> np.ndarray:
+def first_ranked(values: np.ndarray, start: int, bound: tuple[float, int], descending: bool,
+                 out: np.ndarray | None = None) -> np.ndarray:
     """Which of a chunk's ``values`` (flat positions from ``start``) come at or before ``bound`` in the order."""
     value, position = bound
-    keep = values > value if descending else values < value
+    keep = (np.greater if descending else np.less)(values, value, out=out)
     last = position - start  # equal values count up to the bound's own position
     if last >= 0:
         head = values[: last + 1]
@@ -206,4 +320,4 @@ def first_ranked(values: np.ndarray, start: int, bound: tuple[float, int], desce
     return keep
 
 
-__all__ = ["PairwiseSum", "RankSelection", "first_ranked", "pairwise_total"]
+__all__ = ["BandSelection", "PairwiseSum", "RankSelection", "first_ranked", "pairwise_total"]

@@ -9,16 +9,18 @@ counted weights when ``normalize``). The operations and their order are MergeKit
 
 Masks need statistics of the whole tensor (top-k thresholds, l1 norms). They are computed
 in a pre-pass over streamed chunks (:mod:`hf_soup.engine.prepass`): an exact rank selection
-gives each magnitude mask as a bound ``(value, position)`` (ties by position), numpy's own
-summation order gives the l1 norms, and DARE's masks are drawn from the generator advanced
-to each chunk's first element. The merge then streams chunk by chunk like an elementwise
-soup, with the bytes a whole-tensor computation gives. DELLA's per-row ranks still need
-whole tensors (``whole_tensor = True``: the N + 1 inputs, float64 working arrays of one
-tensor and one boolean mask per ingredient).
+gives each magnitude mask as a bound ``(value, position)`` (ties by position) — usually in
+one pass, from a band a strided sample guessed (:class:`~.streamed_stats.BandSelection`) —,
+numpy's own summation order gives the l1 norms, and DARE's masks are drawn from the
+generator advanced to each chunk's first element (kept as bits between the count and the
+l1 pass). The merge then streams chunk by chunk like an elementwise soup
+(:mod:`~.task_vector_block`), with the bytes a whole-tensor computation gives. DELLA's
+per-row ranks are decided on work items of whole rows (:mod:`~.della_rows`).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -26,8 +28,9 @@ from pydantic import ConfigDict, Field
 
 from ..errors import MethodParameterError
 from . import settings, sparsify
+from . import task_vector_block as block
 from .base import ChunkInfo, MergeContext, MethodParams, TensorMethod
-from .streamed_stats import PairwiseSum, RankSelection, first_ranked
+from .streamed_stats import BandSelection, PairwiseSum, RankSelection, first_ranked
 from .settings import PerIngredient, Setting
 
 
@@ -107,33 +110,38 @@ class TaskVectorMethod(TensorMethod):
                                 sparsify.rng_for(self.seed, info.key, k) if self.sparsification == "random" else None)
                  for k in range(count)]
         step = _PREPASS_CHUNK
+        magnitudes = _Magnitudes()
+        if self.sparsification in ("magnitude", "magnitude_outliers") and size >= _SPECULATE_FROM:
+            _speculate(rules, size, read, step, magnitudes)  # one pass where a sample guessed well
         while any(rule is not None and rule.pending for rule in rules):  # rank selections, a pass each
             for rule in rules:
                 if rule is not None:
                     rule.begin_pass()
             for start in range(0, size, step):
-                chunks = read(start, min(size, start + step))
-                for rule, chunk in zip(rules, chunks[1:]):
+                magnitudes.read(read, start, min(size, start + step))
+                for index, rule in enumerate(rules):
                     if rule is not None and rule.pending:
-                        rule.observe(start, _magnitudes(chunk, chunks[0]))
+                        rule.observe(start, magnitudes(index))
             for rule in rules:
                 if rule is not None:
                     rule.end_pass()
         if self.params.rescale and any(rule is not None for rule in rules):
+            pack = size * count <= 8 * _PACKED_BYTES
             for rule in rules:  # DARE: how many entries are kept decides numpy's summation tree
                 if rule is not None:
-                    rule.count_kept(size, step)
+                    rule.count_kept(size, step, pack)
             sums = [None if rule is None else (PairwiseSum(size), PairwiseSum(rule.kept)) for rule in rules]
             for start in range(0, size, step):
                 stop = min(size, start + step)
-                chunks = read(start, stop)
-                for rule, pair, chunk in zip(rules, sums, chunks[1:]):
+                magnitudes.read(read, start, stop)
+                for index, (rule, pair) in enumerate(zip(rules, sums)):
                     if rule is not None:
-                        magnitudes = _magnitudes(chunk, chunks[0])
-                        pair[0].add(magnitudes)
-                        pair[1].add(magnitudes[rule.keep(start, stop, magnitudes)])
+                        values = magnitudes(index)
+                        pair[0].add(values)
+                        pair[1].add(np.compress(rule.keep(start, stop, values), values))  # (4x faster than values[keep])
             for rule, pair in zip(rules, sums):
                 if rule is not None:
+                    rule.unpack()
                     rule.factor = _l1_factor(pair[0].result(), pair[1].result())
         self._masks[info.key] = rules
 
@@ -147,18 +155,24 @@ class TaskVectorMethod(TensorMethod):
         if rules is None:
             raise AssertionError(f"{self.name}: tensor {info.key} was merged before its pre-pass "
                                  "(hf_soup.engine.prepass.prepass)")
-        differences: list[np.ndarray | None] = [None] * count
-        masks: list[np.ndarray | None] = []
-        for index, (rule, x) in enumerate(zip(rules, inputs)):
-            if rule is not None and rule.needs_values:
-                differences[index] = x.astype(np.float64)
-                differences[index] -= base  # type: ignore[operator]
-                masks.append(rule.keep(info.start, info.stop, np.abs(differences[index])))
-            else:
-                masks.append(None if rule is None else rule.keep(info.start, info.stop, None))
+        start, stop = info.start, info.stop
+
+        def fill(index: int, differences: np.ndarray, out: np.ndarray) -> None:
+            rule = rules[index]
+            if isinstance(rule, _MaskRule):
+                rule.fill(start, stop, differences, out, block.SCRATCH)
+            else:  # a subclass's rule (``keep(start, stop, magnitudes or None)``, ``needs_values``, ``factor``)
+                out[...] = rule.keep(start, stop, np.abs(differences) if rule.needs_values else None)  # type: ignore
+
+        keeps = [None if rule is None else fill for rule in rules]
         factors = [rule.factor if rule is not None and self.params.rescale else 1.0 for rule in rules]
-        vectors = _TaskVectors(base, list(inputs), masks, factors, weights, differences)
-        return self._combine(vectors, float(settings.resolve(self.params.lambda_, info.key)))
+        vectors = block.block_vectors(base, inputs, keeps, factors, weights)
+        scale = float(settings.resolve(self.params.lambda_, info.key))
+        if self.consensus:
+            return block.finish(block.elect_and_sum(vectors, weights, self.params.normalize), vectors, None, scale)
+        total = sum(weights[1:], weights[0])
+        divisor = (1.0 if abs(total) < 1e-8 else total) if self.params.normalize else None
+        return block.finish(block.plain_sum(vectors), vectors, divisor, scale)
 
     def _merge_whole(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
         """The merge of one whole tensor (methods whose masks need it: DELLA's per-row ranks)."""
@@ -215,12 +229,64 @@ _BLOCK = 1 << 20  # elements per block of the elementwise pass
 _PREPASS_CHUNK = 1 << 18  # elements per chunk of the pre-pass
 
 
-def _magnitudes(chunk: np.ndarray, base: np.ndarray) -> np.ndarray:
-    """``|θ_k − θ_base|`` in float64, as the whole-tensor computation forms it."""
-    magnitudes = chunk.astype(np.float64)
-    magnitudes -= base
-    np.abs(magnitudes, out=magnitudes)
-    return magnitudes
+_PACKED_BYTES = 32 << 20  # DARE keeps a tensor's masks as bits up to this size (all ingredients)
+_SPECULATE_FROM = 1 << 16  # tensors this large first try a one-pass selection from a sample
+_SAMPLE_RUN = 1024  # contiguous elements per sampled run
+_SAMPLE_RUNS = 256  # runs sampled at most (and at most 1/16 of the tensor)
+_SPREAD = 3.0  # the band: the sample's rank ± this many standard deviations of a sample quantile
+_BAND_CAP = 100  # at most 1/100 of the tensor's elements gathered per selection (bounds memory) ...
+_BAND_MIN = 1 << 16  # ... or this many (small tensors' samples are small: their bands are wider)
+
+
+class _Magnitudes:
+    """``|θ_k − θ_base|`` in float64 of the chunk last read, as the whole-tensor computation forms it.
+
+    ``read`` widens the base once; ``self(k)`` is one ``float32 − float64`` pass and an
+    ``abs`` into a per-thread buffer (valid until the next call).
+    """
+
+    def read(self, read, start: int, stop: int) -> list[np.ndarray]:
+        self.chunks = read(start, stop)
+        self.base = block.SCRATCH.get("prepass_base", np.float64, stop - start)
+        np.copyto(self.base, self.chunks[0])
+        return self.chunks
+
+    def __call__(self, index: int) -> np.ndarray:
+        out = block.SCRATCH.get("prepass_magnitudes", np.float64, self.base.size)
+        np.subtract(self.chunks[index + 1], self.base, out=out)
+        return np.abs(out, out=out)
+
+
+def _speculate(rules: list["_MaskRule | None"], size: int, read, step: int, magnitudes: _Magnitudes) -> None:
+    """Rank selections in one pass where a strided sample bands the rank's value (the others are left pending)."""
+    live = [(index, rule) for index, rule in enumerate(rules) if rule is not None and rule.pending]
+    if not live:
+        return
+    runs = max(2, min(_SAMPLE_RUNS, size // (16 * _SAMPLE_RUN)))
+    samples: dict[int, list[np.ndarray]] = {index: [] for index, _ in live}
+    for run in range(runs):
+        start = run * (size - _SAMPLE_RUN) // (runs - 1)
+        magnitudes.read(read, start, start + _SAMPLE_RUN)
+        for index, _ in live:
+            samples[index].append(magnitudes(index).copy())
+    for index, rule in live:
+        rule.speculate(np.concatenate(samples.pop(index)), max(_BAND_MIN, size // _BAND_CAP))
+    for start in range(0, size, step):
+        stop = min(size, start + step)
+        magnitudes.read(read, start, stop)
+        scratch = block.SCRATCH.get("prepass_before", np.bool_, stop - start)
+        inside = block.SCRATCH.get("prepass_inside", np.bool_, stop - start)
+        for index, rule in live:
+            values = magnitudes(index)
+            for selection in rule.selections:
+                selection.observe(start, values, scratch, inside)
+    for index, rule in live:
+        for selection in rule.selections:
+            selection.end_pass()
+            if selection.pending_chunk is not None:  # a band of one value: the chunk of its occurrence, again
+                magnitudes.read(read, *selection.pending_chunk[:2])
+                selection.locate(magnitudes(index))
+        rule.settle()
 
 
 def _l1_factor(before: float, after: float) -> float:
@@ -240,12 +306,14 @@ class _MaskRule:
 
     def __init__(self, kind: str, size: int, density: float):
         self.kind, self.size, self.density = kind, size, density
-        self.selections: list[RankSelection] = []
+        self.selections: list[RankSelection | BandSelection] = []
+        self.ranks: list[int] = []
         self.bounds: list[tuple[float, int] | None] = []
         self.kept = 0
         self.factor = 1.0
         self.empty = False
         self.rng: np.random.Generator | None = None
+        self.packed: np.ndarray | None = None
 
     @classmethod
     def plan(cls, kind: str, size: int, density: float, extra: dict[str, Any],
@@ -268,9 +336,33 @@ class _MaskRule:
             return rule
         rule.kept = hi - lo
         ranks = ([lo - 1] if lo > 0 else []) + [hi - 1]  # after the lower bound's rank, up to the upper's
+        rule.ranks = ranks
         rule.selections = [RankSelection(size, r, descending) for r in ranks]
         rule.descending = descending
         return rule
+
+    def speculate(self, sample: np.ndarray, cap: int) -> None:
+        """Band each rank's value from ``sample`` (magnitudes of a strided sample): one-pass selections."""
+        count = sample.size
+        bands = []
+        for rank in self.ranks:
+            ascending = self.size - 1 - rank if self.descending else rank
+            p = (ascending + 0.5) / self.size
+            spread = _SPREAD * math.sqrt(count * p * (1 - p)) + 1
+            bands.append((math.floor(p * count - spread), math.ceil(p * count + spread)))
+        inner = sorted({i for band in bands for i in band if 0 <= i < count})
+        ordered = np.partition(sample, inner) if inner else sample
+        self.selections = []
+        for rank, (low, high) in zip(self.ranks, bands):
+            lo = float(ordered[low]) if low >= 0 else 0.0
+            hi = float(ordered[high]) if high < count else math.inf
+            first, last = (hi, lo) if self.descending else (lo, hi)
+            self.selections.append(BandSelection(self.size, rank, self.descending, first, last, cap))
+
+    def settle(self) -> None:
+        """Rank selections for the bands that missed."""
+        self.selections = [RankSelection(self.size, s.rank, self.descending) if getattr(s, "failed", False) else s
+                           for s in self.selections]
 
     @property
     def pending(self) -> bool:
@@ -292,20 +384,61 @@ class _MaskRule:
         for selection in self.selections:
             selection.end_pass()
 
-    def _draws(self, start: int, stop: int) -> np.ndarray:
+    def _draws(self, start: int, stop: int, out: np.ndarray | None = None,
+               scratch: np.ndarray | None = None) -> np.ndarray:
+        """Whether each of elements ``[start, stop)`` is kept: the whole-tensor draws ``random() < density``."""
         generator = np.random.Generator(type(self.rng.bit_generator)(0))  # type: ignore[union-attr]
         generator.bit_generator.state = self.rng.bit_generator.state  # type: ignore[union-attr]
         generator.bit_generator.advance(start)
-        return generator.random(stop - start) < self.density
+        draws = generator.random(stop - start, out=scratch)
+        return np.less(draws, self.density, out=out)
 
-    def count_kept(self, size: int, step: int) -> None:
-        """Random masks: count the kept entries of the whole tensor (no reads)."""
+    def count_kept(self, size: int, step: int, pack: bool) -> None:
+        """Random masks: count the kept entries of the whole tensor (draws, no reads); ``pack``: keep them as bits.
+
+        The bits (``size / 8`` bytes) spare the l1 pass a second draw; :meth:`unpack` frees them.
+        """
+        if self.kind != "random":
+            return
+        generator = np.random.Generator(type(self.rng.bit_generator)(0))  # type: ignore[union-attr]
+        generator.bit_generator.state = self.rng.bit_generator.state  # type: ignore[union-attr]
+        draws = block.SCRATCH.get("prepass_draws", np.float64, min(size, step))
+        keep = block.SCRATCH.get("prepass_keep", np.bool_, min(size, step))
+        self.packed = np.empty((size + 7) // 8, dtype=np.uint8) if pack and step % 8 == 0 else None
+        kept = 0
+        for start in range(0, size, step):
+            count = min(size, start + step) - start
+            np.less(generator.random(count, out=draws[:count]), self.density, out=keep[:count])
+            kept += int(np.count_nonzero(keep[:count]))
+            if self.packed is not None:
+                self.packed[start // 8 : (start + count + 7) // 8] = np.packbits(keep[:count])
+        self.kept = kept
+
+    def unpack(self) -> None:
+        """Forget the bits :meth:`count_kept` kept."""
+        self.packed = None
+
+    def fill(self, start: int, stop: int, differences: np.ndarray, out: np.ndarray, scratch) -> None:
+        """The keep mask of flat elements ``[start, stop)`` into ``out``, from their ``θ_k − θ_base``."""
+        count = stop - start
         if self.kind == "random":
-            self.kept = sum(int(np.count_nonzero(self._draws(s, min(size, s + step)))) for s in range(0, size, step))
+            self._draws(start, stop, out, scratch.get("draws", np.float64, count))
+        elif self.empty:
+            out[...] = False
+        else:
+            magnitudes = np.abs(differences, out=scratch.get("magnitudes", np.float64, count))
+            first_ranked(magnitudes, start, self.selections[-1].result, self.descending, out)  # type: ignore
+            if len(self.selections) == 2:  # drop what ranks at or before the lower bound
+                lower = scratch.get("lower", np.bool_, count)
+                first_ranked(magnitudes, start, self.selections[0].result, self.descending, lower)  # type: ignore
+                np.logical_not(lower, out=lower)
+                np.logical_and(out, lower, out=out)
 
     def keep(self, start: int, stop: int, magnitudes: np.ndarray | None) -> np.ndarray:
         """The keep mask of flat elements ``[start, stop)`` (``magnitudes``: theirs, for magnitude rules)."""
         if self.kind == "random":
+            if self.packed is not None and start % 8 == 0:
+                return np.unpackbits(self.packed[start // 8 : (stop + 7) // 8], count=stop - start).view(np.bool_)
             return self._draws(start, stop)
         if self.empty:
             return np.zeros(stop - start, dtype=bool)

@@ -20,6 +20,8 @@ CASES = [
     ("ties", {"density": 0.3}), ("ties", {"density": 0.5, "rescale": True}), ("dare_ties", {"density": 0.4}),
     ("dare_linear", {"density": 0.7}), ("breadcrumbs", {"density": 0.6, "gamma": 0.05}),
     ("breadcrumbs_ties", {"density": 0.5, "gamma": 0.1, "rescale": True}),
+    ("ties", {"density": 0.6, "weights": [0.5, 1.0, -0.25]}),
+    ("dare_ties", {"density": 0.5, "normalize": True, "weights": [1.0, 2.0, 0.0]}),
     ("task_arithmetic", {"weights": [0.5, 1.0, -0.25]}), ("model_stock", {}), ("model_stock", {"filter_wise": True}),
 ]
 
@@ -109,3 +111,54 @@ def test_pairwise_sum_of_chunks_is_the_whole_arrays_sum(count, leaf):
         assert total.result() == streamed_stats.pairwise_total(values)
     if count <= 65_537:  # numpy's own order too (numpy 2.0 groups arrays of millions differently)
         assert total.result() == float(np.sum(values))
+
+
+@pytest.mark.parametrize("name, params", [case for case in CASES if case[0] in ("ties", "breadcrumbs", "breadcrumbs_ties")])
+@pytest.mark.parametrize("kind", ["smooth", "ties-heavy", "unchanged"])
+@pytest.mark.parametrize("spread, cap", [(3.0, 100), (0.0, 100), (3.0, 5000), (50.0, 2)])
+def test_one_pass_selection_from_a_sample_has_the_bytes_of_the_whole_tensor_merge(name, params, kind, spread, cap,
+                                                                                   monkeypatch):
+    """Bands guessed from a sample: good ones, missed ones (spread 0), and ones with too much inside (tiny cap)."""
+    monkeypatch.setattr(task_vectors, "_SPECULATE_FROM", 64)
+    monkeypatch.setattr(task_vectors, "_SAMPLE_RUN", 8)
+    monkeypatch.setattr(task_vectors, "_SPREAD", spread)
+    monkeypatch.setattr(task_vectors, "_BAND_CAP", cap)
+    monkeypatch.setattr(task_vectors, "_BAND_MIN", 1)
+    monkeypatch.setattr(streamed_stats, "COLLECT", 64)
+    monkeypatch.setattr(task_vectors, "_PREPASS_CHUNK", 700)
+    rng = np.random.default_rng(5)
+    for shape in [(37, 211), (3001,), (1, 100)]:
+        method = build_method(name, params)
+        method.setup(MergeContext(3, ["a", "b", "c"], seed=11, base="base"))
+        chunks = _inputs(kind, shape, seed=len(shape) + 3)
+        info = ChunkInfo("model.w", shape, 0, int(np.prod(shape)))
+        expected = _whole(method, info, chunks)
+        got = _streamed(method, info, chunks, step=900, rng=rng)
+        assert np.array_equal(got.view(np.uint64), expected.view(np.uint64)), shape
+
+
+def test_band_selection_equals_a_stable_sort_or_says_it_failed():
+    rng = np.random.default_rng(4)
+    solved = failed = 0
+    for trial in range(300):
+        size = int(rng.integers(1, 3000))
+        values = [np.abs(rng.standard_normal(size)), np.zeros(size),
+                  np.abs(rng.integers(0, 5, size).astype(np.float64))][trial % 3]
+        rank, descending = int(rng.integers(0, size)), bool(trial % 2)
+        order = np.lexsort((np.arange(size), -values if descending else values))
+        ends = sorted(values[rng.integers(0, size, 2)], reverse=descending)  # a band, right or wrong
+        selection = streamed_stats.BandSelection(size, rank, descending, ends[0], ends[1],
+                                                 cap=int(rng.integers(1, 2 * size)))
+        step = int(rng.integers(1, 500))
+        for start in range(0, size, step):
+            selection.observe(start, values[start : start + step])
+        selection.end_pass()
+        if selection.pending_chunk is not None:
+            start, stop, _ = selection.pending_chunk
+            selection.locate(values[start:stop])
+        if selection.failed:
+            failed += 1
+            continue
+        solved += 1
+        assert selection.result == (values[order[rank]], order[rank])
+    assert solved > 50 and failed > 50
