@@ -217,6 +217,9 @@ def report(results: dict) -> None:
     if DOUBLED in rows and "hf-soup uniform cpu" in rows:
         print(f"peak RSS with 2N / N ingredients: {rows[DOUBLED]['rss'] / rows['hf-soup uniform cpu']['rss']:.3f} "
               "(target <= 1.1)")
+    if "hf-soup ame cpu" in rows and "hf-soup uniform cpu" in rows:
+        print(f"ame / uniform on cpu: wall {rows['hf-soup ame cpu']['wall'] / rows['hf-soup uniform cpu']['wall']:.2f}, "
+              f"CPU s {rows['hf-soup ame cpu']['cpu'] / rows['hf-soup uniform cpu']['cpu']:.2f}")
     if "hf-soup uniform cuda" in rows:
         cpu, cuda = rows["hf-soup uniform cpu"]["wall"], rows["hf-soup uniform cuda"]["wall"]
         print(f"uniform cuda / cpu: {cuda / cpu:.2f} (target <= 1)")

@@ -33,9 +33,10 @@ METHODS = {
 }
 
 
-def mergekit_config(method: str, base: Path, models: list[Path], directory: Path) -> Path:
+def mergekit_config(method: str, base: Path, models: list[Path], directory: Path, dtype: str) -> Path:
+    """MergeKit's recipe for ``method``; ``dtype``: the inputs' (MergeKit computes and writes in it)."""
     per_model = {"weight": 1.0, **METHODS[method]} if method != "model_stock" else None
-    config = {"merge_method": method, "base_model": str(base), "dtype": "float32",
+    config = {"merge_method": method, "base_model": str(base), "dtype": dtype,
               "models": [{"model": str(p), **({"parameters": per_model} if per_model else {})} for p in models]}
     path = directory / f"mergekit-{method}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -92,7 +93,7 @@ def main() -> None:
                 "merge", *model_args, "--method", method, *params, "--base-model", str(base), "-o", str(out),
                 "--overwrite", "--quiet", "--device", "cpu", *threads), args.runs)
             if args.mergekit:
-                config = mergekit_config(method, base, models, work)
+                config = mergekit_config(method, base, models, work, "float32" if args.layers is None else "bfloat16")
                 rows[f"mergekit {method}"] = measure(
                     [args.mergekit, str(config), str(work / "mergekit-out")], args.runs,
                     before=lambda: shutil.rmtree(work / "mergekit-out", ignore_errors=True))
