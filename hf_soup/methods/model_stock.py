@@ -33,7 +33,7 @@ class ModelStockSoup(TensorMethod):
     paper_title = "Model Stock: All we need is just a few fine-tuned models (Jang et al., ECCV 2024)"
     Params = ModelStockParams
     needs_prepass = True
-    prepass_threads = 1  # its blocks hold N float64 offsets of up to 1M elements: one at a time bounds memory
+    prepass_threads = 2  # each thread holds N + 1 float32 inputs and N float64 offsets of up to 1 Mi elements (~40 MB)
     uses_base = "required"
 
     def setup(self, context: MergeContext) -> None:
@@ -83,16 +83,19 @@ class ModelStockSoup(TensorMethod):
         else:
             t = ratios.reshape(-1)[np.arange(info.start, info.stop) // columns]
         out = np.empty(base.size, dtype=np.float64)
-        for start in range(0, base.size, _BLOCK):
-            part = slice(start, start + _BLOCK)
+        scratch = np.empty(min(base.size, _MERGE_BLOCK), dtype=np.float64)
+        for start in range(0, base.size, _MERGE_BLOCK):
+            part = slice(start, start + _MERGE_BLOCK)
+            average, wide = out[part], scratch[: min(_MERGE_BLOCK, base.size - start)]
             part_t = t if t.size == 1 else t[part]
-            average = inputs[0][part].astype(np.float64)
-            for x in inputs[1:]:
-                average += x[part]
+            np.copyto(average, inputs[0][part])
+            for x in inputs[1:]:  # widened first: float64 += float32 in place is several times slower
+                np.copyto(wide, x[part])
+                average += wide
             average /= len(inputs)
             average *= part_t
-            average += (1 - part_t) * base[part]
-            out[part] = average
+            np.multiply(1 - part_t, base[part], out=wide)
+            average += wide
         return out
 
     def merge_whole(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
@@ -126,7 +129,8 @@ class ModelStockSoup(TensorMethod):
         return {"base_relative": True}
 
 
-_BLOCK = 1 << 20  # elements per block (bounds the float64 scratch)
+_BLOCK = 1 << 20  # elements per block of the norms and dot products (fixes their float64 sums)
+_MERGE_BLOCK = 1 << 16  # the elementwise merge: any block gives the same bytes; this one stays in the core's cache
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -141,13 +145,15 @@ class _OffsetSums:
         self.pairs = list(combinations(range(count), 2))
         self.squares = np.zeros((count, height))
         self.dots = np.zeros((len(self.pairs), height))
+        self._scratch: np.ndarray | None = None  # the offsets of one block, in float64
 
     def add(self, rows: slice, base: np.ndarray, inputs: Sequence[np.ndarray]) -> None:
         """One block: rows ``rows`` (2-D arrays of those rows, all or some columns)."""
-        offsets = []
-        for x in inputs:  # x − base in float64, formed in place (no second temporary)
-            offsets.append(x.astype(np.float64))
-            offsets[-1] -= base
+        if self._scratch is None or self._scratch.shape[1] < base.size:  # kept for the tensor's next blocks
+            self._scratch = np.empty((self.count, base.size), dtype=np.float64)
+        # x − base in float64, computed in float64 into kept arrays (float64 −= float32 in place is slower)
+        offsets = [np.subtract(x, base, out=self._scratch[k, : base.size].reshape(base.shape), dtype=np.float64)
+                   for k, x in enumerate(inputs)]
         for i, offset in enumerate(offsets):
             self.squares[i, rows] += np.einsum("ij,ij->i", offset, offset)
         for n, (i, j) in enumerate(self.pairs):
