@@ -7,7 +7,9 @@ Without ``--layers``: a base and 3 "fine-tunes" of the Llama-style shape of ``co
 With ``--layers N``: 4 checkpoints of ``bench_scale``'s 1.1B shape cut to N layers (bfloat16,
 two shards each; the 32000 x 2048 embedding is the largest tensor), the first as the base.
 Whole processes on warm inputs, median of ``--runs``; wall, CPU seconds and peak RSS.
-Targets (issue 18): peak RSS and wall of TIES / DARE / Model Stock <= 2x the uniform soup's.
+Targets (issue 18): peak RSS and wall of TIES / DARE / Model Stock <= 2x the uniform soup's. Also printed:
+the floor (one process reading the base and every input once and writing the output's bytes) and
+each method against MergeKit's.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 import tempfile
 from pathlib import Path
@@ -59,6 +62,18 @@ def measure(command: list[str], runs: int, before=None) -> tuple[float, float, f
     return tuple(statistics.median(column) for column in zip(*samples))  # type: ignore[return-value]
 
 
+def print_rows(rows: dict[str, tuple[float, float, float]]) -> None:
+    """Each row with its ratios to the uniform soup, to the floor and (hf-soup rows) to MergeKit's same method."""
+    uniform, floor = rows["hf_soup uniform"], rows["floor: read base + inputs, write"]
+    print(f"{'contender':<34} {'wall s':>8} {'CPU s':>8} {'peak RSS MB':>12} {'wall/unif':>10} "
+          f"{'CPU/unif':>9} {'RSS/unif':>9} {'x floor':>8} {'wall/MK':>8} {'RSS/MK':>7}")
+    for name, (wall, cpu, peak) in rows.items():
+        peer = rows.get(name.replace("hf_soup ", "mergekit ")) if name.startswith("hf_soup ") else None
+        versus = f"{wall / peer[0]:>8.3f} {peak / peer[2]:>7.3f}" if peer else f"{'':>8} {'':>7}"
+        print(f"{name:<34} {wall:>8.2f} {cpu:>8.2f} {peak:>12.0f} {wall / uniform[0]:>10.2f} "
+              f"{cpu / uniform[1]:>9.2f} {peak / uniform[2]:>9.2f} {wall / floor[0]:>8.2f} {versus}")
+
+
 def ingredient_paths(layers: int | None) -> list[Path]:
     """The base followed by 3 fine-tunes: the 60M float32 set, or bench_scale's shape cut to ``layers``."""
     if layers is None:
@@ -83,8 +98,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="hf-soup-bench-"))
     rows: dict[str, tuple[float, float, float]] = {}
     try:
+        from bench_scale import FLOOR, weight_files
+
         model_args = sum((["-m", str(p)] for p in models), [])
         out = work / "soup"
+        out_bytes = sum(f.stat().st_size for f in weight_files([base]))
+        rows["floor: read base + inputs, write"] = measure(
+            [sys.executable, "-c", FLOOR, *map(str, weight_files(paths)), str(work / "floor.bin"), str(out_bytes)],
+            args.runs)
         rows["hf_soup uniform"] = measure(hf_soup_command(
             "merge", *model_args, "-o", str(out), "--overwrite", "--quiet", "--device", "cpu", *threads), args.runs)
         for method in args.methods:
@@ -97,12 +118,7 @@ def main() -> None:
                 rows[f"mergekit {method}"] = measure(
                     [args.mergekit, str(config), str(work / "mergekit-out")], args.runs,
                     before=lambda: shutil.rmtree(work / "mergekit-out", ignore_errors=True))
-        uniform = rows["hf_soup uniform"]
-        print(f"{'contender':<28} {'wall s':>8} {'CPU s':>8} {'peak RSS MB':>12} {'wall/unif':>10} "
-              f"{'CPU/unif':>9} {'RSS/unif':>9}")
-        for name, (wall, cpu, peak) in rows.items():
-            print(f"{name:<28} {wall:>8.2f} {cpu:>8.2f} {peak:>12.0f} {wall / uniform[0]:>10.2f} "
-                  f"{cpu / uniform[1]:>9.2f} {peak / uniform[2]:>9.2f}")
+        print_rows(rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
