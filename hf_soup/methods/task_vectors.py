@@ -101,7 +101,7 @@ class TaskVectorMethod(TensorMethod):
 
     def prepare_tensor(self, info: ChunkInfo, read) -> None:
         """The mask rule of each ingredient's task vector of tensor ``info``, from streamed passes."""
-        if self.sparsification is None or self.whole_tensor:
+        if self.sparsification is None:
             return
         size = info.stop
         count = self.count
@@ -146,8 +146,6 @@ class TaskVectorMethod(TensorMethod):
         self._masks[info.key] = rules
 
     def merge(self, info: ChunkInfo, chunks: Sequence[np.ndarray]) -> np.ndarray:
-        if self.whole_tensor:
-            return self._merge_whole(info, chunks)
         base, inputs = chunks[0], chunks[1:]
         count = len(inputs)
         weights, _, _ = self._tensor_settings(info.key, count)
