@@ -13,20 +13,19 @@ from hf_soup.methods.base import TensorMethod
 from hf_soup.methods.registry import register_method
 
 
-@register_method
-class CenteredMean(TensorMethod):
-    """The ingredients' mean minus its mean over the whole tensor: wrong on any partial chunk."""
-
-    name = "centered-mean-test"
-    whole_tensor = True
-
-    def merge(self, info, chunks):
-        assert chunks[0].size == int(np.prod(info.shape)), "a whole-tensor method got part of a tensor"
-        mean = sum(c.astype(np.float64) for c in chunks) / len(chunks)
-        return mean - mean.mean()
-
-
 def test_whole_tensor_methods_get_whole_tensors_on_any_items_and_threads(monkeypatch):
+    @register_method  # inside the test: the registration is undone after it (tests/conftest.py)
+    class CenteredMean(TensorMethod):
+        """The ingredients' mean minus its mean over the whole tensor: wrong on any partial chunk."""
+
+        name = "centered-mean-test"
+        whole_tensor = True
+
+        def merge(self, info, chunks):
+            assert chunks[0].size == int(np.prod(info.shape)), "a whole-tensor method got part of a tensor"
+            mean = sum(c.astype(np.float64) for c in chunks) / len(chunks)
+            return mean - mean.mean()
+
     rng = np.random.default_rng(5)
     shapes = {"embed": (400, 64), "proj": (64, 30), "norm": (64,)}
     dicts = [{k: torch.from_numpy(rng.standard_normal(s).astype(np.float32)) for k, s in shapes.items()}
